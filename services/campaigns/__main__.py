@@ -1,0 +1,3 @@
+from services.campaigns.server import main
+
+main()

@@ -1,0 +1,24 @@
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WelcomeOffer(BaseSettings):
+    """The offer every member who has not ordered yet is eligible for."""
+
+    enabled: bool = True
+    coupon_code: str = "WELCOME10"
+    discount_percent: float = Field(default=10.0, gt=0, le=100)
+    title: str = "Welcome: 10% off your first order"
+    channels: list[str] = Field(default_factory=lambda: ["web", "app", "email"])
+
+
+class CampaignsSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RECOFLEET_CAMPAIGNS_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; a SQLite file in the data dir when unset."
+    )
+    consumer_group: str = "campaigns"
+    welcome: WelcomeOffer = Field(default_factory=WelcomeOffer)

@@ -1,0 +1,44 @@
+"""Candidates as the domain code of retrieval, ranking and campaigns sees them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from services.gen.recofleet.common.v1 import common_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    item_id: str
+    score: float
+    popularity: float = 0.0
+    category: str = ""
+    source: str = ""
+
+    def to_proto(self) -> common_pb2.Candidate:
+        return common_pb2.Candidate(
+            item_id=self.item_id,
+            score=self.score,
+            popularity=self.popularity,
+            category=self.category,
+            source=self.source,
+        )
+
+    @classmethod
+    def from_proto(cls, message: common_pb2.Candidate) -> Candidate:
+        return cls(
+            item_id=message.item_id,
+            score=message.score,
+            popularity=message.popularity,
+            category=message.category,
+            source=message.source,
+        )
+
+
+def to_protos(candidates: Iterable[Candidate]) -> list[common_pb2.Candidate]:
+    return [c.to_proto() for c in candidates]
+
+
+def from_protos(messages: Iterable[common_pb2.Candidate]) -> list[Candidate]:
+    return [Candidate.from_proto(m) for m in messages]

@@ -1,0 +1,176 @@
+"""Run a consumer group member in a background thread: poll, apply, dead-letter, commit.
+
+Records are committed only after the handler has applied them, so a crash redelivers
+what was in flight (at least once) and the handlers' idempotency makes that harmless.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from services.common.bus import (
+    CATALOG_TOPIC,
+    DEAD_LETTERS_TOPIC,
+    EVENTS_TOPIC,
+    EventBus,
+    Message,
+    Record,
+)
+from services.common.events import CatalogItem, Event, describe_error
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record the handler cannot apply, with the reason, kept for inspection and replay."""
+
+    record: Record
+    reason: str
+
+    def to_message(self, group: str) -> Message:
+        body = {
+            "group": group,
+            "reason": self.reason,
+            "topic": self.record.topic,
+            "partition": self.record.partition,
+            "offset": self.record.offset,
+            "key": self.record.key,
+            "value_b64": base64.b64encode(self.record.value).decode("ascii"),
+            "failed_at_ms": int(time.time() * 1000),
+        }
+        return Message(key=self.record.key, value=json.dumps(body).encode("utf-8"))
+
+
+# Applies a batch of records; returns those it rejected as permanently unusable.
+Handler = Callable[[Sequence[Record]], list[DeadLetter]]
+
+
+class BusWorker:
+    """One consumer group member fed from a background thread."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        group: str,
+        topics: Sequence[str],
+        handler: Handler,
+        *,
+        batch_size: int = 500,
+        attempts: int = 5,
+    ) -> None:
+        self._bus = bus
+        self._group = group
+        self._topics = list(topics)
+        self._handler = handler
+        self._batch_size = batch_size
+        self._attempts = attempts
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.failure: BaseException | None = None
+        self.applied = 0
+        self.dead_lettered = 0
+        self._last_error = ""
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"bus-{self._group}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self.failure is None
+
+    def drain(self, idle_polls: int = 1) -> int:
+        """Apply everything already on the bus in the caller's thread, then return the count."""
+        before = self.applied
+        with self._bus.consumer(self._group, self._topics) as consumer:
+            idle = 0
+            while idle < idle_polls:
+                records = consumer.poll(self._batch_size, timeout_s=0.05)
+                if not records:
+                    idle += 1
+                    continue
+                self._apply(records)
+                consumer.commit()
+        return self.applied - before
+
+    def _run(self) -> None:
+        try:
+            with self._bus.consumer(self._group, self._topics) as consumer:
+                while not self._stop.is_set():
+                    records = consumer.poll(self._batch_size, timeout_s=0.2)
+                    if records:
+                        self._apply(records)
+                        consumer.commit()
+        except BaseException as exc:  # the service reports itself unhealthy instead of dying
+            self.failure = exc
+            log.exception("consumer group %s stopped", self._group)
+
+    def _apply(self, records: Sequence[Record]) -> None:
+        rejected = self._with_retries(records)
+        if rejected is None:
+            # The batch keeps failing as a whole: find the records at fault one by one so
+            # that one bad record cannot hold back every record after it.
+            rejected = []
+            for record in records:
+                one = self._with_retries([record], attempts=2)
+                rejected.extend(one if one is not None else [DeadLetter(record, self._last_error)])
+        if rejected:
+            self._bus.publish(DEAD_LETTERS_TOPIC, [d.to_message(self._group) for d in rejected])
+            self.dead_lettered += len(rejected)
+            for letter in rejected:
+                log.warning("dead-lettered %s: %s", letter.record.key, letter.reason)
+        self.applied += len(records) - len(rejected)
+
+    def _with_retries(
+        self, records: Sequence[Record], attempts: int | None = None
+    ) -> list[DeadLetter] | None:
+        for attempt in range(attempts or self._attempts):
+            if attempt and self._stop.wait(min(0.1 * 2**attempt, 5.0)):
+                break
+            try:
+                return self._handler(records)
+            except Exception as exc:
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "group %s: applying %d records failed: %s", self._group, len(records), exc
+                )
+        if self._stop.is_set():
+            raise InterruptedError("stopping before the batch could be applied")
+        return None
+
+
+@dataclass
+class Decoded:
+    events: list[Event]
+    items: list[CatalogItem]
+    dead: list[DeadLetter]
+
+
+def decode(records: Sequence[Record]) -> Decoded:
+    """Split a polled batch into events and catalog items; what cannot be read is dead-lettered."""
+    out = Decoded([], [], [])
+    for record in records:
+        try:
+            if record.topic == EVENTS_TOPIC:
+                out.events.append(Event.from_bytes(record.value))
+            elif record.topic == CATALOG_TOPIC:
+                out.items.append(CatalogItem.from_bytes(record.value))
+            else:
+                out.dead.append(DeadLetter(record, f"unexpected topic {record.topic}"))
+        except ValidationError as exc:
+            out.dead.append(DeadLetter(record, f"unreadable record: {describe_error(exc)}"))
+    return out

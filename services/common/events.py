@@ -1,0 +1,155 @@
+"""The native event: what every service reads from the bus.
+
+Shops send events in this shape (or in formats mapped onto it). Validation lives here so
+that the gateway, ingestion and loaders reject the same things for the same reasons.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MAX_ID_LENGTH = 128
+
+
+class EventType(StrEnum):
+    VIEW = "view"
+    CLICK = "click"
+    ADD_TO_CART = "add_to_cart"
+    REMOVE_FROM_CART = "remove_from_cart"
+    WISHLIST = "wishlist"
+    PURCHASE = "purchase"
+    REFUND = "refund"
+    SEARCH = "search"
+    IMPRESSION = "impression"
+    RATE = "rate"
+
+
+# Types that are about one or more items and are meaningless without one.
+ITEM_TYPES = frozenset(EventType) - {EventType.SEARCH}
+
+
+def _id(description: str) -> Any:
+    return Field(min_length=1, max_length=MAX_ID_LENGTH, description=description)
+
+
+class EventItem(BaseModel):
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, frozen=True)
+
+    item_id: str = _id("the shop's item (SKU) id")
+    quantity: int = Field(default=1, ge=1, le=100_000)
+    price: float | None = Field(default=None, ge=0)
+    category: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
+
+
+class Event(BaseModel):
+    """One thing a member did. `event_id` makes redelivery harmless: consumers apply an id once."""
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, frozen=True)
+
+    event_id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1, max_length=128)
+    type: EventType
+    member_id: str = _id("the shop's member (customer) id")
+    session_id: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
+    item_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_LENGTH)
+    items: list[EventItem] = Field(default_factory=list, max_length=1000)
+    order_id: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
+    revenue: float | None = Field(default=None)
+    currency: str | None = Field(default=None, min_length=3, max_length=3)
+    query: str | None = Field(default=None, max_length=1000)
+    recommendation_id: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
+    rating: float | None = Field(default=None, ge=0, le=5)
+    timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    context: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        # Stores keep instants in UTC (SQLite drops offsets), so normalise here, once.
+        # A naive timestamp is ambiguous across shops in other zones; read it as UTC.
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Event:
+        if self.type in ITEM_TYPES and not self.item_id and not self.items:
+            raise ValueError(f"a '{self.type.value}' event needs item_id or items")
+        if self.type == EventType.SEARCH and not self.query:
+            raise ValueError("a 'search' event needs a query")
+        if self.type == EventType.RATE and self.rating is None:
+            raise ValueError("a 'rate' event needs a rating")
+        return self
+
+    def lines(self) -> list[EventItem]:
+        """The items this event is about; `item_id` alone counts as one line of quantity 1."""
+        if self.items:
+            return list(self.items)
+        return [EventItem(item_id=self.item_id)] if self.item_id else []
+
+    def order_value(self) -> float:
+        """What the order was worth: the stated revenue, else the sum of its lines."""
+        if self.revenue is not None:
+            return self.revenue
+        return round(sum((line.price or 0.0) * line.quantity for line in self.lines()), 2)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Event:
+        return cls.model_validate_json(raw)
+
+
+class CatalogItem(BaseModel):
+    """What the shop says about an item: used for filters (stock), affinities (category), price."""
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, frozen=True)
+
+    item_id: str = _id("the shop's item (SKU) id")
+    name: str | None = Field(default=None, max_length=500)
+    category: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
+    price: float | None = Field(default=None, ge=0)
+    in_stock: bool = True
+    tags: list[str] = Field(default_factory=list, max_length=50)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> CatalogItem:
+        return cls.model_validate_json(raw)
+
+
+def describe_error(error: ValidationError) -> str:
+    """One readable line per problem, e.g. `member_id: Field required`."""
+    parts = []
+    for problem in error.errors():
+        where = ".".join(str(p) for p in problem["loc"]) or "event"
+        message = problem["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
+
+
+def parse_event(raw: Any) -> Event:
+    """Validate one decoded JSON value as an event (raises ValidationError or ValueError)."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"an event must be a JSON object, got {type(raw).__name__}")
+    return Event.model_validate(raw)
+
+
+def split_batch(payload: bytes) -> list[Any]:
+    """Decode a body holding one event or {"events": [...]} into the list of raw events."""
+    try:
+        body = json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"body is not valid JSON: {exc}") from exc
+    if isinstance(body, dict) and "events" in body:
+        events = body["events"]
+        if not isinstance(events, list):
+            raise ValueError("'events' must be a list")
+        return events
+    return [body]

@@ -1,0 +1,47 @@
+"""Settings every process shares: where data lives, which bus, where each service listens.
+
+Each service also has its own settings class (env prefix `RECOFLEET_<SERVICE>_`); both are
+built once in the service's entry point and passed into constructors, never read at import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class FleetSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECOFLEET_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("var"), description="Stores, the local event log and trained models."
+    )
+    bus: Literal["local"] = Field(default="local", description="Event bus implementation.")
+    bus_partitions: int = Field(default=4, ge=1, le=256, description="Partitions per new topic.")
+    bus_fsync: bool = Field(
+        default=True, description="fsync the local log before acknowledging a publish."
+    )
+    log_level: str = "INFO"
+    sample_source: Path | None = Field(
+        default=None,
+        description="Online Retail CSV to load instead of the bundled sample (the full data set).",
+    )
+
+    ingestion_addr: str = "127.0.0.1:50051"
+    profiles_addr: str = "127.0.0.1:50052"
+    retrieval_addr: str = "127.0.0.1:50053"
+    ranking_addr: str = "127.0.0.1:50054"
+    campaigns_addr: str = "127.0.0.1:50055"
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+
+    def sqlite_url(self, name: str) -> str:
+        """The embedded default store of one service: a SQLite file in the data dir."""
+        return f"sqlite:///{(self.data_dir / f'{name}.db').resolve()}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"

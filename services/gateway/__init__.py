@@ -1,0 +1,1 @@
+"""gateway: the one HTTP API shop frontends call; composes the fleet over gRPC."""

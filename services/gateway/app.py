@@ -1,0 +1,88 @@
+"""The FastAPI application: built from settings passed in, so tests can build their own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import Counter, Histogram
+
+from services.common.settings import FleetSettings
+from services.gateway.clients import FleetClients
+from services.gateway.compose import Composer
+from services.gateway.routers import events, items, members, ops
+from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+REQUESTS = Counter(
+    "recofleet_gateway_requests_total", "HTTP requests answered.", ["route", "method", "status"]
+)
+LATENCY = Histogram(
+    "recofleet_gateway_request_seconds",
+    "Time to answer an HTTP request.",
+    ["route", "method"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+
+
+def create_app(fleet: FleetSettings, settings: GatewaySettings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        clients = FleetClients.connect(fleet)
+        composer = Composer(clients, settings)
+        app.state.clients, app.state.composer, app.state.settings = clients, composer, settings
+        refresher = asyncio.create_task(_keep_popular_fresh(composer, settings.popular_refresh_s))
+        yield
+        refresher.cancel()
+        await clients.close()
+
+    app = FastAPI(
+        title="recofleet gateway",
+        version="0.1.0",
+        description="Events in, member profiles, recommendations and offers out.",
+        lifespan=lifespan,
+    )
+    for router in (events.router, members.router, items.router, ops.router):
+        app.include_router(router)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.middleware("http")(_measure)
+    return app
+
+
+async def _keep_popular_fresh(composer: Composer, interval_s: float) -> None:
+    while True:
+        try:
+            await composer.refresh_popular()
+        except grpc.aio.AioRpcError as exc:
+            log.info("popular items not refreshed yet: %s", exc.code().name)
+            await asyncio.sleep(min(interval_s, 2.0))
+            continue
+        await asyncio.sleep(interval_s)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        f"{'.'.join(str(p) for p in e['loc'] if p not in ('query', 'path', 'body'))}: {e['msg']}"
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+
+async def _measure(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    started = time.perf_counter()
+    response = await call_next(request)
+    route = request.scope.get("route")
+    path = getattr(route, "path", "unmatched")
+    LATENCY.labels(path, request.method).observe(time.perf_counter() - started)
+    REQUESTS.labels(path, request.method, str(response.status_code)).inc()
+    return response

@@ -1,0 +1,31 @@
+"""FastAPI dependencies: what routers get from the app's state."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from services.gateway.clients import FleetClients
+from services.gateway.compose import Composer
+from services.gateway.settings import GatewaySettings
+
+
+def _composer(request: Request) -> Composer:
+    composer: Composer = request.app.state.composer
+    return composer
+
+
+def _clients(request: Request) -> FleetClients:
+    clients: FleetClients = request.app.state.clients
+    return clients
+
+
+def _settings(request: Request) -> GatewaySettings:
+    settings: GatewaySettings = request.app.state.settings
+    return settings
+
+
+ComposerDep = Annotated[Composer, Depends(_composer)]
+ClientsDep = Annotated[FleetClients, Depends(_clients)]
+SettingsDep = Annotated[GatewaySettings, Depends(_settings)]

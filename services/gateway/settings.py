@@ -1,0 +1,28 @@
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Deadlines(BaseSettings):
+    """Per-call budgets in seconds; a call that overruns is abandoned and the answer degrades."""
+
+    profiles: float = Field(default=0.25, gt=0)
+    retrieval: float = Field(default=0.4, gt=0)
+    ranking: float = Field(default=0.25, gt=0)
+    campaigns: float = Field(default=0.25, gt=0)
+    ingestion: float = Field(default=5.0, gt=0)
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RECOFLEET_GATEWAY_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    deadlines: Deadlines = Field(default_factory=Deadlines)
+    candidate_factor: int = Field(
+        default=4, ge=1, description="Candidates fetched per item asked, to survive the rules."
+    )
+    max_limit: int = Field(default=100, ge=1)
+    max_body_bytes: int = Field(default=5_000_000, ge=1024)
+    popular_refresh_s: float = Field(
+        default=60.0, gt=0, description="How often the fallback list of popular items refreshes."
+    )

@@ -1,0 +1,1 @@
+"""ingestion: validates what shops send and publishes it on the event bus."""

@@ -1,0 +1,42 @@
+"""Entry point: `python -m services.ingestion`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from services.common.bus import open_bus
+from services.common.grpc_server import configure_logging, serve
+from services.common.settings import FleetSettings
+from services.gen.recofleet.ingestion.v1 import ingestion_pb2_grpc
+from services.ingestion.domain import Ingestor
+from services.ingestion.servicer import IngestionServicer
+from services.ingestion.settings import IngestionSettings
+
+SERVICE_NAME = "recofleet.ingestion.v1.IngestionService"
+
+
+async def run(fleet: FleetSettings, settings: IngestionSettings) -> None:
+    bus = open_bus(fleet)
+    servicer = IngestionServicer(Ingestor(bus, settings))
+
+    def register(server: grpc.aio.Server) -> None:
+        ingestion_pb2_grpc.add_IngestionServiceServicer_to_server(servicer, server)
+
+    async def close() -> None:
+        bus.close()
+
+    await serve(
+        service_name=SERVICE_NAME,
+        address=fleet.ingestion_addr,
+        register=register,
+        probe=bus.healthy,
+        on_stop=close,
+    )
+
+
+def main() -> None:
+    fleet = FleetSettings()
+    configure_logging(fleet.log_level)
+    asyncio.run(run(fleet, IngestionSettings()))

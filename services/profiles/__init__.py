@@ -1,0 +1,1 @@
+"""profiles: member portraits (RFM, recent items, category affinities) kept from the event bus."""

@@ -1,0 +1,3 @@
+from services.profiles.server import main
+
+main()

@@ -1,0 +1,1 @@
+"""ranking: orders candidates for a member with a swappable ranking model."""

@@ -1,0 +1,3 @@
+from services.ranking.server import main
+
+main()

@@ -1,0 +1,3 @@
+from services.retrieval.server import main
+
+main()

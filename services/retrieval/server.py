@@ -1,0 +1,93 @@
+"""Entry point: `python -m services.retrieval`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import grpc
+from threadpoolctl import threadpool_limits
+
+from services.common.bus import CATALOG_TOPIC, EVENTS_TOPIC, EventBus, Record, open_bus
+from services.common.consuming import BusWorker, DeadLetter, decode
+from services.common.grpc_server import configure_logging, serve
+from services.common.settings import FleetSettings
+from services.gen.recofleet.retrieval.v1 import retrieval_pb2_grpc
+from services.retrieval.domain import Retriever
+from services.retrieval.model_store import LocalModelStore
+from services.retrieval.servicer import RetrievalServicer
+from services.retrieval.settings import RetrievalSettings
+from services.retrieval.store import InteractionStore, SqlInteractionStore
+
+SERVICE_NAME = "recofleet.retrieval.v1.RetrievalService"
+log = logging.getLogger(__name__)
+
+
+def open_store(fleet: FleetSettings, settings: RetrievalSettings) -> SqlInteractionStore:
+    url = settings.database_url or fleet.sqlite_url("retrieval")
+    return SqlInteractionStore.from_url(url, settings.event_weights)
+
+
+def open_models(fleet: FleetSettings, settings: RetrievalSettings) -> LocalModelStore:
+    return LocalModelStore(fleet.models_dir / "retrieval", keep=settings.keep_versions)
+
+
+def interaction_worker(
+    bus: EventBus, store: InteractionStore, settings: RetrievalSettings
+) -> BusWorker:
+    """The consumer that records interactions (training data, member histories) and catalog."""
+
+    def handle(records: Sequence[Record]) -> list[DeadLetter]:
+        decoded = decode(records)
+        if decoded.items:
+            store.save_catalog(decoded.items)
+        if decoded.events:
+            store.apply_events(decoded.events)
+        return decoded.dead
+
+    return BusWorker(bus, settings.consumer_group, [CATALOG_TOPIC, EVENTS_TOPIC], handle)
+
+
+async def _watch_models(retriever: Retriever, interval_s: float) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(retriever.reload)
+        except Exception:
+            log.exception("loading the current retrieval model failed; still serving the last one")
+        await asyncio.sleep(interval_s)
+
+
+async def run(fleet: FleetSettings, settings: RetrievalSettings) -> None:
+    # One BLAS thread: requests are small solves, and parallel requests use the cores.
+    threadpool_limits(1, "blas")
+    bus = open_bus(fleet)
+    store = open_store(fleet, settings)
+    retriever = Retriever(store, open_models(fleet, settings), settings.history_limit)
+    worker = interaction_worker(bus, store, settings)
+    worker.start()
+    watcher = asyncio.create_task(_watch_models(retriever, settings.reload_interval_s))
+    servicer = RetrievalServicer(retriever)
+
+    def register(server: grpc.aio.Server) -> None:
+        retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(servicer, server)
+
+    async def close() -> None:
+        watcher.cancel()
+        await asyncio.to_thread(worker.stop)
+        store.close()
+        bus.close()
+
+    await serve(
+        service_name=SERVICE_NAME,
+        address=fleet.retrieval_addr,
+        register=register,
+        probe=lambda: retriever.ready and worker.alive,
+        on_stop=close,
+    )
+
+
+def main() -> None:
+    fleet = FleetSettings()
+    configure_logging(fleet.log_level)
+    asyncio.run(run(fleet, RetrievalSettings()))

@@ -1,0 +1,98 @@
+"""A whole fleet as separate processes on free loopback ports, over a fresh data dir."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+SERVICES = ("ingestion", "profiles", "retrieval", "ranking", "campaigns")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningFleet:
+    url: str
+    data_dir: Path
+    env: dict[str, str]
+    runner: subprocess.Popen[bytes]
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10.0)
+
+
+def fleet_env(data_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({f"RECOFLEET_{name.upper()}_ADDR": f"127.0.0.1:{free_port()}" for name in SERVICES})
+    env.update(
+        {
+            "RECOFLEET_DATA_DIR": str(data_dir),
+            "RECOFLEET_GATEWAY_HOST": "127.0.0.1",
+            "RECOFLEET_GATEWAY_PORT": str(free_port()),
+            "RECOFLEET_RETRIEVAL_RELOAD_INTERVAL_S": "0.5",
+        }
+    )
+    return env
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, f"recofleet {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def wait_ready(url: str, runner: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert runner.poll() is None, "the fleet runner exited before the gateway was ready"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"gateway at {url} not ready within {timeout_s}s")
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFleet]:
+    data_dir = tmp_path_factory.mktemp("fleet")
+    env = fleet_env(data_dir)
+    cli(env, "load-sample")
+    cli(env, "train")
+    log = (data_dir / "runner.log").open("wb")
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{env['RECOFLEET_GATEWAY_PORT']}"
+    try:
+        wait_ready(url, runner)
+        yield RunningFleet(url, data_dir, env, runner)
+    finally:
+        if runner.poll() is None:
+            runner.send_signal(signal.SIGTERM)
+            try:
+                runner.wait(60)
+            except subprocess.TimeoutExpired:
+                runner.kill()
+        log.close()
