@@ -1,0 +1,341 @@
+"""The gateway's composer: profile -> candidates -> rules -> rank, degrading instead of failing.
+
+The downstream services are tiny fake stubs at the gRPC edge: objects with the stubs'
+async methods that answer real protobuf messages, or raise the error a dead service gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from services.gateway.clients import FleetClients
+from services.gateway.compose import Composer, Recommendation
+from services.gateway.settings import GatewaySettings
+from services.gen.recofleet.campaigns.v1 import campaigns_pb2
+from services.gen.recofleet.common.v1 import common_pb2
+from services.gen.recofleet.profiles.v1 import profiles_pb2
+from services.gen.recofleet.ranking.v1 import ranking_pb2
+from services.gen.recofleet.retrieval.v1 import retrieval_pb2
+
+
+def down() -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="down"
+    )
+
+
+class Stub:
+    """Records requests; raises UNAVAILABLE for the methods named in `failing`."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, list[Any]] = {}
+        self.failing: set[str] = set()
+
+    def _called(self, method: str, request: Any) -> None:
+        self.requests.setdefault(method, []).append(request)
+        if method in self.failing or "*" in self.failing:
+            raise down()
+
+
+class FakeProfiles(Stub):
+    def __init__(self, purchased: Iterable[str], categories: dict[str, float]) -> None:
+        super().__init__()
+        self.purchased = list(purchased)
+        self.categories = categories
+
+    async def GetProfile(
+        self, request: profiles_pb2.GetProfileRequest, timeout: float | None = None
+    ) -> profiles_pb2.GetProfileResponse:
+        self._called("GetProfile", request)
+        return profiles_pb2.GetProfileResponse(
+            profile=profiles_pb2.Profile(
+                member_id=request.member_id,
+                known=True,
+                rfm=profiles_pb2.Rfm(frequency=len(self.purchased), monetary=12.0),
+                categories=[
+                    profiles_pb2.CategoryCount(category=c, weight=w)
+                    for c, w in self.categories.items()
+                ],
+                purchased_item_ids=self.purchased,
+            )
+        )
+
+
+def candidate(item_id: str, score: float, source: str = "als") -> common_pb2.Candidate:
+    return common_pb2.Candidate(
+        item_id=item_id, score=score, popularity=0.5, category=item_id.split("-")[0], source=source
+    )
+
+
+class FakeRetrieval(Stub):
+    """Answers from fixed lists; honours exclusions as retrieval does, unless told not to."""
+
+    def __init__(self, pool: list[common_pb2.Candidate], popular: list[common_pb2.Candidate]):
+        super().__init__()
+        self.pool = pool
+        self.popular = popular
+        self.honour_exclusions = True
+
+    def _answer(
+        self, found: list[common_pb2.Candidate], request: Any, personalized: bool
+    ) -> retrieval_pb2.CandidatesResponse:
+        banned = set(request.exclude_item_ids) if self.honour_exclusions else set()
+        kept = [c for c in found if c.item_id not in banned][: request.limit]
+        return retrieval_pb2.CandidatesResponse(
+            candidates=kept, model_version="v7", personalized=personalized
+        )
+
+    async def GetCandidates(
+        self, request: retrieval_pb2.GetCandidatesRequest, timeout: float | None = None
+    ) -> retrieval_pb2.CandidatesResponse:
+        self._called("GetCandidates", request)
+        return self._answer(self.pool, request, True)
+
+    async def GetSimilarItems(
+        self, request: retrieval_pb2.GetSimilarItemsRequest, timeout: float | None = None
+    ) -> retrieval_pb2.CandidatesResponse:
+        self._called("GetSimilarItems", request)
+        return self._answer(self.pool, request, True)
+
+    async def GetPopularItems(
+        self, request: retrieval_pb2.GetPopularItemsRequest, timeout: float | None = None
+    ) -> retrieval_pb2.CandidatesResponse:
+        self._called("GetPopularItems", request)
+        return self._answer(self.popular, request, False)
+
+
+class FakeCampaigns(Stub):
+    """Drops the purchased, the excluded and what is in `sold_out`."""
+
+    def __init__(self, sold_out: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.sold_out = set(sold_out)
+
+    async def ApplyRules(
+        self, request: campaigns_pb2.ApplyRulesRequest, timeout: float | None = None
+    ) -> campaigns_pb2.ApplyRulesResponse:
+        self._called("ApplyRules", request)
+        banned = set(request.purchased_item_ids) | set(request.exclude_item_ids) | self.sold_out
+        return campaigns_pb2.ApplyRulesResponse(
+            candidates=[c for c in request.candidates if c.item_id not in banned]
+        )
+
+
+class FakeRanking(Stub):
+    """Ranks by category weight first, then by score: an order retrieval alone would not give."""
+
+    async def Rank(
+        self, request: ranking_pb2.RankRequest, timeout: float | None = None
+    ) -> ranking_pb2.RankResponse:
+        self._called("Rank", request)
+        weights = dict(request.member.category_weights)
+        ordered = sorted(
+            request.candidates, key=lambda c: (-weights.get(c.category, 0.0), -c.score)
+        )[: request.limit]
+        return ranking_pb2.RankResponse(
+            model="blend",
+            items=[
+                common_pb2.ScoredItem(
+                    item_id=c.item_id,
+                    score=round(1.0 - n / 100, 6),
+                    reasons=[f"you like {c.category}"],
+                    category=c.category,
+                )
+                for n, c in enumerate(ordered)
+            ],
+        )
+
+
+class Fleet:
+    def __init__(self) -> None:
+        # Scores deliberately out of order, so "ordered by score" is something to check.
+        self.pool = [
+            candidate("books-1", 0.4),
+            candidate("garden-1", 0.9),
+            candidate("bought-1", 0.95),
+            candidate("books-2", 0.7),
+            candidate("garden-2", 0.2),
+            candidate("unwanted-1", 0.85),
+            candidate("garden-3", 0.6),
+            candidate("books-3", 0.1),
+            candidate("toys-1", 0.5),
+            candidate("sold-1", 0.8),
+        ]
+        self.popular_items = [
+            candidate("bought-1", 1.0, "popular"),
+            candidate("toys-9", 0.9, "popular"),
+            candidate("unwanted-1", 0.8, "popular"),
+            candidate("garden-9", 0.7, "popular"),
+            candidate("books-9", 0.6, "popular"),
+        ]
+        self.profiles = FakeProfiles(["bought-1", "bought-2"], {"garden": 5.0, "books": 1.0})
+        self.retrieval = FakeRetrieval(self.pool, self.popular_items)
+        self.campaigns = FakeCampaigns(sold_out=["sold-1"])
+        self.ranking = FakeRanking()
+        clients = FleetClients(
+            channels={},
+            ingestion=None,  # type: ignore[arg-type]
+            profiles=self.profiles,  # type: ignore[arg-type]
+            retrieval=self.retrieval,  # type: ignore[arg-type]
+            ranking=self.ranking,  # type: ignore[arg-type]
+            campaigns=self.campaigns,  # type: ignore[arg-type]
+        )
+        self.composer = Composer(clients, GatewaySettings())
+
+    async def recommend(self, limit: int = 3, exclude: list[str] | None = None) -> Recommendation:
+        return await self.composer.recommend("m-1", "home", limit, None, exclude or [])
+
+
+@pytest.fixture
+def fleet() -> Fleet:
+    return Fleet()
+
+
+def item_ids(rec: Recommendation) -> list[str]:
+    return [i.item_id for i in rec.items]
+
+
+def degraded_count(service: str) -> float:
+    value = REGISTRY.get_sample_value("recofleet_gateway_degraded_total", {"service": service})
+    return value or 0.0
+
+
+async def test_happy_path(fleet: Fleet) -> None:
+    rec = await fleet.recommend(limit=3, exclude=["unwanted-1"])
+
+    asked = fleet.retrieval.requests["GetCandidates"][0]
+    assert asked.member_id == "m-1"
+    assert set(asked.exclude_item_ids) == {"unwanted-1", "bought-1", "bought-2"}
+    assert asked.limit == 3 * GatewaySettings().candidate_factor
+    rules = fleet.campaigns.requests["ApplyRules"][0]
+    assert set(rules.purchased_item_ids) == {"bought-1", "bought-2"}
+    assert list(rules.exclude_item_ids) == ["unwanted-1"]
+    rank = fleet.ranking.requests["Rank"][0]
+    assert dict(rank.member.category_weights) == {"garden": 5.0, "books": 1.0}
+    assert rank.limit == 3
+    assert "sold-1" not in [c.item_id for c in rank.candidates]
+
+    assert item_ids(rec) == ["garden-1", "garden-3", "garden-2"]  # the ranker's order
+    assert rec.items[0].reasons == ["you like garden"]
+    assert rec.items[0].category == "garden"
+    assert rec.model == "blend+als@v7"
+    assert rec.recommendation_id.startswith("r-")
+    assert rec.member_id == "m-1"
+    assert rec.placement == "home"
+    assert not rec.degraded
+    assert rec.degraded_services == []
+
+
+async def test_each_recommendation_has_its_own_id(fleet: Fleet) -> None:
+    first, second = await fleet.recommend(), await fleet.recommend()
+
+    assert first.recommendation_id != second.recommendation_id
+    assert len(first.recommendation_id) > len("r-")
+
+
+@pytest.mark.parametrize("limit", [1, 5])
+async def test_limit_is_respected(fleet: Fleet, limit: int) -> None:
+    rec = await fleet.recommend(limit=limit)
+
+    assert len(rec.items) == limit
+
+
+async def test_retrieval_down_serves_the_popular_cache(fleet: Fleet) -> None:
+    await fleet.composer.refresh_popular()
+    fleet.retrieval.failing.add("GetCandidates")
+    before = degraded_count("retrieval")
+
+    rec = await fleet.recommend(limit=2, exclude=["unwanted-1"])
+
+    assert rec.degraded
+    assert rec.degraded_services == ["retrieval"]
+    # The cached popular list, minus what was bought or excluded, goes on to be ranked.
+    ranked = [c.item_id for c in fleet.ranking.requests["Rank"][0].candidates]
+    assert ranked == ["toys-9", "garden-9", "books-9"]
+    assert item_ids(rec) == ["garden-9", "books-9"]
+    assert rec.model == "blend+als@v7"
+    assert degraded_count("retrieval") == before + 1
+
+
+async def test_retrieval_down_before_any_popular_list_gives_an_empty_answer(
+    fleet: Fleet,
+) -> None:
+    fleet.retrieval.failing.add("*")
+
+    rec = await fleet.recommend()
+
+    assert rec.degraded
+    assert rec.items == []
+    assert rec.recommendation_id.startswith("r-")
+
+
+async def test_ranking_down_orders_by_retrieval_score(fleet: Fleet) -> None:
+    fleet.ranking.failing.add("Rank")
+
+    rec = await fleet.recommend(limit=4)
+
+    assert rec.degraded
+    assert rec.degraded_services == ["ranking"]
+    # bought-1 (purchased) and sold-1 (out of stock) are out; the rest by descending score.
+    assert item_ids(rec) == ["garden-1", "unwanted-1", "books-2", "garden-3"]
+    scores = [i.score for i in rec.items]
+    assert scores == sorted(scores, reverse=True)
+    assert all(i.reasons for i in rec.items)
+    assert rec.model.startswith("retrieval-order")
+
+
+async def test_campaigns_down_still_filters_purchased_and_excluded(fleet: Fleet) -> None:
+    fleet.campaigns.failing.add("ApplyRules")
+    fleet.retrieval.honour_exclusions = False  # e.g. a stale popular list
+
+    rec = await fleet.recommend(limit=10, exclude=["unwanted-1"])
+
+    assert rec.degraded
+    assert rec.degraded_services == ["campaigns"]
+    shown = item_ids(rec)
+    assert not {"bought-1", "unwanted-1"} & set(shown)
+    ranked = [c.item_id for c in fleet.ranking.requests["Rank"][0].candidates]
+    assert not {"bought-1", "unwanted-1"} & set(ranked)
+    assert "sold-1" in shown  # stock is unknown without campaigns
+    assert len(shown) == 8
+
+
+async def test_profiles_down_still_recommends(fleet: Fleet) -> None:
+    fleet.profiles.failing.add("GetProfile")
+
+    rec = await fleet.recommend(limit=3)
+
+    assert rec.degraded
+    assert rec.degraded_services == ["profiles"]
+    assert len(rec.items) == 3
+    assert dict(fleet.ranking.requests["Rank"][0].member.category_weights) == {}
+
+
+async def test_everything_down_never_raises(fleet: Fleet) -> None:
+    await fleet.composer.refresh_popular()
+    for stub in (fleet.profiles, fleet.retrieval, fleet.campaigns, fleet.ranking):
+        stub.failing.add("*")
+
+    rec = await fleet.recommend(limit=3, exclude=["toys-9"])
+
+    assert rec.degraded
+    assert sorted(rec.degraded_services) == ["campaigns", "profiles", "ranking", "retrieval"]
+    # No profile, so nothing is known to be bought: popular items minus the exclusion.
+    assert item_ids(rec) == ["bought-1", "unwanted-1", "garden-9"]
+
+
+async def test_similar_items_exclude_the_item_itself(fleet: Fleet) -> None:
+    rec = await fleet.composer.similar("garden-1", 3)
+
+    asked = fleet.retrieval.requests["GetSimilarItems"][0]
+    assert asked.item_id == "garden-1"
+    assert list(asked.exclude_item_ids) == ["garden-1"]
+    assert "garden-1" not in item_ids(rec)
+    assert len(rec.items) == 3
+    assert rec.model == "als@v7"
+    assert not rec.degraded

@@ -1,0 +1,295 @@
+"""Member profiles: what events make of a member, kept exactly once per event id.
+
+The store tests are a conformance suite: every one runs on SQLite (the embedded default)
+and on PostgreSQL (production). PostgreSQL at 127.0.0.1:5432 is required: when it is
+unreachable the postgresql cases fail rather than skip.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from services.common.db import make_engine
+from services.common.events import CatalogItem, Event
+from services.profiles.domain import MemberProfile, Rfm
+from services.profiles.settings import ProfilesSettings
+from services.profiles.store import SqlProfileStore
+
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+StoreFactory = Callable[..., SqlProfileStore]
+
+
+def _sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'profiles.db'}")
+    yield engine
+    engine.dispose()
+
+
+def _postgres_engine(tmp_path: Path) -> Iterator[Engine]:
+    # A schema of its own per test: a clean slate, and nothing left behind afterwards.
+    schema = f"test_profiles_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 5})
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        engine = create_engine(
+            POSTGRES_URL,
+            pool_pre_ping=True,
+            connect_args={"options": f"-csearch_path={schema}", "connect_timeout": 5},
+        )
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+            with admin.begin() as conn:
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    finally:
+        admin.dispose()
+
+
+ENGINES: dict[str, Callable[[Path], Iterator[Engine]]] = {
+    "sqlite": _sqlite_engine,
+    "postgresql": _postgres_engine,
+}
+
+
+@pytest.fixture(params=sorted(ENGINES))
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    yield from ENGINES[request.param](tmp_path)
+
+
+@pytest.fixture
+def make_store(engine: Engine) -> StoreFactory:
+    """Stores over the one database (closed with the engine); a second one is a restart."""
+
+    def make(**settings: Any) -> SqlProfileStore:
+        return SqlProfileStore(engine, ProfilesSettings(**settings))
+
+    return make
+
+
+@pytest.fixture
+def store(make_store: StoreFactory) -> SqlProfileStore:
+    return make_store()
+
+
+def ev(type_: str, member: str = "m-1", *, at: datetime | None = None, **fields: Any) -> Event:
+    return Event.model_validate(
+        {"type": type_, "member_id": member, "timestamp": at or NOW, **fields}
+    )
+
+
+def _get(store: SqlProfileStore, member: str = "m-1") -> MemberProfile:
+    profile = store.get(member)
+    assert profile is not None, f"no profile for {member}"
+    return profile
+
+
+def _line(item_id: str, category: str, **fields: Any) -> dict[str, Any]:
+    return {"item_id": item_id, "category": category, **fields}
+
+
+def _shopping_trip() -> list[Event]:
+    """Two views, a cart and an order of 2 lamps at 20 and a bulb at 2.50, an hour ago."""
+    hours_ago = [NOW - timedelta(hours=h) for h in (3, 2, 1.9, 1)]
+    lamp = _line("lamp", "lighting", price=20.0)
+    return [
+        ev("view", at=hours_ago[0], items=[_line("lamp", "lighting")]),
+        ev("view", at=hours_ago[1], items=[_line("rake", "garden")]),
+        ev("add_to_cart", at=hours_ago[2], items=[lamp]),
+        ev(
+            "purchase",
+            at=hours_ago[3],
+            order_id="o-1",
+            items=[lamp | {"quantity": 2}, _line("bulb", "lighting", price=2.5)],
+        ),
+    ]
+
+
+def test_views_cart_and_purchase_make_rfm(store: SqlProfileStore) -> None:
+    assert store.apply_events(_shopping_trip()) == 4
+
+    profile = _get(store)
+    rfm = profile.rfm(datetime.now(UTC))
+    assert rfm.frequency == 1
+    assert rfm.monetary == 42.5
+    assert rfm.recency_days is not None
+    assert 0.03 <= rfm.recency_days <= 0.05  # one hour ago
+    assert profile.events == 4
+    assert profile.first_seen == NOW - timedelta(hours=3)
+    assert profile.last_seen == NOW - timedelta(hours=1)
+    assert profile.last_order_at == NOW - timedelta(hours=1)
+
+
+def test_recent_items_newest_first(store: SqlProfileStore) -> None:
+    store.apply_events(_shopping_trip())
+
+    recent = [(r.item_id, r.event_type) for r in _get(store).recent]
+
+    # The two lines of the order share its instant: either may come first.
+    assert set(recent[:2]) == {("lamp", "purchase"), ("bulb", "purchase")}
+    assert recent[2:] == [("lamp", "add_to_cart"), ("rake", "view"), ("lamp", "view")]
+
+
+def test_recent_items_are_capped(make_store: StoreFactory) -> None:
+    store = make_store(recent_items=3)
+    views = [ev("view", item_id=f"i{n}", at=NOW - timedelta(minutes=10 - n)) for n in range(5)]
+
+    store.apply_events(views[:2])
+    store.apply_events(views[2:])
+
+    assert [r.item_id for r in _get(store).recent] == ["i4", "i3", "i2"]
+
+
+def test_recent_items_order_by_instant_not_by_wall_clock(store: SqlProfileStore) -> None:
+    paris = timezone(timedelta(hours=2))
+    # 10:00 in Paris is 08:00 UTC: the 09:00 UTC view came after it.
+    store.apply_events(
+        [
+            ev("view", item_id="early", at=datetime(2026, 5, 1, 10, 0, tzinfo=paris)),
+            ev("view", item_id="late", at=datetime(2026, 5, 1, 9, 0, tzinfo=UTC)),
+        ]
+    )
+
+    profile = _get(store)
+
+    assert [r.item_id for r in profile.recent] == ["late", "early"]
+    assert profile.first_seen == datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+
+
+def test_category_weights_from_event_lines(store: SqlProfileStore) -> None:
+    store.apply_events(_shopping_trip())
+
+    # view 1, add_to_cart 3, purchase 5 per line (two lighting lines in the order)
+    assert _get(store).category_weights() == {"lighting": 1 + 3 + 5 + 5, "garden": 1}
+
+
+def test_category_from_the_catalog_when_lines_lack_one(store: SqlProfileStore) -> None:
+    store.save_catalog(
+        [
+            CatalogItem(item_id="pan", category="kitchen"),
+            CatalogItem(item_id="hose", category="kitchen"),  # the event says otherwise
+        ]
+    )
+
+    store.apply_events(
+        [
+            ev("view", item_id="pan"),
+            ev("wishlist", item_id="pan"),
+            ev("view", items=[{"item_id": "hose", "category": "garden"}]),
+            ev("view", item_id="mystery"),  # neither the event nor the catalog knows
+        ]
+    )
+
+    assert _get(store).category_weights() == {"kitchen": 3.0, "garden": 1.0}
+
+
+def test_purchased_item_ids(store: SqlProfileStore) -> None:
+    store.apply_events(_shopping_trip())
+    store.apply_events([ev("purchase", item_id="apron", order_id="o-2", revenue=5)])
+
+    assert _get(store).purchased == ["apron", "bulb", "lamp"]
+
+
+def test_applying_the_same_events_again_changes_nothing(make_store: StoreFactory) -> None:
+    store = make_store()
+    events = _shopping_trip()
+    store.apply_events(events)
+    before = _get(store)
+
+    assert store.apply_events(events) == 0
+    assert store.apply_events(list(reversed(events))) == 0
+    assert _get(store) == before
+    # ... also after a restart: which events were applied is stored, not remembered.
+    restarted = make_store()
+    assert restarted.apply_events(events[1:3]) == 0
+    assert _get(restarted) == before
+
+
+def test_a_batch_repeating_an_event_applies_it_once(store: SqlProfileStore) -> None:
+    purchase = ev("purchase", item_id="lamp", order_id="o-1", revenue=30)
+
+    assert store.apply_events([purchase, purchase, purchase]) == 1
+
+    profile = _get(store)
+    assert profile.rfm(NOW) == Rfm(recency_days=0.0, frequency=1, monetary=30.0)
+    assert profile.events == 1
+    assert [r.item_id for r in profile.recent] == ["lamp"]
+
+
+def test_purchase_events_sharing_an_order_count_as_one_order(store: SqlProfileStore) -> None:
+    # Some shops send one purchase event per order line.
+    store.apply_events([ev("purchase", item_id="a", order_id="o-7", revenue=10)])
+    store.apply_events(
+        [
+            ev("purchase", item_id="b", order_id="o-7", revenue=5),
+            ev("purchase", item_id="c", order_id="o-8", revenue=1),
+        ]
+    )
+
+    rfm = _get(store).rfm(NOW)
+
+    assert rfm.frequency == 2
+    assert rfm.monetary == 16.0
+
+
+def test_purchases_without_order_id_are_separate_orders(store: SqlProfileStore) -> None:
+    store.apply_events([ev("purchase", item_id="a", revenue=1), ev("purchase", item_id="a")])
+
+    assert _get(store).orders == 2
+
+
+def test_the_same_order_id_of_two_members_counts_for_each(store: SqlProfileStore) -> None:
+    store.apply_events(
+        [
+            ev("purchase", "m-1", item_id="a", order_id="1", revenue=3),
+            ev("purchase", "m-2", item_id="a", order_id="1", revenue=4),
+        ]
+    )
+
+    assert (_get(store, "m-1").orders, _get(store, "m-2").orders) == (1, 1)
+
+
+def test_refund_lowers_monetary(store: SqlProfileStore) -> None:
+    store.apply_events(_shopping_trip())
+    before = _get(store)
+
+    store.apply_events([ev("refund", item_id="bulb", order_id="o-1", revenue=2.5)])
+
+    profile = _get(store)
+    assert profile.rfm(NOW).monetary == 40.0
+    assert profile.orders == 1
+    # A refund is no sign of taste: no recent item, no category weight.
+    assert profile.recent == before.recent
+    assert profile.category_weights() == before.category_weights()
+
+
+def test_members_are_kept_apart(store: SqlProfileStore) -> None:
+    store.apply_events(
+        [
+            ev("purchase", "m-1", item_id="a", revenue=10),
+            ev("view", "m-2", items=[{"item_id": "b", "category": "toys"}]),
+        ]
+    )
+
+    other = _get(store, "m-2")
+    assert other.orders == 0
+    assert other.rfm(NOW).recency_days is None
+    assert other.purchased == []
+    assert other.category_weights() == {"toys": 1.0}
+    assert _get(store, "m-1").purchased == ["a"]
+
+
+def test_an_unknown_member_has_no_profile(store: SqlProfileStore) -> None:
+    store.apply_events([ev("view", "m-1", item_id="a")])
+
+    assert store.get("m-404") is None
