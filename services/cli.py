@@ -21,7 +21,7 @@ from services.loading import example_member, load
 from services.retrieval.server import interaction_worker, open_models, open_store
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.training import NotEnoughData, train
-from services.runner import Fleet, FleetFailed
+from services.runner import Fleet, FleetFailed, StopRequested
 
 log = logging.getLogger("recofleet")
 
@@ -63,12 +63,16 @@ def cmd_train(fleet: FleetSettings, force: bool) -> None:
 
 def cmd_run(fleet: FleetSettings) -> int:
     runner = Fleet(fleet)
+    runner.handle_signals()
     print("starting the fleet (logs in", fleet.data_dir / "logs", ") ...", flush=True)
     try:
         runner.start()
     except FleetFailed as exc:
         print(f"the fleet did not start: {exc}", file=sys.stderr)
         return 1
+    except StopRequested:
+        print("stopped before the fleet was ready", flush=True)
+        return 0
     _print_welcome(runner, example_member(fleet.data_dir))
     return runner.watch()
 

@@ -29,6 +29,10 @@ class FleetFailed(RuntimeError):
     """A process exited or never became ready; the message says which and where its log is."""
 
 
+class StopRequested(Exception):
+    """Ctrl-C or SIGTERM arrived while the fleet was starting."""
+
+
 @dataclass
 class Child:
     name: str
@@ -47,6 +51,16 @@ class Fleet:
     settings: FleetSettings
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     children: list[Child] = field(default_factory=list)
+    stop_requested: bool = False
+
+    def handle_signals(self) -> None:
+        """From now on Ctrl-C and SIGTERM ask the fleet to stop, even while it is starting."""
+
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            self.stop_requested = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
 
     @property
     def gateway_url(self) -> str:
@@ -86,6 +100,8 @@ class Fleet:
         return Child(name, process, log_path)
 
     def _check_alive(self, child: Child) -> None:
+        if self.stop_requested:
+            raise StopRequested
         if child.process.poll() is not None:
             raise FleetFailed(
                 f"{child.name} exited with code {child.process.returncode}; "
@@ -133,15 +149,7 @@ class Fleet:
 
     def watch(self) -> int:
         """Block until a signal asks to stop or a process dies; return the exit code."""
-        stop_requested = False
-
-        def request_stop(signum: int, frame: FrameType | None) -> None:
-            nonlocal stop_requested
-            stop_requested = True
-
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)
-        while not stop_requested:
+        while not self.stop_requested:
             for child in self.children:
                 if child.process.poll() is not None:
                     print(f"{child.name} exited ({child.process.returncode}):\n{child.tail()}")

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -50,3 +51,25 @@ def test_second_run_reuses_data_and_model_then_ctrl_c_stops_everything(tmp_path)
     addresses = [env[f"RECOFLEET_{name.upper()}_ADDR"] for name in SERVICES]
     addresses.append(f"127.0.0.1:{env['RECOFLEET_GATEWAY_PORT']}")
     assert all(port_is_free(a) for a in addresses), "a fleet process outlived Ctrl-C"
+
+
+def test_ctrl_c_while_the_fleet_is_starting_stops_what_was_started(tmp_path):
+    env = fleet_env(tmp_path)
+    cli(env, "load-sample")
+    cli(env, "train")
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    logs = tmp_path / "logs"
+    deadline = time.monotonic() + 60
+    while not (logs / "profiles.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runner.send_signal(signal.SIGINT)
+    output = runner.communicate(timeout=60)[0].decode()
+    assert runner.returncode == 0, output
+    assert "stopped" in output
+    addresses = [env[f"RECOFLEET_{name.upper()}_ADDR"] for name in SERVICES]
+    assert all(port_is_free(a) for a in addresses), "a service outlived Ctrl-C during start-up"
