@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from services.common import dead_letters
 from services.common.bus import BusError, open_bus
 from services.common.grpc_server import configure_logging
 from services.common.settings import FleetSettings
@@ -61,6 +62,27 @@ def cmd_train(fleet: FleetSettings, force: bool) -> None:
         print(f"model {outcome.version} is current for this data; not retrained (--force to)")
 
 
+def cmd_dead_letters(fleet: FleetSettings, action: str, dry_run: bool) -> None:
+    bus = open_bus(fleet)
+    try:
+        if action == "list":
+            count = 0
+            for letter in dead_letters.read(bus):
+                count += 1
+                print(
+                    f"{letter.partition}:{letter.offset}  group={letter.group}  "
+                    f"from={letter.topic}  key={letter.key}\n  reason: {letter.reason}\n"
+                    f"  record: {letter.preview()}"
+                )
+            print(f"{count} dead letters")
+        else:
+            replayed = dead_letters.replay(bus, dry_run=dry_run)
+            verb = "would replay" if dry_run else "replayed"
+            print(f"{verb} {len(replayed)} dead letters to their original topics")
+    finally:
+        bus.close()
+
+
 def cmd_run(fleet: FleetSettings) -> int:
     runner = Fleet(fleet)
     runner.handle_signals()
@@ -103,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     trainer = commands.add_parser("train", help="train and publish a retrieval model")
     trainer.add_argument("--force", action="store_true", help="retrain even if data is unchanged")
     commands.add_parser("run", help="start the fleet until Ctrl-C")
+    letters = commands.add_parser("dead-letters", help="list or replay records consumers refused")
+    letters.add_argument("action", choices=["list", "replay"])
+    letters.add_argument("--dry-run", action="store_true", help="replay: only say what would go")
     up = commands.add_parser("up", help="load-sample, train, run")
     up.add_argument("--source", type=Path, help="Online Retail CSV (default: bundled sample)")
     args = parser.parse_args(argv)
@@ -114,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_load_sample(fleet, args.source)
         if args.command in ("train", "up"):
             cmd_train(fleet, getattr(args, "force", False))
+        if args.command == "dead-letters":
+            cmd_dead_letters(fleet, args.action, args.dry_run)
         if args.command in ("run", "up"):
             return cmd_run(fleet)
     except (BusError, FileNotFoundError, NotEnoughData) as exc:

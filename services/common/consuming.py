@@ -6,11 +6,8 @@ what was in flight (at least once) and the handlers' idempotency makes that harm
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,9 +18,9 @@ from services.common.bus import (
     DEAD_LETTERS_TOPIC,
     EVENTS_TOPIC,
     EventBus,
-    Message,
     Record,
 )
+from services.common.dead_letters import encode
 from services.common.events import CatalogItem, Event, describe_error
 
 log = logging.getLogger(__name__)
@@ -35,19 +32,6 @@ class DeadLetter:
 
     record: Record
     reason: str
-
-    def to_message(self, group: str) -> Message:
-        body = {
-            "group": group,
-            "reason": self.reason,
-            "topic": self.record.topic,
-            "partition": self.record.partition,
-            "offset": self.record.offset,
-            "key": self.record.key,
-            "value_b64": base64.b64encode(self.record.value).decode("ascii"),
-            "failed_at_ms": int(time.time() * 1000),
-        }
-        return Message(key=self.record.key, value=json.dumps(body).encode("utf-8"))
 
 
 # Applies a batch of records; returns those it rejected as permanently unusable.
@@ -129,7 +113,9 @@ class BusWorker:
                 one = self._with_retries([record], attempts=2)
                 rejected.extend(one if one is not None else [DeadLetter(record, self._last_error)])
         if rejected:
-            self._bus.publish(DEAD_LETTERS_TOPIC, [d.to_message(self._group) for d in rejected])
+            self._bus.publish(
+                DEAD_LETTERS_TOPIC, [encode(d.record, self._group, d.reason) for d in rejected]
+            )
             self.dead_lettered += len(rejected)
             for letter in rejected:
                 log.warning("dead-lettered %s: %s", letter.record.key, letter.reason)

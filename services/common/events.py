@@ -30,8 +30,9 @@ class EventType(StrEnum):
     RATE = "rate"
 
 
-# Types that are about one or more items and are meaningless without one.
-ITEM_TYPES = frozenset(EventType) - {EventType.SEARCH}
+# Types that are about one or more items and are meaningless without one. A refund may
+# instead name a whole order and the amount refunded (a "full refund").
+ITEM_TYPES = frozenset(EventType) - {EventType.SEARCH, EventType.REFUND}
 
 
 def _id(description: str) -> Any:
@@ -78,6 +79,12 @@ class Event(BaseModel):
     def _consistent(self) -> Event:
         if self.type in ITEM_TYPES and not self.item_id and not self.items:
             raise ValueError(f"a '{self.type.value}' event needs item_id or items")
+        if self.type == EventType.REFUND and not (
+            self.item_id or self.items or (self.order_id and self.revenue is not None)
+        ):
+            raise ValueError(
+                "a 'refund' event needs items, or an order_id and the revenue refunded"
+            )
         if self.type == EventType.SEARCH and not self.query:
             raise ValueError("a 'search' event needs a query")
         if self.type == EventType.RATE and self.rating is None:

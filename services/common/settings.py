@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,10 @@ class FleetSettings(BaseSettings):
         default=True, description="fsync the local log before acknowledging a publish."
     )
     log_level: str = "INFO"
+    pii_secret: SecretStr | None = Field(
+        default=None,
+        description="Key of the hashes that replace emails and phone numbers (16+ characters).",
+    )
     sample_source: Path | None = Field(
         default=None,
         description="Online Retail CSV to load instead of the bundled sample (the full data set).",

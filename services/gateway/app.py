@@ -17,7 +17,8 @@ from prometheus_client import Counter, Histogram
 from services.common.settings import FleetSettings
 from services.gateway.clients import FleetClients
 from services.gateway.compose import Composer
-from services.gateway.routers import events, items, members, ops
+from services.gateway.limits import RateLimiter
+from services.gateway.routers import events, items, members, ops, segment
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def create_app(fleet: FleetSettings, settings: GatewaySettings) -> FastAPI:
         clients = FleetClients.connect(fleet)
         composer = Composer(clients, settings)
         app.state.clients, app.state.composer, app.state.settings = clients, composer, settings
+        app.state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
         refresher = asyncio.create_task(_keep_popular_fresh(composer, settings.popular_refresh_s))
         yield
         refresher.cancel()
@@ -49,7 +51,7 @@ def create_app(fleet: FleetSettings, settings: GatewaySettings) -> FastAPI:
         description="Events in, member profiles, recommendations and offers out.",
         lifespan=lifespan,
     )
-    for router in (events.router, members.router, items.router, ops.router):
+    for router in (events.router, segment.router, members.router, items.router, ops.router):
         app.include_router(router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.middleware("http")(_measure)

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from services.gateway.clients import FleetClients
 from services.gateway.compose import Composer
+from services.gateway.limits import RateLimiter
 from services.gateway.settings import GatewaySettings
 
 
@@ -21,6 +22,11 @@ def _clients(request: Request) -> FleetClients:
     return clients
 
 
+def _limiter(request: Request) -> RateLimiter:
+    limiter: RateLimiter = request.app.state.limiter
+    return limiter
+
+
 def _settings(request: Request) -> GatewaySettings:
     settings: GatewaySettings = request.app.state.settings
     return settings
@@ -29,3 +35,4 @@ def _settings(request: Request) -> GatewaySettings:
 ComposerDep = Annotated[Composer, Depends(_composer)]
 ClientsDep = Annotated[FleetClients, Depends(_clients)]
 SettingsDep = Annotated[GatewaySettings, Depends(_settings)]
+LimiterDep = Annotated[RateLimiter, Depends(_limiter)]

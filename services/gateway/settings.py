@@ -1,4 +1,4 @@
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,7 +14,10 @@ class Deadlines(BaseSettings):
 
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="RECOFLEET_GATEWAY_", env_nested_delimiter="__", extra="ignore"
+        env_prefix="RECOFLEET_GATEWAY_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        populate_by_name=True,
     )
 
     deadlines: Deadlines = Field(default_factory=Deadlines)
@@ -23,6 +26,17 @@ class GatewaySettings(BaseSettings):
     )
     max_limit: int = Field(default=100, ge=1)
     max_body_bytes: int = Field(default=5_000_000, ge=1024)
+    rate_limit_per_s: float = Field(
+        default=500.0, ge=0, description="Ingestion requests per second per key (0: no limit)."
+    )
+    rate_limit_burst: int = Field(
+        default=1000, ge=1, description="Requests a key may send at once."
+    )
+    segment_write_key: SecretStr | None = Field(
+        default=None,
+        validation_alias="RECOFLEET_SEGMENT_WRITE_KEY",
+        description="Write key Segment-shaped requests must carry (basic auth user); unset: off.",
+    )
     popular_refresh_s: float = Field(
         default=60.0, gt=0, description="How often the fallback list of popular items refreshes."
     )

@@ -1,4 +1,8 @@
-"""Validation and publishing of events and catalog items, free of any transport."""
+"""Validation and publishing of events and catalog items, free of any transport.
+
+For events: translate the shop's format to native events, scrub emails and phone numbers
+into keyed hashes, validate each event on its own, publish the valid ones keyed by member.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,20 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from services.common.bus import CATALOG_TOPIC, EVENTS_TOPIC, EventBus, Message
-from services.common.events import CatalogItem, describe_error, parse_event, split_batch
+from services.common.events import CatalogItem, Event, describe_error, parse_event
+from services.common.pii import PiiScrubber
+from services.ingestion.formats import Translated, translate
 from services.ingestion.settings import IngestionSettings
 
 T = TypeVar("T", bound=BaseModel)
 
 
 class BadPayload(ValueError):
-    """The request as a whole cannot be read (not JSON, not a list, too many events)."""
+    """The request as a whole cannot be read (not JSON, unknown format)."""
+
+
+class TooManyEvents(BadPayload):
+    """More events in one request than the settings allow."""
 
 
 @dataclass(frozen=True)
@@ -31,44 +41,63 @@ class Rejected:
 class Outcome:
     accepted: list[str] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    ignored: int = 0
 
 
 class Ingestor:
-    def __init__(self, bus: EventBus, settings: IngestionSettings) -> None:
+    def __init__(self, bus: EventBus, scrubber: PiiScrubber, settings: IngestionSettings) -> None:
         self._bus = bus
+        self._scrubber = scrubber
         self._settings = settings
 
     def publish_events(self, payload: bytes, fmt: str = "native") -> Outcome:
         """Validate each event on its own; publish the valid ones keyed by member."""
-        if fmt not in ("", "native"):
-            raise BadPayload(f"unknown event format '{fmt}'; supported: native")
-        raws = self._split(payload, split_batch, "events")
-        outcome, events = _validate(raws, parse_event, lambda e: e.event_id)
-        messages = [Message(key=e.member_id, value=e.to_bytes()) for e in events]
-        self._bus.publish(EVENTS_TOPIC, messages)
+        try:
+            translated = translate(fmt or "native", payload)
+        except ValueError as exc:
+            raise BadPayload(str(exc)) from exc
+        self._check_size(len(translated), "events")
+        outcome, events = Outcome(), []
+        for source in translated:
+            events.extend(self._events_of(source, outcome))
+        self._bus.publish(EVENTS_TOPIC, [Message(e.member_id, e.to_bytes()) for e in events])
+        outcome.accepted = [e.event_id for e in events]
         return outcome
+
+    def _events_of(self, source: Translated, outcome: Outcome) -> list[Event]:
+        if source.ignored:
+            outcome.ignored += 1
+            return []
+        if source.error:
+            outcome.rejected.append(Rejected(source.index, source.source_id, source.error))
+            return []
+        try:
+            # Scrubbed before validation so that not even an error message echoes PII.
+            return [parse_event(self._scrubber.scrub(raw)) for raw in source.events]
+        except ValidationError as exc:
+            reason = describe_error(exc)
+        except ValueError as exc:
+            reason = str(exc)
+        outcome.rejected.append(Rejected(source.index, _raw_id(source), reason))
+        return []
 
     def upsert_items(self, payload: bytes) -> Outcome:
         """Validate catalog items; publish the valid ones keyed by item."""
-        raws = self._split(payload, _split_items, "items")
-        outcome, items = _validate(raws, CatalogItem.model_validate, lambda i: i.item_id)
-        self._bus.publish(
-            CATALOG_TOPIC, [Message(key=i.item_id, value=i.to_bytes()) for i in items]
-        )
-        return outcome
-
-    def _split(
-        self, payload: bytes, splitter: Callable[[bytes], list[Any]], what: str
-    ) -> list[Any]:
         try:
-            raws = splitter(payload)
+            raws = _split_items(payload)
         except ValueError as exc:
             raise BadPayload(str(exc)) from exc
-        if len(raws) > self._settings.max_batch_events:
-            raise BadPayload(
-                f"{len(raws)} {what} in one request; at most {self._settings.max_batch_events}"
+        self._check_size(len(raws), "items")
+        outcome, items = _validate(raws, CatalogItem.model_validate, lambda i: i.item_id)
+        messages = [Message(key=i.item_id, value=i.to_bytes()) for i in items]
+        self._bus.publish(CATALOG_TOPIC, messages)
+        return outcome
+
+    def _check_size(self, count: int, what: str) -> None:
+        if count > self._settings.max_batch_events:
+            raise TooManyEvents(
+                f"{count} {what} in one request; at most {self._settings.max_batch_events}"
             )
-        return raws
 
 
 def _split_items(payload: bytes) -> list[Any]:
@@ -92,17 +121,18 @@ def _validate(
         try:
             model = parse(raw)
         except ValidationError as exc:
-            outcome.rejected.append(Rejected(index, _raw_id(raw), describe_error(exc)))
-            continue
-        except ValueError as exc:
-            outcome.rejected.append(Rejected(index, _raw_id(raw), str(exc)))
+            outcome.rejected.append(Rejected(index, _item_id(raw), describe_error(exc)))
             continue
         valid.append(model)
         outcome.accepted.append(ident(model))
     return outcome, valid
 
 
-def _raw_id(raw: Any) -> str:
-    if isinstance(raw, dict):
-        return str(raw.get("event_id") or raw.get("item_id") or "")
-    return ""
+def _item_id(raw: Any) -> str:
+    return str(raw.get("item_id") or "") if isinstance(raw, dict) else ""
+
+
+def _raw_id(source: Translated) -> str:
+    first = source.events[0] if source.events else None
+    event_id = first.get("event_id") if isinstance(first, dict) else None
+    return source.source_id or str(event_id or "")

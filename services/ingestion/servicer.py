@@ -8,7 +8,7 @@ import grpc
 
 from services.gen.recofleet.common.v1 import common_pb2
 from services.gen.recofleet.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
-from services.ingestion.domain import BadPayload, Ingestor, Outcome
+from services.ingestion.domain import BadPayload, Ingestor, Outcome, TooManyEvents
 
 
 class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
@@ -24,9 +24,11 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
                 self._ingestor.publish_events, request.payload, request.format
             )
         except BadPayload as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(_status(exc), str(exc))
         return ingestion_pb2.PublishEventsResponse(
-            accepted_event_ids=outcome.accepted, rejected=_rejections(outcome)
+            accepted_event_ids=outcome.accepted,
+            rejected=_rejections(outcome),
+            ignored=outcome.ignored,
         )
 
     async def UpsertItems(
@@ -35,10 +37,16 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         try:
             outcome = await asyncio.to_thread(self._ingestor.upsert_items, request.payload)
         except BadPayload as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(_status(exc), str(exc))
         return ingestion_pb2.UpsertItemsResponse(
             accepted_item_ids=outcome.accepted, rejected=_rejections(outcome)
         )
+
+
+def _status(exc: BadPayload) -> grpc.StatusCode:
+    if isinstance(exc, TooManyEvents):
+        return grpc.StatusCode.OUT_OF_RANGE
+    return grpc.StatusCode.INVALID_ARGUMENT
 
 
 def _rejections(outcome: Outcome) -> list[common_pb2.Rejection]:

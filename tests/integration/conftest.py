@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 SERVICES = ("ingestion", "profiles", "retrieval", "ranking", "campaigns")
+SEGMENT_WRITE_KEY = "wk-integration-tests"
 
 
 def free_port() -> int:
@@ -44,6 +45,10 @@ def fleet_env(data_dir: Path) -> dict[str, str]:
             "RECOFLEET_GATEWAY_HOST": "127.0.0.1",
             "RECOFLEET_GATEWAY_PORT": str(free_port()),
             "RECOFLEET_RETRIEVAL_RELOAD_INTERVAL_S": "0.5",
+            "RECOFLEET_SEGMENT_WRITE_KEY": SEGMENT_WRITE_KEY,
+            "RECOFLEET_INGESTION_MAX_BATCH_EVENTS": "1000",
+            "RECOFLEET_GATEWAY_RATE_LIMIT_PER_S": "5",
+            "RECOFLEET_GATEWAY_RATE_LIMIT_BURST": "50",
         }
     )
     return env

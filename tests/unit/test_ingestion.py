@@ -12,7 +12,8 @@ import pytest
 from services.common.bus.base import CATALOG_TOPIC, EVENTS_TOPIC, Record
 from services.common.bus.local_log import LocalLogBus
 from services.common.events import CatalogItem, Event
-from services.ingestion.domain import BadPayload, Ingestor
+from services.common.pii import PiiScrubber
+from services.ingestion.domain import BadPayload, Ingestor, TooManyEvents
 from services.ingestion.settings import IngestionSettings
 
 
@@ -23,9 +24,12 @@ def bus(tmp_path: Path) -> Iterator[LocalLogBus]:
     bus.close()
 
 
+SECRET = b"a-test-secret-of-32-characters!!"
+
+
 @pytest.fixture
 def ingestor(bus: LocalLogBus) -> Ingestor:
-    return Ingestor(bus, IngestionSettings(max_batch_events=10))
+    return Ingestor(bus, PiiScrubber(SECRET), IngestionSettings(max_batch_events=10))
 
 
 def _published(bus: LocalLogBus, topic: str) -> list[Record]:
@@ -105,7 +109,7 @@ def test_a_body_that_is_not_json_is_a_bad_payload(bus: LocalLogBus, ingestor: In
 def test_too_many_events_is_a_bad_payload(bus: LocalLogBus, ingestor: Ingestor) -> None:
     events = [{"type": "view", "member_id": "m", "item_id": f"i{n}"} for n in range(11)]
 
-    with pytest.raises(BadPayload, match="11 events"):
+    with pytest.raises(TooManyEvents, match="11 events"):
         ingestor.publish_events(_body(*events))
 
     assert _published(bus, EVENTS_TOPIC) == []
@@ -152,3 +156,31 @@ def test_upsert_items_accepts_a_bare_list(bus: LocalLogBus, ingestor: Ingestor) 
 def test_upsert_items_rejects_bad_json(ingestor: Ingestor) -> None:
     with pytest.raises(BadPayload, match="not valid JSON"):
         ingestor.upsert_items(b"[{")
+
+
+def test_emails_and_phones_never_reach_the_bus_in_clear(ingestor: Ingestor, bus: LocalLogBus):
+    email, phone = "Jane.Doe@Example.com", "+44 7700 900123"
+    event = {
+        "event_id": "pii-1",
+        "type": "view",
+        "member_id": email,
+        "item_id": "sku-1",
+        "context": {"traits": {"email": email, "phone": phone}, "note": f"call {phone}"},
+    }
+    outcome = ingestor.publish_events(json.dumps(event).encode())
+    assert outcome.accepted == ["pii-1"]
+
+    (record,) = _published(bus, EVENTS_TOPIC)
+    published = Event.from_bytes(record.value)
+    token = PiiScrubber(SECRET).token(email)
+    assert published.member_id == token == record.key
+    assert published.context["traits"]["email"] == token
+    assert published.context["traits"]["phone"] == PiiScrubber(SECRET).token(phone)
+    assert published.context["note"].startswith("call pii:")
+    on_disk = b"".join(p.read_bytes() for p in bus_files(bus))
+    for clear in (email, email.lower(), phone, "7700 900123", "Jane.Doe"):
+        assert clear.encode() not in on_disk
+
+
+def bus_files(bus: LocalLogBus) -> list:
+    return [p for p in bus.root.rglob("*") if p.is_file()]

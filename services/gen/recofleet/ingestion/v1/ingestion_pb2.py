@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.gen.recofleet.common.v1 import common_pb2 as recofleet_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&recofleet/ingestion/v1/ingestion.proto\x12\x16recofleet.ingestion.v1\x1a recofleet/common/v1/common.proto\"7\n\x14PublishEventsRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"e\n\x15PublishEventsResponse\x12\x1a\n\x12\x61\x63\x63\x65pted_event_ids\x18\x01 \x03(\t\x12\x30\n\x08rejected\x18\x02 \x03(\x0b\x32\x1e.recofleet.common.v1.Rejection\"%\n\x12UpsertItemsRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"b\n\x13UpsertItemsResponse\x12\x19\n\x11\x61\x63\x63\x65pted_item_ids\x18\x01 \x03(\t\x12\x30\n\x08rejected\x18\x02 \x03(\x0b\x32\x1e.recofleet.common.v1.Rejection2\xe8\x01\n\x10IngestionService\x12l\n\rPublishEvents\x12,.recofleet.ingestion.v1.PublishEventsRequest\x1a-.recofleet.ingestion.v1.PublishEventsResponse\x12\x66\n\x0bUpsertItems\x12*.recofleet.ingestion.v1.UpsertItemsRequest\x1a+.recofleet.ingestion.v1.UpsertItemsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&recofleet/ingestion/v1/ingestion.proto\x12\x16recofleet.ingestion.v1\x1a recofleet/common/v1/common.proto\"7\n\x14PublishEventsRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"v\n\x15PublishEventsResponse\x12\x1a\n\x12\x61\x63\x63\x65pted_event_ids\x18\x01 \x03(\t\x12\x30\n\x08rejected\x18\x02 \x03(\x0b\x32\x1e.recofleet.common.v1.Rejection\x12\x0f\n\x07ignored\x18\x03 \x01(\x05\"%\n\x12UpsertItemsRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"b\n\x13UpsertItemsResponse\x12\x19\n\x11\x61\x63\x63\x65pted_item_ids\x18\x01 \x03(\t\x12\x30\n\x08rejected\x18\x02 \x03(\x0b\x32\x1e.recofleet.common.v1.Rejection2\xe8\x01\n\x10IngestionService\x12l\n\rPublishEvents\x12,.recofleet.ingestion.v1.PublishEventsRequest\x1a-.recofleet.ingestion.v1.PublishEventsResponse\x12\x66\n\x0bUpsertItems\x12*.recofleet.ingestion.v1.UpsertItemsRequest\x1a+.recofleet.ingestion.v1.UpsertItemsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLISHEVENTSREQUEST']._serialized_start=100
   _globals['_PUBLISHEVENTSREQUEST']._serialized_end=155
   _globals['_PUBLISHEVENTSRESPONSE']._serialized_start=157
-  _globals['_PUBLISHEVENTSRESPONSE']._serialized_end=258
-  _globals['_UPSERTITEMSREQUEST']._serialized_start=260
-  _globals['_UPSERTITEMSREQUEST']._serialized_end=297
-  _globals['_UPSERTITEMSRESPONSE']._serialized_start=299
-  _globals['_UPSERTITEMSRESPONSE']._serialized_end=397
-  _globals['_INGESTIONSERVICE']._serialized_start=400
-  _globals['_INGESTIONSERVICE']._serialized_end=632
+  _globals['_PUBLISHEVENTSRESPONSE']._serialized_end=275
+  _globals['_UPSERTITEMSREQUEST']._serialized_start=277
+  _globals['_UPSERTITEMSREQUEST']._serialized_end=314
+  _globals['_UPSERTITEMSRESPONSE']._serialized_start=316
+  _globals['_UPSERTITEMSRESPONSE']._serialized_end=414
+  _globals['_INGESTIONSERVICE']._serialized_start=417
+  _globals['_INGESTIONSERVICE']._serialized_end=649
 # @@protoc_insertion_point(module_scope)

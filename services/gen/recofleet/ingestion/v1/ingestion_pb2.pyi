@@ -30,7 +30,7 @@ class PublishEventsRequest(_message.Message):
     caller, decides what is valid and says why for each event.
     """
     format: _builtins.str
-    """Shape of the events: "native" (the default when empty)."""
+    """Shape of the events: "native" (the default when empty), "segment", "ga4", "google_retail"."""
     def __init__(
         self,
         *,
@@ -51,6 +51,9 @@ class PublishEventsResponse(_message.Message):
 
     ACCEPTED_EVENT_IDS_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
+    IGNORED_FIELD_NUMBER: _builtins.int
+    ignored: _builtins.int
+    """Source events of kinds recofleet does not use (page views, identify calls, ...): not errors."""
     @_builtins.property
     def accepted_event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -60,10 +63,11 @@ class PublishEventsResponse(_message.Message):
         *,
         accepted_event_ids: _abc.Iterable[_builtins.str] | None = ...,
         rejected: _abc.Iterable[_common_pb2.Rejection] | None = ...,
+        ignored: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_event_ids", b"accepted_event_ids", "rejected", b"rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_event_ids", b"accepted_event_ids", "ignored", b"ignored", "rejected", b"rejected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -53,6 +53,7 @@ class IngestionServiceServicer:
 
     def PublishEvents(self, request, context):
         """Publish one event or a batch. Invalid events are rejected one by one; the rest are published.
+        INVALID_ARGUMENT: the payload cannot be read; OUT_OF_RANGE: more events than allowed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

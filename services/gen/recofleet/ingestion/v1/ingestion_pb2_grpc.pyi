@@ -34,7 +34,9 @@ class IngestionServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> IngestionServiceAsyncStub: ...
     PublishEvents: _grpc.UnaryUnaryMultiCallable[_ingestion_pb2.PublishEventsRequest, _ingestion_pb2.PublishEventsResponse]
-    """Publish one event or a batch. Invalid events are rejected one by one; the rest are published."""
+    """Publish one event or a batch. Invalid events are rejected one by one; the rest are published.
+    INVALID_ARGUMENT: the payload cannot be read; OUT_OF_RANGE: more events than allowed.
+    """
     UpsertItems: _grpc.UnaryUnaryMultiCallable[_ingestion_pb2.UpsertItemsRequest, _ingestion_pb2.UpsertItemsResponse]
     """Insert or replace catalog items (category, price, stock), published on the catalog topic."""
 
@@ -44,7 +46,9 @@ class IngestionServiceAsyncStub(IngestionServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     PublishEvents: _aio.UnaryUnaryMultiCallable[_ingestion_pb2.PublishEventsRequest, _ingestion_pb2.PublishEventsResponse]  # type: ignore[assignment]
-    """Publish one event or a batch. Invalid events are rejected one by one; the rest are published."""
+    """Publish one event or a batch. Invalid events are rejected one by one; the rest are published.
+    INVALID_ARGUMENT: the payload cannot be read; OUT_OF_RANGE: more events than allowed.
+    """
     UpsertItems: _aio.UnaryUnaryMultiCallable[_ingestion_pb2.UpsertItemsRequest, _ingestion_pb2.UpsertItemsResponse]  # type: ignore[assignment]
     """Insert or replace catalog items (category, price, stock), published on the catalog topic."""
 
@@ -57,7 +61,9 @@ class IngestionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ingestion_pb2.PublishEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ingestion_pb2.PublishEventsResponse, _abc.Awaitable[_ingestion_pb2.PublishEventsResponse]]:
-        """Publish one event or a batch. Invalid events are rejected one by one; the rest are published."""
+        """Publish one event or a batch. Invalid events are rejected one by one; the rest are published.
+        INVALID_ARGUMENT: the payload cannot be read; OUT_OF_RANGE: more events than allowed.
+        """
 
     @_abc_1.abstractmethod
     def UpsertItems(

@@ -1,0 +1,139 @@
+"""What shops send arrives: in their formats, within clear limits, once, and without PII."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from services.common.pii import PiiScrubber
+from tests.integration.conftest import SEGMENT_WRITE_KEY, RunningFleet
+from tests.integration.test_fleet import poll
+
+pytestmark = pytest.mark.integration
+
+
+def profile(http: httpx.Client, member_id: str) -> dict:
+    reply = http.get(f"/v1/members/{member_id}/profile")
+    return reply.json() if reply.status_code == 200 else {}
+
+
+def test_a_segment_batch_posted_like_to_segment_changes_the_profile(fleet: RunningFleet):
+    member_id = f"seg-{uuid.uuid4()}"
+    batch = {
+        "batch": [
+            {
+                "type": "track",
+                "event": "Product Viewed",
+                "userId": member_id,
+                "messageId": f"{member_id}-1",
+                "properties": {"product_id": "85123A", "price": 2.55},
+            },
+            {
+                "type": "track",
+                "event": "Order Completed",
+                "userId": member_id,
+                "messageId": f"{member_id}-2",
+                "properties": {
+                    "order_id": f"o-{member_id}",
+                    "total": 12.75,
+                    "currency": "GBP",
+                    "products": [{"product_id": "85123A", "quantity": 5, "price": 2.55}],
+                },
+            },
+            {"type": "identify", "userId": member_id, "traits": {"plan": "gold"}},
+        ]
+    }
+    with fleet.client() as http:
+        denied = http.post("/segment/v1/batch", json=batch, auth=("wrong-key", ""))
+        assert denied.status_code == 401
+        reply = http.post("/segment/v1/batch", json=batch, auth=(SEGMENT_WRITE_KEY, ""))
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["success"] is True
+        assert (reply.json()["accepted"], reply.json()["ignored"]) == (2, 1)
+        found = poll(lambda: profile(http, member_id).get("rfm", {}).get("frequency") == 1)
+        assert found
+        body = profile(http, member_id)
+    assert body["rfm"]["monetary"] == pytest.approx(12.75)
+    assert "85123A" in body["purchased_item_ids"]
+
+
+def test_the_same_event_sent_twice_counts_once(fleet: RunningFleet):
+    member_id = f"dup-{uuid.uuid4()}"
+    purchase = {
+        "event_id": f"{member_id}-order",
+        "type": "purchase",
+        "member_id": member_id,
+        "order_id": "o-1",
+        "items": [{"item_id": "85123A", "quantity": 1, "price": 10.0}],
+    }
+    later = {"type": "view", "member_id": member_id, "item_id": "22423"}
+    with fleet.client() as http:
+        assert http.post("/v1/events", json=purchase).status_code == 202
+        assert http.post("/v1/events", json={"events": [purchase, later]}).status_code == 202
+        poll(lambda: profile(http, member_id).get("events") == 2)
+        body = profile(http, member_id)
+    assert body["rfm"]["frequency"] == 1
+    assert body["rfm"]["monetary"] == pytest.approx(10.0)
+
+
+def test_emails_and_phones_are_stored_nowhere_in_clear(fleet: RunningFleet):
+    email, phone = f"jane.{uuid.uuid4().hex[:8]}@example.com", "+44 7700 900777"
+    event = {
+        "type": "view",
+        "member_id": email,
+        "item_id": "85123A",
+        "context": {"traits": {"email": email, "phone": phone}, "note": f"call {phone}"},
+    }
+    with fleet.client() as http:
+        reply = http.post("/v1/events", json=event)
+        assert reply.status_code == 202
+        assert email not in reply.text
+        # The member is known under the token of their email, never the email itself.
+        secret = (fleet.data_dir / "secrets" / "pii.key").read_text().strip().encode()
+        token = PiiScrubber(secret).token(email)
+        assert poll(lambda: profile(http, token).get("events") == 1)
+        assert http.get(f"/v1/members/{email}/profile").status_code == 404
+    stored = _everything_stored(fleet)
+    for clear in (email, phone, "7700 900777", email.split("@")[0]):
+        assert clear.encode() not in stored
+
+
+def _everything_stored(fleet: RunningFleet) -> bytes:
+    """Every byte the fleet keeps: the bus, the stores (with their WAL), the models, the logs."""
+    return b"".join(p.read_bytes() for p in fleet.data_dir.rglob("*") if p.is_file())
+
+
+def test_limits_answer_413_and_429_and_lose_nothing_accepted(fleet: RunningFleet):
+    member_id = f"lim-{uuid.uuid4()}"
+    too_many = {"events": [{"type": "view", "member_id": member_id, "item_id": "85123A"}] * 1001}
+    with fleet.client() as http:
+        big = http.post("/v1/events", json=too_many)
+        assert big.status_code == 413 and "at most 1000" in big.json()["detail"]
+        huge = http.post("/v1/events", content=b"{" + b" " * 6_000_000 + b"}")
+        assert huge.status_code == 413
+
+        headers = {"x-api-key": f"k-{member_id}"}
+        statuses = []
+        for n in range(260):
+            event = {
+                "type": "view",
+                "member_id": member_id,
+                "item_id": "85123A",
+                "event_id": f"{member_id}-{n}",
+            }
+            statuses.append(http.post("/v1/events", json=event, headers=headers).status_code)
+        assert 429 in statuses
+        throttled = next(
+            http.post(
+                "/v1/events",
+                json={"type": "view", "member_id": member_id, "item_id": "1"},
+                headers=headers,
+            )
+            for _ in range(1)
+        )
+        assert throttled.status_code == 429 and "retry" in throttled.json()["detail"]
+        assert "retry-after" in throttled.headers
+        accepted = statuses.count(202)
+        poll(lambda: profile(http, member_id).get("events") == accepted)
