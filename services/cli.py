@@ -37,14 +37,23 @@ def cmd_load_sample(fleet: FleetSettings, source: Path | None) -> None:
     print(f"{verb}: {loaded.events} events, {loaded.items} items from {loaded.source}")
 
 
-def cmd_train(fleet: FleetSettings, force: bool) -> None:
+def cmd_train(fleet: FleetSettings, force: bool, catch_up: bool | None) -> None:
+    """Train retrieval; first apply what the bus holds that the store lacks, when safe.
+
+    Catching up joins the retrieval service's consumer group. On the local log a running
+    service holds the group and the attempt is refused; on Kafka it would silently take
+    partitions from the running service, so there it happens only when asked for.
+    """
     settings = RetrievalSettings()
     bus = open_bus(fleet)
     store = open_store(fleet, settings)
     try:
+        if catch_up is None:
+            catch_up = fleet.bus == "local"
         try:
-            caught_up = interaction_worker(bus, store, settings).drain()
-            print(f"retrieval store caught up with the bus: {caught_up} new records")
+            if catch_up:
+                caught_up = interaction_worker(bus, store, settings).drain()
+                print(f"retrieval store caught up with the bus: {caught_up} new records")
         except BusError as exc:
             # The retrieval service is running and keeps the store current itself.
             print(f"training on the store as it is ({exc})")
@@ -124,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--source", type=Path, help="Online Retail CSV (default: bundled sample)")
     trainer = commands.add_parser("train", help="train and publish a retrieval model")
     trainer.add_argument("--force", action="store_true", help="retrain even if data is unchanged")
+    trainer.add_argument(
+        "--catch-up",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="apply pending bus records to the retrieval store first (default: on the local "
+        "bus only; on Kafka only while the retrieval service is stopped)",
+    )
     commands.add_parser("run", help="start the fleet until Ctrl-C")
     letters = commands.add_parser("dead-letters", help="list or replay records consumers refused")
     letters.add_argument("action", choices=["list", "replay"])
@@ -137,8 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("load-sample", "up"):
             cmd_load_sample(fleet, args.source)
-        if args.command in ("train", "up"):
-            cmd_train(fleet, getattr(args, "force", False))
+        if args.command == "train":
+            cmd_train(fleet, args.force, args.catch_up)
+        if args.command == "up":
+            # The fleet is not running yet: the trainer may take the retrieval group's place.
+            cmd_train(fleet, force=False, catch_up=True)
         if args.command == "dead-letters":
             cmd_dead_letters(fleet, args.action, args.dry_run)
         if args.command in ("run", "up"):

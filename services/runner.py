@@ -3,6 +3,11 @@
 Services start first and must report SERVING on the gRPC health check; the gateway
 starts last and must answer /readyz. Ctrl-C (or SIGTERM) stops the gateway first, then
 the services, each with SIGTERM and a grace period, then SIGKILL for stragglers.
+
+While running, the runner supervises: a process that dies is started again (as a
+Kubernetes deployment would), up to `max_restarts` times in `restart_window_s`; past
+that the fleet stops, since something is wrong that restarting will not fix. Each
+process's pid is kept in `<data_dir>/run/<name>.pid` for operators and crash tests.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class Child:
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    restarts: list[float] = field(default_factory=list)
 
     def tail(self, lines: int = 30) -> str:
         try:
@@ -52,6 +58,8 @@ class Fleet:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     children: list[Child] = field(default_factory=list)
     stop_requested: bool = False
+    max_restarts: int = 5
+    restart_window_s: float = 60.0
 
     def handle_signals(self) -> None:
         """From now on Ctrl-C and SIGTERM ask the fleet to stop, even while it is starting."""
@@ -97,6 +105,9 @@ class Fleet:
                 # Own session: Ctrl-C reaches the runner only, which stops the fleet in order.
                 start_new_session=True,
             )
+        pids = self.settings.data_dir / "run"
+        pids.mkdir(parents=True, exist_ok=True)
+        (pids / f"{name}.pid").write_text(f"{process.pid}\n")
         return Child(name, process, log_path)
 
     def _check_alive(self, child: Child) -> None:
@@ -135,6 +146,18 @@ class Fleet:
                 raise FleetFailed(f"gateway not ready in time; log {child.log_path}")
             time.sleep(0.2)
 
+    def _restart(self, child: Child) -> Child | None:
+        now = time.monotonic()
+        recent = [t for t in child.restarts if now - t < self.restart_window_s]
+        print(f"{child.name} exited ({child.process.returncode}):\n{child.tail(10)}", flush=True)
+        if len(recent) >= self.max_restarts:
+            print(f"{child.name} keeps exiting; stopping the fleet", flush=True)
+            return None
+        print(f"restarting {child.name}", flush=True)
+        replacement = self._spawn(child.name)
+        replacement.restarts = [*recent, now]
+        return replacement
+
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop the gateway first (no new requests), then the services; kill what lingers."""
         for child in reversed(self.children):
@@ -148,14 +171,17 @@ class Fleet:
         self.children.clear()
 
     def watch(self) -> int:
-        """Block until a signal asks to stop or a process dies; return the exit code."""
+        """Until a signal asks to stop, restart processes that die; return the exit code."""
         while not self.stop_requested:
-            for child in self.children:
-                if child.process.poll() is not None:
-                    print(f"{child.name} exited ({child.process.returncode}):\n{child.tail()}")
+            for index, child in enumerate(self.children):
+                if child.process.poll() is None:
+                    continue
+                replacement = self._restart(child)
+                if replacement is None:
                     self.stop()
                     return 1
-            time.sleep(0.5)
+                self.children[index] = replacement
+            time.sleep(0.2)
         print("stopping the fleet ...", flush=True)
         self.stop()
         print("stopped", flush=True)

@@ -48,7 +48,7 @@ class BusWorker:
         topics: Sequence[str],
         handler: Handler,
         *,
-        batch_size: int = 500,
+        batch_size: int = 2000,
         attempts: int = 5,
     ) -> None:
         self._bus = bus

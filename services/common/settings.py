@@ -19,7 +19,7 @@ class FleetSettings(BaseSettings):
     data_dir: Path = Field(
         default=Path("var"), description="Stores, the local event log and trained models."
     )
-    bus: Literal["local"] = Field(default="local", description="Event bus implementation.")
+    bus: Literal["local", "kafka"] = Field(default="local", description="Event bus implementation.")
     bus_partitions: int = Field(default=4, ge=1, le=256, description="Partitions per new topic.")
     bus_fsync: bool = Field(
         default=True, description="fsync the local log before acknowledging a publish."

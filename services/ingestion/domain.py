@@ -57,14 +57,17 @@ class Ingestor:
         except ValueError as exc:
             raise BadPayload(str(exc)) from exc
         self._check_size(len(translated), "events")
+        scrub = self._scrubber.scrub if self._scrubber.may_contain(payload) else _as_is
         outcome, events = Outcome(), []
         for source in translated:
-            events.extend(self._events_of(source, outcome))
+            events.extend(self._events_of(source, outcome, scrub))
         self._bus.publish(EVENTS_TOPIC, [Message(e.member_id, e.to_bytes()) for e in events])
         outcome.accepted = [e.event_id for e in events]
         return outcome
 
-    def _events_of(self, source: Translated, outcome: Outcome) -> list[Event]:
+    def _events_of(
+        self, source: Translated, outcome: Outcome, scrub: Callable[[Any], Any]
+    ) -> list[Event]:
         if source.ignored:
             outcome.ignored += 1
             return []
@@ -73,7 +76,7 @@ class Ingestor:
             return []
         try:
             # Scrubbed before validation so that not even an error message echoes PII.
-            return [parse_event(self._scrubber.scrub(raw)) for raw in source.events]
+            return [parse_event(scrub(raw)) for raw in source.events]
         except ValidationError as exc:
             reason = describe_error(exc)
         except ValueError as exc:
@@ -98,6 +101,10 @@ class Ingestor:
             raise TooManyEvents(
                 f"{count} {what} in one request; at most {self._settings.max_batch_events}"
             )
+
+
+def _as_is(raw: Any) -> Any:
+    return raw
 
 
 def _split_items(payload: bytes) -> list[Any]:

@@ -65,8 +65,9 @@ def apply_event(
     item_categories: Mapping[str, str],
     weights: Mapping[str, float],
     new_order: bool,
-) -> list[RecentItem]:
-    """Fold one (not yet applied) event into the profile; return the recent items it adds.
+    keep_recent: int,
+) -> set[str]:
+    """Fold one (not yet applied) event into the profile; return the categories it touched.
 
     `new_order` says whether this purchase is an order not counted before (several
     events may share an order id); `item_categories` fills categories events leave out.
@@ -80,15 +81,20 @@ def apply_event(
     elif event.type == EventType.REFUND:
         profile.spend = round(profile.spend - event.order_value(), 2)
     weight = weights.get(event.type.value, 0.0)
+    if weight == 0.0:
+        return set()
+    touched = set()
     for line in lines:
         category = line.category or item_categories.get(line.item_id)
-        if category and weight:
+        if category:
             stat = profile.categories.setdefault(category, CategoryStat())
             stat.weight += weight
             stat.events += 1
-    if weight == 0.0:
-        return []
-    return [RecentItem(line.item_id, event.type.value, event.timestamp) for line in lines]
+            touched.add(category)
+    added = [RecentItem(line.item_id, event.type.value, event.timestamp) for line in lines]
+    # Newest first by when it happened, not when it arrived: events can come late.
+    profile.recent = sorted(added + profile.recent, key=lambda r: r.at, reverse=True)[:keep_recent]
+    return touched
 
 
 def _record_purchase(profile: MemberProfile, event: Event, new_order: bool) -> None:

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import abc
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    JSON,
     Column,
     Connection,
     DateTime,
     Engine,
     Float,
     ForeignKey,
-    Index,
     Integer,
     MetaData,
     String,
     Table,
-    delete,
     select,
 )
 
@@ -66,6 +64,8 @@ members = Table(
     Column("orders", Integer, nullable=False),
     Column("spend", Float, nullable=False),
     Column("events", Integer, nullable=False),
+    # The latest items, newest first, capped: read with the member, rewritten with it.
+    Column("recent", JSON, nullable=False),
 )
 member_categories = Table(
     "member_categories",
@@ -74,16 +74,6 @@ member_categories = Table(
     Column("category", String(128), primary_key=True),
     Column("weight", Float, nullable=False),
     Column("events", Integer, nullable=False),
-)
-member_recent = Table(
-    "member_recent",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("member_id", String(128), nullable=False),
-    Column("item_id", String(128), nullable=False),
-    Column("event_type", String(32), nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False),
-    Index("ix_member_recent_member_at", "member_id", "at"),
 )
 member_purchases = Table(
     "member_purchases",
@@ -123,8 +113,7 @@ class SqlProfileStore(ProfileStore):
         return len(todo)
 
     def _apply(self, conn: Connection, events: list[Event]) -> None:
-        member_ids = list(dict.fromkeys(e.member_id for e in events))
-        profiles = _load_members(conn, member_ids)
+        profiles = _load_members(conn, list(dict.fromkeys(e.member_id for e in events)))
         uncategorized = {line.item_id for e in events for line in e.lines() if not line.category}
         item_categories = {
             item_id: item.category
@@ -132,21 +121,22 @@ class SqlProfileStore(ProfileStore):
             if item.category
         }
         new_orders = _new_orders(conn, events)
-        recent_of: dict[str, list[RecentItem]] = defaultdict(list)
+        touched: set[tuple[str, str]] = set()
         for event in events:
             profile = profiles.get(event.member_id) or new_profile(event)
             profiles[event.member_id] = profile
-            added = apply_event(
+            order = (event.member_id, _order_key(event))
+            categories = apply_event(
                 profile,
                 event,
                 item_categories=item_categories,
                 weights=self._settings.category_weights,
-                new_order=(event.member_id, _order_key(event)) in new_orders,
+                new_order=order in new_orders,
+                keep_recent=self._settings.recent_items,
             )
-            new_orders.discard((event.member_id, _order_key(event)))
-            recent_of[event.member_id].extend(added)
-        _save_members(conn, list(profiles.values()))
-        _save_recent(conn, recent_of, self._settings.recent_items)
+            new_orders.discard(order)
+            touched.update((event.member_id, c) for c in categories)
+        _save_members(conn, list(profiles.values()), touched)
         _save_purchases(conn, events)
 
     def save_catalog(self, items: Sequence[CatalogItem]) -> None:
@@ -158,15 +148,7 @@ class SqlProfileStore(ProfileStore):
             profile = _load_members(conn, [member_id]).get(member_id)
             if profile is None:
                 return None
-            profile.recent = [
-                RecentItem(row.item_id, row.event_type, _utc(row.at))
-                for row in conn.execute(
-                    select(member_recent)
-                    .where(member_recent.c.member_id == member_id)
-                    .order_by(member_recent.c.at.desc(), member_recent.c.id.desc())
-                    .limit(recent_limit)
-                )
-            ]
+            profile.recent = profile.recent[:recent_limit]
             profile.purchased = list(
                 conn.execute(
                     select(member_purchases.c.item_id)
@@ -203,20 +185,15 @@ def _order_key(event: Event) -> str:
 
 def _new_orders(conn: Connection, events: list[Event]) -> set[tuple[str, str]]:
     wanted = {(e.member_id, _order_key(e)) for e in events if e.type == EventType.PURCHASE}
-    if not wanted:
-        return set()
-    by_member: dict[str, set[str]] = defaultdict(set)
-    for member_id, order_id in wanted:
-        by_member[member_id].add(order_id)
     known: set[tuple[str, str]] = set()
-    for member_id, order_ids in by_member.items():
+    order_ids = list({order_id for _, order_id in wanted})
+    for start in range(0, len(order_ids), 500):
         rows = conn.execute(
-            select(member_orders.c.order_id).where(
-                member_orders.c.member_id == member_id,
-                member_orders.c.order_id.in_(order_ids),
+            select(member_orders.c.member_id, member_orders.c.order_id).where(
+                member_orders.c.order_id.in_(order_ids[start : start + 500])
             )
-        ).scalars()
-        known.update((member_id, order_id) for order_id in rows)
+        )
+        known.update((member_id, order_id) for member_id, order_id in rows)
     fresh = wanted - known
     insert_ignore(conn, member_orders, [{"member_id": m, "order_id": o} for m, o in fresh])
     return fresh
@@ -235,6 +212,7 @@ def _load_members(conn: Connection, member_ids: list[str]) -> dict[str, MemberPr
                 orders=row.orders,
                 spend=row.spend,
                 events=row.events,
+                recent=[_recent_from_json(r) for r in row.recent],
             )
         for row in conn.execute(
             select(member_categories).where(member_categories.c.member_id.in_(chunk))
@@ -243,7 +221,9 @@ def _load_members(conn: Connection, member_ids: list[str]) -> dict[str, MemberPr
     return profiles
 
 
-def _save_members(conn: Connection, profiles: list[MemberProfile]) -> None:
+def _save_members(
+    conn: Connection, profiles: list[MemberProfile], touched: set[tuple[str, str]]
+) -> None:
     upsert(
         conn,
         members,
@@ -256,40 +236,31 @@ def _save_members(conn: Connection, profiles: list[MemberProfile]) -> None:
                 "orders": p.orders,
                 "spend": p.spend,
                 "events": p.events,
+                "recent": [_recent_to_json(r) for r in p.recent],
             }
             for p in profiles
         ],
         keys=["member_id"],
     )
+    by_id = {p.member_id: p for p in profiles}
     rows = [
-        {"member_id": p.member_id, "category": name, "weight": stat.weight, "events": stat.events}
-        for p in profiles
-        for name, stat in p.categories.items()
+        {
+            "member_id": member_id,
+            "category": category,
+            "weight": by_id[member_id].categories[category].weight,
+            "events": by_id[member_id].categories[category].events,
+        }
+        for member_id, category in sorted(touched)
     ]
     upsert(conn, member_categories, rows, keys=["member_id", "category"])
 
 
-def _save_recent(conn: Connection, recent_of: dict[str, list[RecentItem]], keep: int) -> None:
-    rows = [
-        {"member_id": m, "item_id": r.item_id, "event_type": r.event_type, "at": r.at}
-        for m, items in recent_of.items()
-        for r in items
-    ]
-    if rows:
-        conn.execute(member_recent.insert(), rows)
-    for member_id in recent_of:
-        newest = (
-            select(member_recent.c.id)
-            .where(member_recent.c.member_id == member_id)
-            .order_by(member_recent.c.at.desc(), member_recent.c.id.desc())
-            .limit(keep)
-        )
-        conn.execute(
-            delete(member_recent).where(
-                member_recent.c.member_id == member_id,
-                member_recent.c.id.not_in(newest.scalar_subquery()),
-            )
-        )
+def _recent_to_json(item: RecentItem) -> list[str]:
+    return [item.item_id, item.event_type, item.at.isoformat()]
+
+
+def _recent_from_json(raw: list[str]) -> RecentItem:
+    return RecentItem(raw[0], raw[1], _utc(datetime.fromisoformat(raw[2])))
 
 
 def _save_purchases(conn: Connection, events: list[Event]) -> None:

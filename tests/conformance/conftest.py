@@ -1,7 +1,11 @@
 """Fixtures that run the EventBus conformance suite against every bus implementation.
 
 To add an implementation, write a factory maker like `_local_buses` and add it to
-`BUS_IMPLEMENTATIONS`; every test in this package then runs against it too.
+`BUS_IMPLEMENTATIONS`; every test in this package then runs against it too. A maker gets
+the test's request (to use other fixtures, e.g. a broker for the session) and tmp_path.
+
+The Kafka bus runs against librdkafka's mock cluster (tests/kafka_mock.py), one for the
+session; the tests use unique topic and group names, so they do not see each other.
 """
 
 from __future__ import annotations
@@ -13,18 +17,45 @@ from pathlib import Path
 import pytest
 
 from services.common.bus.base import EventBus
+from services.common.bus.kafka import KafkaBus, KafkaSettings
 from services.common.bus.local_log import LocalLogBus
+from tests.kafka_mock import mock_kafka_cluster
 
 BusFactory = Callable[[], EventBus]
 
 
-def _local_buses(tmp_path: Path) -> BusFactory:
+def _local_buses(request: pytest.FixtureRequest, tmp_path: Path) -> BusFactory:
     """New LocalLogBus objects over one directory: a new object is a restarted process."""
     root = tmp_path / "bus"
     return lambda: LocalLogBus(root, partitions=4)
 
 
-BUS_IMPLEMENTATIONS: dict[str, Callable[[Path], BusFactory]] = {
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A mock Kafka cluster for the whole session (started only if a Kafka test runs)."""
+    with mock_kafka_cluster() as bootstrap:
+        yield bootstrap
+
+
+def _kafka_buses(request: pytest.FixtureRequest, tmp_path: Path) -> BusFactory:
+    """New KafkaBus objects on one cluster: a new object is a restarted process."""
+    settings = KafkaSettings(
+        bootstrap_servers=request.getfixturevalue("kafka_bootstrap"),
+        client_id="conformance",
+        partitions=4,
+        replication_factor=1,
+        linger_ms=5,
+        # Quick group turnover: a restarted member rejoins within about a second.
+        session_timeout_ms=2_000,
+        heartbeat_interval_ms=300,
+        max_poll_interval_ms=10_000,
+        request_timeout_ms=10_000,
+    )
+    return lambda: KafkaBus(settings)
+
+
+BUS_IMPLEMENTATIONS: dict[str, Callable[[pytest.FixtureRequest, Path], BusFactory]] = {
+    "kafka": _kafka_buses,
     "local": _local_buses,
 }
 
@@ -32,7 +63,7 @@ BUS_IMPLEMENTATIONS: dict[str, Callable[[Path], BusFactory]] = {
 @pytest.fixture(params=sorted(BUS_IMPLEMENTATIONS))
 def bus_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BusFactory]:
     """Makes bus clients that share one storage/cluster; all are closed after the test."""
-    make = BUS_IMPLEMENTATIONS[request.param](tmp_path)
+    make = BUS_IMPLEMENTATIONS[request.param](request, tmp_path)
     made: list[EventBus] = []
 
     def factory() -> EventBus:

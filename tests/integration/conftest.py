@@ -36,7 +36,8 @@ class RunningFleet:
         return httpx.Client(base_url=self.url, timeout=10.0)
 
 
-def fleet_env(data_dir: Path) -> dict[str, str]:
+def fleet_env(data_dir: Path, kafka_bootstrap: str | None = None) -> dict[str, str]:
+    """Settings of a fleet of its own: free ports, its data dir, the local log or a Kafka."""
     env = dict(os.environ)
     env.update({f"RECOFLEET_{name.upper()}_ADDR": f"127.0.0.1:{free_port()}" for name in SERVICES})
     env.update(
@@ -47,10 +48,22 @@ def fleet_env(data_dir: Path) -> dict[str, str]:
             "RECOFLEET_RETRIEVAL_RELOAD_INTERVAL_S": "0.5",
             "RECOFLEET_SEGMENT_WRITE_KEY": SEGMENT_WRITE_KEY,
             "RECOFLEET_INGESTION_MAX_BATCH_EVENTS": "1000",
-            "RECOFLEET_GATEWAY_RATE_LIMIT_PER_S": "5",
+            "RECOFLEET_GATEWAY_RATE_LIMIT_PER_S": "1",
             "RECOFLEET_GATEWAY_RATE_LIMIT_BURST": "50",
         }
     )
+    if kafka_bootstrap:
+        env.update(
+            {
+                "RECOFLEET_BUS": "kafka",
+                "RECOFLEET_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                "RECOFLEET_PII_SECRET": "integration-tests-pii-secret-0123456789",
+                # A killed consumer's partitions move to its replacement within seconds.
+                "RECOFLEET_KAFKA_SESSION_TIMEOUT_MS": "3000",
+                "RECOFLEET_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+                "RECOFLEET_KAFKA_FETCH_MAX_WAIT_MS": "100",
+            }
+        )
     return env
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
+import httpx
 import pytest
 
-from tests.integration.conftest import SERVICES, cli, fleet_env, wait_ready
+from tests.integration.conftest import SERVICES, cli, fleet_env
 
 pytestmark = pytest.mark.integration
 
@@ -23,6 +26,38 @@ def port_is_free(address: str) -> bool:
         except OSError:
             return False
     return True
+
+
+class Output:
+    """A process's output, read as it comes, so a test can wait for a line and see the rest."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self._lines: queue.Queue[bytes] = queue.Queue()
+        self.text = ""
+        self._reader = threading.Thread(target=self._pump, args=(process,), daemon=True)
+        self._reader.start()
+
+    def _pump(self, process: subprocess.Popen[bytes]) -> None:
+        for line in process.stdout:
+            self._lines.put(line)
+
+    def until(self, wanted: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while wanted not in self.text:
+            try:
+                self.text += self._lines.get(
+                    timeout=max(deadline - time.monotonic(), 0.01)
+                ).decode()
+            except queue.Empty as exc:
+                raise AssertionError(
+                    f"no {wanted!r} in {timeout_s}s; output:\n{self.text}"
+                ) from exc
+
+    def rest(self) -> str:
+        self._reader.join(60)
+        while not self._lines.empty():
+            self.text += self._lines.get().decode()
+        return self.text
 
 
 def test_second_run_reuses_data_and_model_then_ctrl_c_stops_everything(tmp_path):
@@ -39,15 +74,18 @@ def test_second_run_reuses_data_and_model_then_ctrl_c_stops_everything(tmp_path)
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{env['RECOFLEET_GATEWAY_PORT']}"
+    output = Output(runner)
     try:
-        wait_ready(url, runner)
+        # What a user sees before pressing Ctrl-C: the fleet says where it serves.
+        output.until(f"recofleet is serving on {url}", timeout_s=180)
+        assert httpx.get(f"{url}/readyz").status_code == 200
     finally:
         runner.send_signal(signal.SIGINT)
-        output = runner.communicate(timeout=60)[0].decode()
-    assert runner.returncode == 0, output
-    assert "already loaded" in output and "not retrained" in output
-    assert f"recofleet is serving on {url}" in output
-    assert "stopped" in output
+        runner.wait(60)
+    text = output.rest()
+    assert runner.returncode == 0, text
+    assert "already loaded" in text and "not retrained" in text
+    assert text.rstrip().endswith("stopped")
     addresses = [env[f"RECOFLEET_{name.upper()}_ADDR"] for name in SERVICES]
     addresses.append(f"127.0.0.1:{env['RECOFLEET_GATEWAY_PORT']}")
     assert all(port_is_free(a) for a in addresses), "a fleet process outlived Ctrl-C"

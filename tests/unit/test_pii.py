@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 
 import pytest
@@ -24,6 +25,7 @@ SCRUB = PiiScrubber(b"0123456789abcdef0123456789abcdef")
 def test_contact_details_in_free_text_are_replaced(text):
     scrubbed = SCRUB.scrub_text(text)
     assert "pii:" in scrubbed
+    assert PiiScrubber.may_contain(json.dumps({"note": text}).encode())
     assert not any(part in scrubbed for part in ("jane", "7946", "123-4567"))
 
 
@@ -72,3 +74,17 @@ def test_a_local_secret_is_made_once_and_kept_private(tmp_path):
     first = local_secret(path)
     assert local_secret(path) == first
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_bodies_are_only_walked_when_they_might_hold_contact_data():
+    assert not PiiScrubber.may_contain(
+        b'{"type":"view","member_id":"17850","item_id":"85123A","timestamp":"2026-11-22T10:00:00Z"}'
+    )
+    for suspect in (
+        b'"a@b.co"',
+        b'"+44 7700 900123"',
+        b'{"Phone": 1}',
+        b'"+123456789"',
+        b"555.123.4567",
+    ):
+        assert PiiScrubber.may_contain(suspect)

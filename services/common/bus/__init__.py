@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from services.common.bus.base import (
     CATALOG_TOPIC,
     DEAD_LETTERS_TOPIC,
@@ -14,17 +16,35 @@ from services.common.bus.base import (
 )
 from services.common.settings import FleetSettings
 
+if TYPE_CHECKING:
+    from services.common.bus.kafka import KafkaSettings
+
 ALL_TOPICS = (EVENTS_TOPIC, CATALOG_TOPIC, DEAD_LETTERS_TOPIC)
 
 
-def open_bus(fleet: FleetSettings) -> EventBus:
-    """Open the bus the settings name, with every fleet topic present."""
-    from services.common.bus.local_log import LocalLogBus
+def open_bus(fleet: FleetSettings, kafka: KafkaSettings | None = None) -> EventBus:
+    """Open the bus the settings name, with every fleet topic present.
 
-    bus = LocalLogBus(
-        fleet.data_dir / "bus", partitions=fleet.bus_partitions, fsync=fleet.bus_fsync
-    )
-    bus.ensure_topics(ALL_TOPICS)
+    With `fleet.bus == "kafka"` the cluster settings are `kafka`, or else read from the
+    environment (RECOFLEET_KAFKA_*) here, the one place that picks the implementation.
+    """
+    bus: EventBus
+    if fleet.bus == "kafka":
+        # Imported here so that processes on the local bus never load kafka-python.
+        from services.common.bus import kafka as kafka_bus
+
+        bus = kafka_bus.KafkaBus(kafka if kafka is not None else kafka_bus.KafkaSettings())
+    else:
+        from services.common.bus.local_log import LocalLogBus
+
+        bus = LocalLogBus(
+            fleet.data_dir / "bus", partitions=fleet.bus_partitions, fsync=fleet.bus_fsync
+        )
+    try:
+        bus.ensure_topics(ALL_TOPICS)
+    except BaseException:
+        bus.close()
+        raise
     return bus
 
 
