@@ -50,7 +50,7 @@ def load(bus: EventBus, data_dir: Path, source: Path | None) -> Loaded:
     name = source_name(source)
     if marker.is_file():
         done = json.loads(marker.read_text())
-        if done.get("source") == name:
+        if done.get("source") == name and done.get("bus") == bus.location():
             return Loaded(name, done["events"], done["items"], done["example_member"], True)
     catalog, events = read_source(source)
     _publish(bus, CATALOG_TOPIC, [Message(i.item_id, i.to_bytes()) for i in catalog])
@@ -62,6 +62,7 @@ def load(bus: EventBus, data_dir: Path, source: Path | None) -> Loaded:
         json.dumps(
             {
                 "source": name,
+                "bus": bus.location(),
                 "events": len(events),
                 "items": len(catalog),
                 "example_member": example,

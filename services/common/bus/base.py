@@ -103,6 +103,10 @@ class EventBus(abc.ABC):
         """Whether publishing can work right now (storage writable, brokers reachable)."""
         return True
 
+    def location(self) -> str:
+        """Where the records live, in words (a log directory, a cluster's brokers)."""
+        return type(self).__name__
+
     def lag(self, group: str, topic: str) -> int:
         """Records published to `topic` that `group` has not yet committed."""
         ends = self.end_offsets(topic)

@@ -338,6 +338,9 @@ class KafkaBus(EventBus):
                 result[tp.partition] = int(meta.offset)
         return result
 
+    def location(self) -> str:
+        return f"kafka {self._where}"
+
     def healthy(self) -> bool:
         """Open, and a broker answered a metadata request within the last couple of seconds."""
         if self._closed:

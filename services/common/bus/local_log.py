@@ -387,6 +387,9 @@ class LocalLogBus(EventBus):
         partitions = self.topic_partitions(topic) or 0
         return {p: commits.get(p, 0) for p in range(partitions)} | commits
 
+    def location(self) -> str:
+        return f"local log {self.root.resolve()}"
+
     def healthy(self) -> bool:
         """Open, and the log directory writable on a disk that is not full."""
         if self._closed:
