@@ -48,11 +48,14 @@ def unseen(conn: Connection, column: Column[str], keys: Sequence[str]) -> list[s
     return [key for key in wanted if key not in seen]
 
 
-def insert_ignore(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert rows, skipping those whose primary key already exists."""
-    if rows:
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        conn.execute(dialect.insert(table).on_conflict_do_nothing(), list(rows))
+def insert_ignore(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert rows, skipping those that would break a unique key; return how many went in."""
+    if not rows:
+        return 0
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    result = conn.execute(dialect.insert(table).on_conflict_do_nothing(), list(rows))
+    # Drivers that cannot count an executemany say -1; callers only use the count to report.
+    return max(result.rowcount, 0)
 
 
 def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], keys: list[str]) -> None:

@@ -16,12 +16,13 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    UniqueConstraint,
     func,
     select,
 )
 
 from services.common.catalog import catalog_table, load_items, save_items
-from services.common.db import insert_ignore, make_engine, unseen
+from services.common.db import insert_ignore, make_engine
 from services.common.events import CatalogItem, Event
 
 
@@ -35,7 +36,8 @@ class Interaction:
 class InteractionStore(abc.ABC):
     @abc.abstractmethod
     def apply_events(self, events: Sequence[Event]) -> int:
-        """Record the weighted interactions of events not recorded before; return how many."""
+        """Record the weighted interactions of events not recorded before; return how many
+        interactions were new."""
 
     @abc.abstractmethod
     def save_catalog(self, items: Sequence[CatalogItem]) -> None: ...
@@ -66,15 +68,15 @@ interactions = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("event_id", String(128), nullable=False),
+    Column("line", Integer, nullable=False),
     Column("member_id", String(128), nullable=False),
     Column("item_id", String(128), nullable=False),
     Column("event_type", String(32), nullable=False),
     Column("weight", Float, nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
+    # One row per line of an event: a redelivered event inserts nothing.
+    UniqueConstraint("event_id", "line", name="uq_interactions_event_line"),
     Index("ix_interactions_member", "member_id", "id"),
-)
-processed_events = Table(
-    "processed_events", metadata, Column("event_id", String(128), primary_key=True)
 )
 catalog = catalog_table(metadata)
 
@@ -90,16 +92,9 @@ class SqlInteractionStore(InteractionStore):
         return cls(make_engine(url), weights)
 
     def apply_events(self, events: Sequence[Event]) -> int:
+        rows = [row for event in events for row in self._rows(event)]
         with self._engine.begin() as conn:
-            fresh = unseen(conn, processed_events.c.event_id, [e.event_id for e in events])
-            if not fresh:
-                return 0
-            insert_ignore(conn, processed_events, [{"event_id": e} for e in fresh])
-            first = {e.event_id: e for e in reversed(events)}
-            rows = [row for event_id in fresh for row in self._rows(first[event_id])]
-            if rows:
-                conn.execute(interactions.insert(), rows)
-        return len(fresh)
+            return insert_ignore(conn, interactions, rows)
 
     def _rows(self, event: Event) -> list[dict[str, object]]:
         weight = self._weights.get(event.type.value, 0.0)
@@ -108,13 +103,14 @@ class SqlInteractionStore(InteractionStore):
         return [
             {
                 "event_id": event.event_id,
+                "line": line_no,
                 "member_id": event.member_id,
                 "item_id": line.item_id,
                 "event_type": event.type.value,
                 "weight": weight,
                 "at": event.timestamp,
             }
-            for line in event.lines()
+            for line_no, line in enumerate(event.lines())
         ]
 
     def save_catalog(self, items: Sequence[CatalogItem]) -> None:

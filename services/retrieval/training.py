@@ -103,15 +103,15 @@ def train(
 
 
 def _fit_and_write(matrix: Matrix, settings: RetrievalSettings, folder: Path) -> dict[str, Any]:
-    als = AlternatingLeastSquares(
-        factors=settings.factors,
-        regularization=settings.regularization,
-        alpha=settings.alpha,
-        iterations=settings.iterations,
-        random_state=settings.random_seed,
-    )
     # implicit runs its own threads; a second BLAS thread pool under them only thrashes.
     with threadpool_limits(1, "blas"):
+        als = AlternatingLeastSquares(
+            factors=settings.factors,
+            regularization=settings.regularization,
+            alpha=settings.alpha,
+            iterations=settings.iterations,
+            random_state=settings.random_seed,
+        )
         als.fit(matrix.weights, show_progress=False)
     item_factors = np.ascontiguousarray(als.item_factors, dtype=np.float32)
     als.save(str(folder / ALS_FILE))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -92,25 +93,33 @@ def wait_ready(url: str, runner: subprocess.Popen[bytes], timeout_s: float = 180
     raise AssertionError(f"gateway at {url} not ready within {timeout_s}s")
 
 
+@contextlib.contextmanager
+def running_fleet(env: dict[str, str], data_dir: Path) -> Iterator[RunningFleet]:
+    """Load the sample, train and run the fleet as a user would; stop it with SIGTERM after."""
+    cli(env, "load-sample")
+    cli(env, "train", "--catch-up")
+    with (data_dir / "runner.log").open("wb") as log:
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "run"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{env['RECOFLEET_GATEWAY_PORT']}"
+        try:
+            wait_ready(url, runner)
+            yield RunningFleet(url, data_dir, env, runner)
+        finally:
+            if runner.poll() is None:
+                runner.send_signal(signal.SIGTERM)
+                try:
+                    runner.wait(60)
+                except subprocess.TimeoutExpired:
+                    runner.kill()
+
+
 @pytest.fixture(scope="session")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFleet]:
     data_dir = tmp_path_factory.mktemp("fleet")
-    env = fleet_env(data_dir)
-    cli(env, "load-sample")
-    cli(env, "train")
-    log = (data_dir / "runner.log").open("wb")
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{env['RECOFLEET_GATEWAY_PORT']}"
-    try:
-        wait_ready(url, runner)
-        yield RunningFleet(url, data_dir, env, runner)
-    finally:
-        if runner.poll() is None:
-            runner.send_signal(signal.SIGTERM)
-            try:
-                runner.wait(60)
-            except subprocess.TimeoutExpired:
-                runner.kill()
-        log.close()
+    with running_fleet(fleet_env(data_dir), data_dir) as running:
+        yield running

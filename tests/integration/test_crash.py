@@ -6,10 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from services.datasets.online_retail import read_rows
-from tests.integration.conftest import cli, fleet_env, wait_ready
+from tests.integration.conftest import RunningFleet, fleet_env, running_fleet, wait_ready
 from tests.kafka_mock import mock_kafka_cluster
 
 pytestmark = pytest.mark.integration
@@ -86,35 +85,19 @@ def kill_hard(data_dir: Path, name: str) -> int:
 
 
 @pytest.fixture(params=["local", "kafka"])
-def crash_fleet(request, tmp_path):
+def crash_fleet(request, tmp_path) -> Iterator[RunningFleet]:
     with contextlib.ExitStack() as stack:
         bootstrap = None
         if request.param == "kafka":
             bootstrap = stack.enter_context(mock_kafka_cluster())
-        yield from _run_fleet(fleet_env(tmp_path, bootstrap), tmp_path)
+        env = fleet_env(tmp_path, bootstrap)
+        env["RECOFLEET_GATEWAY_RATE_LIMIT_PER_S"] = "0"
+        env["RECOFLEET_INGESTION_MAX_BATCH_EVENTS"] = "5000"
+        yield stack.enter_context(running_fleet(env, tmp_path))
 
 
-def _run_fleet(env: dict[str, str], tmp_path: Path):
-    env["RECOFLEET_GATEWAY_RATE_LIMIT_PER_S"] = "0"
-    env["RECOFLEET_INGESTION_MAX_BATCH_EVENTS"] = "5000"
-    cli(env, "load-sample")
-    cli(env, "train", "--catch-up")
-    log = (tmp_path / "runner.log").open("wb")
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{env['RECOFLEET_GATEWAY_PORT']}"
-    try:
-        wait_ready(url, runner)
-        yield url, tmp_path, runner
-    finally:
-        runner.send_signal(signal.SIGTERM)
-        runner.wait(60)
-        log.close()
-
-
-def test_kill_9_of_ingestion_and_profiles_loses_and_doubles_nothing(crash_fleet):
-    url, data_dir, runner = crash_fleet
+def test_kill_9_of_ingestion_and_profiles_loses_and_doubles_nothing(crash_fleet: RunningFleet):
+    url, data_dir, runner = crash_fleet.url, crash_fleet.data_dir, crash_fleet.runner
     events, expected = source_events()
     batches = [events[i : i + BATCH] for i in range(0, len(events), BATCH)]
     killed = {}
