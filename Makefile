@@ -42,8 +42,9 @@ format: $(STAMP) ## apply ruff fixes and formatting
 protos: $(STAMP) ## regenerate services/gen from proto/
 	$(BIN)/python proto/generate.py
 
-bench: $(STAMP) ## run the benchmarks in bench/ and print their figures
+bench: $(STAMP) ## run the benchmarks in bench/ and print their figures (see BENCHMARKS.md)
 	$(BIN)/python -m bench.recommend
+	$(BIN)/python -m bench.ingest --bus both
 
 clean: ## remove the environment and local data (var/)
 	rm -rf $(VENV) var

@@ -66,3 +66,20 @@ def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], keys:
     statement = dialect.insert(table)
     changed = {c: statement.excluded[c] for c in rows[0] if c not in keys}
     conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=changed), list(rows))
+
+
+def insert_ignore_rows(conn: Connection, table: Table, rows: Sequence[tuple[str, ...]]) -> None:
+    """insert_ignore for plain string rows in column order, straight to the driver.
+
+    For the hot tables of consumers (ids seen, orders, purchases) SQLAlchemy's per-row
+    parameter processing costs more than the insert itself; these rows need none of it.
+    """
+    if not rows:
+        return
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    columns = ", ".join(c.name for c in table.columns)
+    marks = ", ".join(mark for _ in table.columns)
+    conn.exec_driver_sql(
+        f"INSERT INTO {table.name} ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING",
+        list(rows),
+    )

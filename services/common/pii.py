@@ -59,7 +59,9 @@ ID_KEYS = frozenset(
 SUSPECT_KEY = re.compile(
     rb'"(?:' + b"|".join(k.encode() for k in sorted(CONTACT_KEYS)) + rb')"', re.IGNORECASE
 )
-DIGIT_RUN = re.compile(rb"[0-9 ().+-]{10,}")
+# A run of digits and separators standing on its own: one glued to letters is an
+# identifier (a UUID's last group, a SKU), not a phone number.
+DIGIT_RUN = re.compile(rb"(?<![0-9A-Za-z-])[0-9 ().+-]{10,}(?![0-9A-Za-z-])")
 PLACEHOLDERS = frozenset({"changeme", "change-me", "secret", "password", "default", "test"})
 MIN_SECRET_LENGTH = 16
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from services.common.bus import CATALOG_TOPIC, EVENTS_TOPIC, EventBus, Message
 from services.common.events import CatalogItem, Event, describe_error, parse_event
@@ -52,12 +52,19 @@ class Ingestor:
 
     def publish_events(self, payload: bytes, fmt: str = "native") -> Outcome:
         """Validate each event on its own; publish the valid ones keyed by member."""
+        suspect = self._scrubber.may_contain(payload)
+        if fmt in ("", "native") and not suspect and (events := _all_valid(payload)) is not None:
+            # The common case, a clean native batch, validated in one pass without a detour
+            # through Python dicts; anything else takes the event-by-event path below.
+            self._check_size(len(events), "events")
+            self._bus.publish(EVENTS_TOPIC, [Message(e.member_id, e.to_bytes()) for e in events])
+            return Outcome(accepted=[e.event_id for e in events])
         try:
             translated = translate(fmt or "native", payload)
         except ValueError as exc:
             raise BadPayload(str(exc)) from exc
         self._check_size(len(translated), "events")
-        scrub = self._scrubber.scrub if self._scrubber.may_contain(payload) else _as_is
+        scrub = self._scrubber.scrub if suspect else _as_is
         outcome, events = Outcome(), []
         for source in translated:
             events.extend(self._events_of(source, outcome, scrub))
@@ -101,6 +108,24 @@ class Ingestor:
             raise TooManyEvents(
                 f"{count} {what} in one request; at most {self._settings.max_batch_events}"
             )
+
+
+class _Batch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[Event]
+
+
+def _all_valid(payload: bytes) -> list[Event] | None:
+    """Every event of a native body when all are valid, else None (the caller looks closer)."""
+    try:
+        return _Batch.model_validate_json(payload).events
+    except ValidationError:
+        pass
+    try:
+        return [Event.model_validate_json(payload)]
+    except ValidationError:
+        return None
 
 
 def _as_is(raw: Any) -> Any:

@@ -92,8 +92,11 @@ def apply_event(
             stat.events += 1
             touched.add(category)
     added = [RecentItem(line.item_id, event.type.value, event.timestamp) for line in lines]
-    # Newest first by when it happened, not when it arrived: events can come late.
-    profile.recent = sorted(added + profile.recent, key=lambda r: r.at, reverse=True)[:keep_recent]
+    recent = added + profile.recent
+    if profile.recent and event.timestamp < profile.recent[0].at:
+        # Newest first by when it happened, not when it arrived: a late event sorts in.
+        recent.sort(key=lambda r: r.at, reverse=True)
+    profile.recent = recent[:keep_recent]
     return touched
 
 

@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 
 from services.common.catalog import catalog_table, load_items, save_items
-from services.common.db import insert_ignore, make_engine, unseen, upsert
+from services.common.db import insert_ignore_rows, make_engine, unseen, upsert
 from services.common.events import CatalogItem, Event, EventType
 from services.profiles.domain import (
     CategoryStat,
@@ -108,7 +108,7 @@ class SqlProfileStore(ProfileStore):
             todo = _unapplied(conn, events)
             if not todo:
                 return 0
-            insert_ignore(conn, processed_events, [{"event_id": e.event_id} for e in todo])
+            insert_ignore_rows(conn, processed_events, [(e.event_id,) for e in todo])
             self._apply(conn, todo)
         return len(todo)
 
@@ -195,7 +195,7 @@ def _new_orders(conn: Connection, events: list[Event]) -> set[tuple[str, str]]:
         )
         known.update((member_id, order_id) for member_id, order_id in rows)
     fresh = wanted - known
-    insert_ignore(conn, member_orders, [{"member_id": m, "order_id": o} for m, o in fresh])
+    insert_ignore_rows(conn, member_orders, list(fresh))
     return fresh
 
 
@@ -270,4 +270,4 @@ def _save_purchases(conn: Connection, events: list[Event]) -> None:
         if e.type == EventType.PURCHASE
         for line in e.lines()
     }
-    insert_ignore(conn, member_purchases, [{"member_id": m, "item_id": i} for m, i in rows])
+    insert_ignore_rows(conn, member_purchases, list(rows))
