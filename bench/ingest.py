@@ -214,6 +214,10 @@ def measure(bus_kind: str, lines: Lines, args: Any) -> dict[str, Any]:
                 # are there (a real broker answers once fetch_min_bytes is met); a short
                 # wait keeps that artefact of the mock out of the latency figures.
                 env["RECOFLEET_KAFKA_FETCH_MAX_WAIT_MS"] = "50"
+                # The trainer's catch-up leaves the retrieval group just before the service
+                # joins it; on the mock the group waits out the old member's session first.
+                env["RECOFLEET_KAFKA_SESSION_TIMEOUT_MS"] = "6000"
+                env["RECOFLEET_KAFKA_HEARTBEAT_INTERVAL_MS"] = "1000"
         say(f"{bus_kind}: loading the sample and training")
         cli(env, "load-sample")
         cli(env, "train", "--catch-up")
