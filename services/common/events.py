@@ -148,15 +148,15 @@ def parse_event(raw: Any) -> Event:
     return Event.model_validate(raw)
 
 
-def split_batch(payload: bytes) -> list[Any]:
-    """Decode a body holding one event or {"events": [...]} into the list of raw events."""
+def split_batch(payload: bytes, key: str = "events") -> list[Any]:
+    """Decode a body holding one entry, a list, or {key: [...]} into the list of raw entries."""
     try:
         body = json.loads(payload)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"body is not valid JSON: {exc}") from exc
-    if isinstance(body, dict) and "events" in body:
-        events = body["events"]
-        if not isinstance(events, list):
-            raise ValueError("'events' must be a list")
-        return events
-    return [body]
+    if isinstance(body, dict) and key in body:
+        entries = body[key]
+        if not isinstance(entries, list):
+            raise ValueError(f"'{key}' must be a list")
+        return entries
+    return body if isinstance(body, list) else [body]

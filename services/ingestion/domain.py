@@ -6,7 +6,6 @@ into keyed hashes, validate each event on its own, publish the valid ones keyed 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -14,7 +13,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from services.common.bus import CATALOG_TOPIC, EVENTS_TOPIC, EventBus, Message
-from services.common.events import CatalogItem, Event, describe_error, parse_event
+from services.common.events import CatalogItem, Event, describe_error, parse_event, split_batch
 from services.common.pii import PiiScrubber
 from services.ingestion.formats import Translated, translate
 from services.ingestion.settings import IngestionSettings
@@ -94,7 +93,7 @@ class Ingestor:
     def upsert_items(self, payload: bytes) -> Outcome:
         """Validate catalog items; publish the valid ones keyed by item."""
         try:
-            raws = _split_items(payload)
+            raws = split_batch(payload, "items")
         except ValueError as exc:
             raise BadPayload(str(exc)) from exc
         self._check_size(len(raws), "items")
@@ -130,18 +129,6 @@ def _all_valid(payload: bytes) -> list[Event] | None:
 
 def _as_is(raw: Any) -> Any:
     return raw
-
-
-def _split_items(payload: bytes) -> list[Any]:
-    try:
-        body = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"body is not valid JSON: {exc}") from exc
-    if isinstance(body, dict) and "items" in body:
-        if not isinstance(body["items"], list):
-            raise ValueError("'items' must be a list")
-        return list(body["items"])
-    return body if isinstance(body, list) else [body]
 
 
 def _validate(

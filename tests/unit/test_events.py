@@ -193,3 +193,8 @@ def test_split_batch_rejects_bad_json_and_non_list_events() -> None:
         split_batch(b"\xff\xfe")
     with pytest.raises(ValueError, match="must be a list"):
         split_batch(b'{"events": {"type": "view"}}')
+
+
+def test_split_batch_takes_a_bare_list_and_other_keys() -> None:
+    assert split_batch(b'[{"a": 1}, {"b": 2}]') == [{"a": 1}, {"b": 2}]
+    assert split_batch(b'{"items": [{"item_id": "x"}]}', "items") == [{"item_id": "x"}]
