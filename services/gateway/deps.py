@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 
 from services.gateway.clients import FleetClients
 from services.gateway.compose import Composer
@@ -30,6 +30,13 @@ def _limiter(request: Request) -> RateLimiter:
 def _settings(request: Request) -> GatewaySettings:
     settings: GatewaySettings = request.app.state.settings
     return settings
+
+
+def checked_limit(limit: int, settings: GatewaySettings) -> int:
+    """The `limit` asked for, refused with 422 past the configured maximum."""
+    if limit > settings.max_limit:
+        raise HTTPException(422, f"limit must be at most {settings.max_limit}")
+    return limit
 
 
 ComposerDep = Annotated[Composer, Depends(_composer)]

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel
 
-from services.gateway.compose import Recommendation
+from services.gateway.compose import RankedEntry, Recommendation
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2
 from services.gen.recofleet.profiles.v1 import profiles_pb2
 
@@ -16,6 +16,15 @@ class ItemOut(BaseModel):
     score: float
     reasons: list[str]
     category: str | None = None
+
+    @classmethod
+    def of(cls, entry: RankedEntry) -> ItemOut:
+        return cls(
+            item_id=entry.item_id,
+            score=entry.score,
+            reasons=entry.reasons,
+            category=entry.category or None,
+        )
 
 
 class RecommendationsOut(BaseModel):
@@ -33,12 +42,7 @@ class RecommendationsOut(BaseModel):
             recommendation_id=rec.recommendation_id,
             member_id=rec.member_id,
             placement=rec.placement,
-            items=[
-                ItemOut(
-                    item_id=i.item_id, score=i.score, reasons=i.reasons, category=i.category or None
-                )
-                for i in rec.items
-            ],
+            items=[ItemOut.of(i) for i in rec.items],
             model=rec.model,
             variant=rec.variant,
             degraded=rec.degraded,
@@ -51,6 +55,16 @@ class SimilarOut(BaseModel):
     items: list[ItemOut]
     model: str
     degraded: bool
+
+    @classmethod
+    def of(cls, rec: Recommendation, item_id: str) -> SimilarOut:
+        return cls(
+            recommendation_id=rec.recommendation_id,
+            item_id=item_id,
+            items=[ItemOut.of(i) for i in rec.items],
+            model=rec.model,
+            degraded=rec.degraded,
+        )
 
 
 class RfmOut(BaseModel):

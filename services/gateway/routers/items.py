@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Path, Query
 
-from services.gateway.deps import ComposerDep, SettingsDep
-from services.gateway.schemas import ItemOut, SimilarOut
+from services.gateway.deps import ComposerDep, SettingsDep, checked_limit
+from services.gateway.schemas import SimilarOut
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
 
@@ -19,18 +19,5 @@ async def similar(
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1)] = 10,
 ) -> SimilarOut:
-    if limit > settings.max_limit:
-        raise HTTPException(422, f"limit must be at most {settings.max_limit}")
-    rec = await composer.similar(item_id, limit)
-    return SimilarOut(
-        recommendation_id=rec.recommendation_id,
-        item_id=item_id,
-        items=[
-            ItemOut(
-                item_id=i.item_id, score=i.score, reasons=i.reasons, category=i.category or None
-            )
-            for i in rec.items
-        ],
-        model=rec.model,
-        degraded=rec.degraded,
-    )
+    rec = await composer.similar(item_id, checked_limit(limit, settings))
+    return SimilarOut.of(rec, item_id)

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import grpc
 from fastapi import APIRouter, HTTPException, Path, Query
 
-from services.gateway.deps import ClientsDep, ComposerDep, SettingsDep
+from services.gateway.deps import ClientsDep, ComposerDep, SettingsDep, checked_limit
 from services.gateway.schemas import OfferOut, OffersOut, ProfileOut, RecommendationsOut
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2
 
@@ -31,10 +31,12 @@ async def recommendations(
     context_item: Annotated[str | None, Query(max_length=128)] = None,
     exclude: Annotated[str | None, Query(description="Comma-separated item ids")] = None,
 ) -> RecommendationsOut:
-    if limit > settings.max_limit:
-        raise HTTPException(422, f"limit must be at most {settings.max_limit}")
     rec = await composer.recommend(
-        member_id, placement, limit, context_item or None, _exclusions(exclude)
+        member_id,
+        placement,
+        checked_limit(limit, settings),
+        context_item or None,
+        _exclusions(exclude),
     )
     return RecommendationsOut.of(rec)
 
