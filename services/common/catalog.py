@@ -30,13 +30,7 @@ def save_items(conn: Connection, table: Table, items: Sequence[CatalogItem]) -> 
     # Later records for an item win: the catalog topic is keyed by item so they arrive in order.
     latest = {item.item_id: item for item in items}
     rows = [
-        {
-            "item_id": item.item_id,
-            "name": item.name,
-            "category": item.category,
-            "price": item.price,
-            "in_stock": item.in_stock,
-        }
+        (item.item_id, item.name, item.category, item.price, item.in_stock)
         for item in latest.values()
     ]
     upsert(conn, table, rows, keys=["item_id"])

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Connection, Engine, Table, create_engine, event, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Column, Connection, Dialect, Engine, Table, create_engine, event
 from sqlalchemy.engine import make_url
 
 
@@ -42,44 +42,89 @@ def unseen(conn: Connection, column: Column[str], keys: Sequence[str]) -> list[s
     """
     wanted = list(dict.fromkeys(keys))
     seen: set[str] = set()
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        seen.update(conn.execute(select(column).where(column.in_(chunk))).scalars())
+    mark = _mark(conn)
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start : start + _CHUNK]
+        marks = ", ".join(mark for _ in chunk)
+        sql = f"SELECT {column.name} FROM {column.table.name} WHERE {column.name} IN ({marks})"
+        seen.update(key for (key,) in conn.exec_driver_sql(sql, tuple(chunk)))
     return [key for key in wanted if key not in seen]
 
 
-def insert_ignore(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> int:
-    """Insert rows, skipping those that would break a unique key; return how many went in."""
+# Keys per IN list: well under SQLite's limit of bound parameters per statement.
+_CHUNK = 500
+Row = tuple[Any, ...]
+
+
+def insert_ignore(
+    conn: Connection, table: Table, rows: Sequence[Row], columns: Sequence[str] | None = None
+) -> int:
+    """Insert rows (tuples in `columns` order, all columns by default), skipping those that
+    would break a unique key; return how many went in."""
+    return _write(conn, table, rows, columns, "DO NOTHING")
+
+
+def upsert(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[Row],
+    keys: Sequence[str],
+    columns: Sequence[str] | None = None,
+) -> None:
+    """Insert rows (tuples in `columns` order), replacing the other columns of a row whose
+    `keys` already exist."""
+    names = _names(table, columns)
+    changed = ", ".join(f"{c} = excluded.{c}" for c in names if c not in keys)
+    _write(conn, table, rows, names, f"({', '.join(keys)}) DO UPDATE SET {changed}")
+
+
+def _write(
+    conn: Connection, table: Table, rows: Sequence[Row], columns: Sequence[str] | None, action: str
+) -> int:
+    # Straight to the driver: on a consumer's hot path SQLAlchemy's per-row parameter
+    # handling cost more than the database's own work. Values still go through the
+    # column types' bind processors (SQLite dates, JSON), so stored rows read back the same.
     if not rows:
         return 0
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    result = conn.execute(dialect.insert(table).on_conflict_do_nothing(), list(rows))
+    names = _names(table, columns)
+    mark = _mark(conn)
+    sql = (
+        f"INSERT INTO {table.name} ({', '.join(names)}) "
+        f"VALUES ({', '.join(mark for _ in names)}) ON CONFLICT {action}"
+    )
+    processors = _processors(table, tuple(names), conn.dialect)
+    if processors:
+        rows = [_processed(row, processors) for row in rows]
+    result = conn.exec_driver_sql(sql, list(rows))
     # Drivers that cannot count an executemany say -1; callers only use the count to report.
     return max(result.rowcount, 0)
 
 
-def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], keys: list[str]) -> None:
-    """Insert rows, replacing the non-key columns of rows that already exist."""
-    if not rows:
-        return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table)
-    changed = {c: statement.excluded[c] for c in rows[0] if c not in keys}
-    conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=changed), list(rows))
+def _names(table: Table, columns: Sequence[str] | None) -> list[str]:
+    return list(columns) if columns is not None else [c.name for c in table.columns]
 
 
-def insert_ignore_rows(conn: Connection, table: Table, rows: Sequence[tuple[str, ...]]) -> None:
-    """insert_ignore for plain string rows in column order, straight to the driver.
+def _mark(conn: Connection) -> str:
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
 
-    For the hot tables of consumers (ids seen, orders, purchases) SQLAlchemy's per-row
-    parameter processing costs more than the insert itself; these rows need none of it.
-    """
-    if not rows:
-        return
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    columns = ", ".join(c.name for c in table.columns)
-    marks = ", ".join(mark for _ in table.columns)
-    conn.exec_driver_sql(
-        f"INSERT INTO {table.name} ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING",
-        list(rows),
-    )
+
+Processors = tuple[tuple[int, Callable[[Any], Any]], ...]
+
+
+@functools.lru_cache(maxsize=256)
+def _processors(table: Table, names: tuple[str, ...], dialect: Dialect) -> Processors:
+    found = []
+    for index, name in enumerate(names):
+        column_type = table.c[name].type.dialect_impl(dialect)
+        processor = column_type.bind_processor(dialect)
+        if processor is not None:
+            found.append((index, processor))
+    return tuple(found)
+
+
+def _processed(row: Row, processors: Processors) -> Row:
+    values = list(row)
+    for index, processor in processors:
+        if values[index] is not None:
+            values[index] = processor(values[index])
+    return tuple(values)

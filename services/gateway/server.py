@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uvicorn
 
-from services.common.grpc_server import configure_logging
+from services.common.grpc_server import configure_logging, tune_gc
 from services.common.settings import FleetSettings
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
@@ -14,6 +14,7 @@ def main() -> None:
     fleet = FleetSettings()
     configure_logging(fleet.log_level)
     app = create_app(fleet, GatewaySettings())
+    tune_gc()
     uvicorn.run(
         app,
         host=fleet.gateway_host,

@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 
 from services.common.catalog import catalog_table, load_items, save_items
-from services.common.db import insert_ignore_rows, make_engine, unseen, upsert
+from services.common.db import insert_ignore, make_engine, unseen, upsert
 from services.common.events import CatalogItem, Event, EventType
 from services.profiles.domain import (
     CategoryStat,
@@ -108,7 +108,7 @@ class SqlProfileStore(ProfileStore):
             todo = _unapplied(conn, events)
             if not todo:
                 return 0
-            insert_ignore_rows(conn, processed_events, [(e.event_id,) for e in todo])
+            insert_ignore(conn, processed_events, [(e.event_id,) for e in todo])
             self._apply(conn, todo)
         return len(todo)
 
@@ -195,7 +195,7 @@ def _new_orders(conn: Connection, events: list[Event]) -> set[tuple[str, str]]:
         )
         known.update((member_id, order_id) for member_id, order_id in rows)
     fresh = wanted - known
-    insert_ignore_rows(conn, member_orders, list(fresh))
+    insert_ignore(conn, member_orders, list(fresh))
     return fresh
 
 
@@ -224,35 +224,27 @@ def _load_members(conn: Connection, member_ids: list[str]) -> dict[str, MemberPr
 def _save_members(
     conn: Connection, profiles: list[MemberProfile], touched: set[tuple[str, str]]
 ) -> None:
-    upsert(
-        conn,
-        members,
-        [
-            {
-                "member_id": p.member_id,
-                "first_seen": p.first_seen,
-                "last_seen": p.last_seen,
-                "last_order_at": p.last_order_at,
-                "orders": p.orders,
-                "spend": p.spend,
-                "events": p.events,
-                "recent": [_recent_to_json(r) for r in p.recent],
-            }
-            for p in profiles
-        ],
-        keys=["member_id"],
-    )
-    by_id = {p.member_id: p for p in profiles}
     rows = [
-        {
-            "member_id": member_id,
-            "category": category,
-            "weight": by_id[member_id].categories[category].weight,
-            "events": by_id[member_id].categories[category].events,
-        }
-        for member_id, category in sorted(touched)
+        (
+            p.member_id,
+            p.first_seen,
+            p.last_seen,
+            p.last_order_at,
+            p.orders,
+            p.spend,
+            p.events,
+            [_recent_to_json(r) for r in p.recent],
+        )
+        for p in profiles
     ]
-    upsert(conn, member_categories, rows, keys=["member_id", "category"])
+    upsert(conn, members, rows, keys=["member_id"])
+    by_id = {p.member_id: p for p in profiles}
+    stats = [
+        (member_id, category, stat.weight, stat.events)
+        for member_id, category in sorted(touched)
+        for stat in [by_id[member_id].categories[category]]
+    ]
+    upsert(conn, member_categories, stats, keys=["member_id", "category"])
 
 
 def _recent_to_json(item: RecentItem) -> list[str]:
@@ -270,4 +262,4 @@ def _save_purchases(conn: Connection, events: list[Event]) -> None:
         if e.type == EventType.PURCHASE
         for line in e.lines()
     }
-    insert_ignore_rows(conn, member_purchases, list(rows))
+    insert_ignore(conn, member_purchases, list(rows))

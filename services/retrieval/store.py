@@ -79,6 +79,8 @@ interactions = Table(
     Index("ix_interactions_member", "member_id", "id"),
 )
 catalog = catalog_table(metadata)
+# What a consumer writes: every column but the id the database numbers.
+_INTERACTION_COLUMNS = ("event_id", "line", "member_id", "item_id", "event_type", "weight", "at")
 
 
 class SqlInteractionStore(InteractionStore):
@@ -94,22 +96,22 @@ class SqlInteractionStore(InteractionStore):
     def apply_events(self, events: Sequence[Event]) -> int:
         rows = [row for event in events for row in self._rows(event)]
         with self._engine.begin() as conn:
-            return insert_ignore(conn, interactions, rows)
+            return insert_ignore(conn, interactions, rows, _INTERACTION_COLUMNS)
 
-    def _rows(self, event: Event) -> list[dict[str, object]]:
+    def _rows(self, event: Event) -> list[tuple[object, ...]]:
         weight = self._weights.get(event.type.value, 0.0)
         if weight <= 0:
             return []
         return [
-            {
-                "event_id": event.event_id,
-                "line": line_no,
-                "member_id": event.member_id,
-                "item_id": line.item_id,
-                "event_type": event.type.value,
-                "weight": weight,
-                "at": event.timestamp,
-            }
+            (
+                event.event_id,
+                line_no,
+                event.member_id,
+                line.item_id,
+                event.type.value,
+                weight,
+                event.timestamp,
+            )
             for line_no, line in enumerate(event.lines())
         ]
 

@@ -1,70 +1,26 @@
 """Member profiles: what events make of a member, kept exactly once per event id.
 
 The store tests are a conformance suite: every one runs on SQLite (the embedded default)
-and on PostgreSQL (production). PostgreSQL at 127.0.0.1:5432 is required: when it is
-unreachable the postgresql cases fail rather than skip.
+and on PostgreSQL (production), through the `engine` fixture of tests/unit/conftest.py.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine
 
-from services.common.db import make_engine
 from services.common.events import CatalogItem, Event
 from services.profiles.domain import MemberProfile, Rfm
 from services.profiles.settings import ProfilesSettings
 from services.profiles.store import SqlProfileStore
 
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 StoreFactory = Callable[..., SqlProfileStore]
-
-
-def _sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'profiles.db'}")
-    yield engine
-    engine.dispose()
-
-
-def _postgres_engine(tmp_path: Path) -> Iterator[Engine]:
-    # A schema of its own per test: a clean slate, and nothing left behind afterwards.
-    schema = f"test_profiles_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 5})
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        engine = create_engine(
-            POSTGRES_URL,
-            pool_pre_ping=True,
-            connect_args={"options": f"-csearch_path={schema}", "connect_timeout": 5},
-        )
-        try:
-            yield engine
-        finally:
-            engine.dispose()
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    finally:
-        admin.dispose()
-
-
-ENGINES: dict[str, Callable[[Path], Iterator[Engine]]] = {
-    "sqlite": _sqlite_engine,
-    "postgresql": _postgres_engine,
-}
-
-
-@pytest.fixture(params=sorted(ENGINES))
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    yield from ENGINES[request.param](tmp_path)
 
 
 @pytest.fixture

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
 from services.common.candidates import Candidate
-from services.common.db import make_engine
 from services.common.events import CatalogItem, Event
 from services.retrieval.domain import Retriever
 from services.retrieval.model_store import LocalModelStore
@@ -67,12 +66,9 @@ class Shop:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlInteractionStore]:
-    store = SqlInteractionStore(
-        make_engine(f"sqlite:///{tmp_path / 'retrieval.db'}"), SETTINGS.event_weights
-    )
-    yield store
-    store.close()
+def store(engine: Engine) -> SqlInteractionStore:
+    """On SQLite and on PostgreSQL (see conftest.py); closed with the engine."""
+    return SqlInteractionStore(engine, SETTINGS.event_weights)
 
 
 @pytest.fixture

@@ -1,0 +1,112 @@
+"""CPU per event of each step of the ingest path, in one process, without HTTP or gRPC.
+
+    python -m bench.stages [--events N] [--batch B] [--source CSV] [--profile STAGE]
+
+`bench.ingest` says how fast the whole fleet goes; this says where its CPU goes. It runs
+the same code the services run, one step after the other on the same events, and reads
+the process CPU time around each:
+
+* ingestion: `Ingestor.publish_events` on native batches of B events, onto a local log;
+* profiles: poll the log, decode, `SqlProfileStore.apply_events` (SQLite), commit;
+* retrieval: poll the log, decode, `SqlInteractionStore.apply_events` (SQLite), commit.
+
+The events are the ones `bench.ingest` posts (one purchase per Online Retail line, for
+members new to the store). `--profile STAGE` runs that step under cProfile and prints the
+top functions. Figures vary with the machine; the bench prints, it never judges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.fleet import machine, say
+from bench.ingest import DEFAULT_SOURCE, Lines, batches
+from services.common.bus import EVENTS_TOPIC, EventBus, open_bus
+from services.common.consuming import BusWorker
+from services.common.grpc_server import tune_gc
+from services.common.pii import PiiScrubber
+from services.common.settings import FleetSettings
+from services.ingestion.domain import Ingestor
+from services.ingestion.settings import IngestionSettings
+from services.profiles.server import profile_worker
+from services.profiles.settings import ProfilesSettings
+from services.profiles.store import SqlProfileStore
+from services.retrieval.server import interaction_worker
+from services.retrieval.settings import RetrievalSettings
+from services.retrieval.store import SqlInteractionStore
+
+
+def timed(name: str, run: Callable[[], Any], events: int, profile: str | None) -> float:
+    profiler = cProfile.Profile() if profile == name else None
+    started_cpu, started = time.process_time(), time.perf_counter()
+    if profiler:
+        profiler.enable()
+    run()
+    if profiler:
+        profiler.disable()
+    cpu, wall = time.process_time() - started_cpu, time.perf_counter() - started
+    say(f"{name:<10} {cpu * 1e6 / events:7.1f} µs CPU/event  ({cpu:.2f} s CPU, {wall:.2f} s wall)")
+    if profiler:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    return cpu
+
+
+def ingest(bus: EventBus, bodies: list[bytes], data_dir: Path) -> Callable[[], None]:
+    ingestor = Ingestor(bus, PiiScrubber(b"bench-secret-0123456789"), IngestionSettings())
+
+    def run() -> None:
+        for body in bodies:
+            outcome = ingestor.publish_events(body)
+            assert not outcome.rejected, outcome.rejected[:3]
+
+    return run
+
+
+def consume(worker: BusWorker, expected: int) -> Callable[[], None]:
+    def run() -> None:
+        applied = worker.drain()
+        assert applied == expected, f"applied {applied} of {expected}"
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=40_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--profile", choices=["ingestion", "profiles", "retrieval"])
+    args = parser.parse_args()
+
+    lines = Lines.read(args.source, args.events)
+    bodies = batches(lines.events("stage", args.events), args.batch)
+    say(machine())
+    with tempfile.TemporaryDirectory(prefix="recofleet-stages-") as tmp:
+        data_dir = Path(tmp)
+        bus = open_bus(FleetSettings(data_dir=data_dir))
+        profiles = SqlProfileStore.from_url(f"sqlite:///{data_dir / 'p.db'}", ProfilesSettings())
+        retrieval_settings = RetrievalSettings()
+        interactions = SqlInteractionStore.from_url(
+            f"sqlite:///{data_dir / 'r.db'}", retrieval_settings.event_weights
+        )
+        tune_gc()  # as every service does once it has started
+        total = timed("ingestion", ingest(bus, bodies, data_dir), args.events, args.profile)
+        worker = profile_worker(bus, profiles, ProfilesSettings())
+        total += timed("profiles", consume(worker, args.events), args.events, args.profile)
+        worker = interaction_worker(bus, interactions, retrieval_settings)
+        total += timed("retrieval", consume(worker, args.events), args.events, args.profile)
+        say(f"{'in all':<10} {total * 1e6 / args.events:7.1f} µs CPU/event on topic {EVENTS_TOPIC}")
+        profiles.close()
+        interactions.close()
+        bus.close()
+
+
+if __name__ == "__main__":
+    main()
