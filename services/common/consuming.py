@@ -21,7 +21,7 @@ from services.common.bus import (
     Record,
 )
 from services.common.dead_letters import encode
-from services.common.events import CatalogItem, Event, describe_error
+from services.common.events import AnyEvent, CatalogItem, describe_error, read_event
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class BusWorker:
 
 @dataclass
 class Decoded:
-    events: list[Event]
+    events: list[AnyEvent]
     items: list[CatalogItem]
     dead: list[DeadLetter]
 
@@ -152,7 +152,7 @@ def decode(records: Sequence[Record]) -> Decoded:
     for record in records:
         try:
             if record.topic == EVENTS_TOPIC:
-                out.events.append(Event.from_bytes(record.value))
+                out.events.append(read_event(record.value))
             elif record.topic == CATALOG_TOPIC:
                 out.items.append(CatalogItem.from_bytes(record.value))
             else:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MAX_ID_LENGTH = 128
@@ -91,7 +93,7 @@ class Event(BaseModel):
             raise ValueError("a 'rate' event needs a rating")
         return self
 
-    def lines(self) -> list[EventItem]:
+    def lines(self) -> list[AnyItem]:
         """The items this event is about; `item_id` alone counts as one line of quantity 1."""
         if self.items:
             return list(self.items)
@@ -99,9 +101,7 @@ class Event(BaseModel):
 
     def order_value(self) -> float:
         """What the order was worth: the stated revenue, else the sum of its lines."""
-        if self.revenue is not None:
-            return self.revenue
-        return round(sum((line.price or 0.0) * line.quantity for line in self.lines()), 2)
+        return _order_value(self.revenue, self.lines())
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode("utf-8")
@@ -109,6 +109,79 @@ class Event(BaseModel):
     @classmethod
     def from_bytes(cls, raw: bytes) -> Event:
         return cls.model_validate_json(raw)
+
+
+def _order_value(revenue: float | None, lines: Sequence[AnyItem]) -> float:
+    if revenue is not None:
+        return revenue
+    return round(sum((line.price or 0.0) * line.quantity for line in lines), 2)
+
+
+class WireItem(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
+    """An EventItem as a consumer reads it off the bus (see WireEvent)."""
+
+    item_id: str
+    quantity: int = 1
+    price: float | None = None
+    category: str | None = None
+
+
+class WireEvent(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
+    """An Event as a consumer reads it off the bus: the same fields, decoded about ten
+    times faster than by the Event model.
+
+    What is on the bus was published by ingestion, which validated it as an Event and wrote
+    it in canonical form (ids as strings, timestamps with their offset). Consumers read
+    every record back, so the Event model's cost was paid once per consumer per event;
+    this type checks the shape and the types, which is what a consumer needs to apply a
+    record safely, and leaves the shop-facing rules and messages to the Event model.
+    `read_event` prefers it and falls back to the Event model.
+    """
+
+    event_id: str
+    type: EventType
+    member_id: str
+    timestamp: Annotated[datetime, msgspec.Meta(tz=True)]
+    session_id: str | None = None
+    item_id: str | None = None
+    items: list[WireItem] = []
+    order_id: str | None = None
+    revenue: float | None = None
+    currency: str | None = None
+    query: str | None = None
+    recommendation_id: str | None = None
+    rating: float | None = None
+    context: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        if self.timestamp.tzinfo is not UTC:
+            msgspec.structs.force_setattr(self, "timestamp", self.timestamp.astimezone(UTC))
+
+    def lines(self) -> list[AnyItem]:
+        """The items this event is about; `item_id` alone counts as one line of quantity 1."""
+        if self.items:
+            return list(self.items)
+        return [WireItem(item_id=self.item_id)] if self.item_id else []
+
+    def order_value(self) -> float:
+        """What the order was worth: the stated revenue, else the sum of its lines."""
+        return _order_value(self.revenue, self.lines())
+
+
+# What consumers apply: an Event (loaders, tests) or a WireEvent (read off the bus).
+AnyEvent = Event | WireEvent
+AnyItem = EventItem | WireItem
+_wire_decoder = msgspec.json.Decoder(WireEvent)
+
+
+def read_event(raw: bytes) -> AnyEvent:
+    """An event record off the bus; raises ValidationError when it is not a valid Event."""
+    try:
+        return _wire_decoder.decode(raw)
+    except msgspec.DecodeError:
+        # Not in canonical form (say, a producer of another version): the Event model
+        # reads what it can and explains what it cannot.
+        return Event.from_bytes(raw)
 
 
 class CatalogItem(BaseModel):

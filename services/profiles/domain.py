@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from services.common.events import Event, EventType
+from services.common.events import AnyEvent, EventType
 
 
 @dataclass
@@ -52,7 +52,7 @@ class MemberProfile:
         return {name: stat.weight for name, stat in self.categories.items()}
 
 
-def new_profile(event: Event) -> MemberProfile:
+def new_profile(event: AnyEvent) -> MemberProfile:
     return MemberProfile(
         member_id=event.member_id, first_seen=event.timestamp, last_seen=event.timestamp
     )
@@ -60,7 +60,7 @@ def new_profile(event: Event) -> MemberProfile:
 
 def apply_event(
     profile: MemberProfile,
-    event: Event,
+    event: AnyEvent,
     *,
     item_categories: Mapping[str, str],
     weights: Mapping[str, float],
@@ -100,7 +100,7 @@ def apply_event(
     return touched
 
 
-def _record_purchase(profile: MemberProfile, event: Event, new_order: bool) -> None:
+def _record_purchase(profile: MemberProfile, event: AnyEvent, new_order: bool) -> None:
     profile.spend = round(profile.spend + event.order_value(), 2)
     if new_order:
         profile.orders += 1

@@ -23,7 +23,7 @@ from sqlalchemy import (
 
 from services.common.catalog import catalog_table, load_items, save_items
 from services.common.db import insert_ignore, make_engine, unseen, upsert
-from services.common.events import CatalogItem, Event, EventType
+from services.common.events import AnyEvent, CatalogItem, EventType
 from services.profiles.domain import (
     CategoryStat,
     MemberProfile,
@@ -38,7 +38,7 @@ class ProfileStore(abc.ABC):
     """Applies events to profiles exactly once per event id and reads profiles back."""
 
     @abc.abstractmethod
-    def apply_events(self, events: Sequence[Event]) -> int:
+    def apply_events(self, events: Sequence[AnyEvent]) -> int:
         """Apply the events not applied before (by event_id), atomically; return how many."""
 
     @abc.abstractmethod
@@ -103,7 +103,7 @@ class SqlProfileStore(ProfileStore):
     def from_url(cls, url: str, settings: ProfilesSettings) -> SqlProfileStore:
         return cls(make_engine(url), settings)
 
-    def apply_events(self, events: Sequence[Event]) -> int:
+    def apply_events(self, events: Sequence[AnyEvent]) -> int:
         with self._engine.begin() as conn:
             todo = _unapplied(conn, events)
             if not todo:
@@ -112,7 +112,7 @@ class SqlProfileStore(ProfileStore):
             self._apply(conn, todo)
         return len(todo)
 
-    def _apply(self, conn: Connection, events: list[Event]) -> None:
+    def _apply(self, conn: Connection, events: list[AnyEvent]) -> None:
         profiles = _load_members(conn, list(dict.fromkeys(e.member_id for e in events)))
         uncategorized = {line.item_id for e in events for line in e.lines() if not line.category}
         item_categories = {
@@ -162,7 +162,7 @@ class SqlProfileStore(ProfileStore):
         self._engine.dispose()
 
 
-def _unapplied(conn: Connection, events: Sequence[Event]) -> list[Event]:
+def _unapplied(conn: Connection, events: Sequence[AnyEvent]) -> list[AnyEvent]:
     """The events whose id was never applied, each id once (a batch may repeat one)."""
     fresh = set(unseen(conn, processed_events.c.event_id, [e.event_id for e in events]))
     todo = []
@@ -178,12 +178,12 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _order_key(event: Event) -> str:
+def _order_key(event: AnyEvent) -> str:
     # A purchase without an order id is an order of its own.
     return event.order_id or f"event:{event.event_id}"
 
 
-def _new_orders(conn: Connection, events: list[Event]) -> set[tuple[str, str]]:
+def _new_orders(conn: Connection, events: list[AnyEvent]) -> set[tuple[str, str]]:
     wanted = {(e.member_id, _order_key(e)) for e in events if e.type == EventType.PURCHASE}
     known: set[tuple[str, str]] = set()
     order_ids = list({order_id for _, order_id in wanted})
@@ -255,7 +255,7 @@ def _recent_from_json(raw: list[str]) -> RecentItem:
     return RecentItem(raw[0], raw[1], _utc(datetime.fromisoformat(raw[2])))
 
 
-def _save_purchases(conn: Connection, events: list[Event]) -> None:
+def _save_purchases(conn: Connection, events: list[AnyEvent]) -> None:
     rows = {
         (e.member_id, line.item_id)
         for e in events

@@ -23,7 +23,7 @@ from sqlalchemy import (
 
 from services.common.catalog import catalog_table, load_items, save_items
 from services.common.db import insert_ignore, make_engine
-from services.common.events import CatalogItem, Event
+from services.common.events import AnyEvent, CatalogItem
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Interaction:
 
 class InteractionStore(abc.ABC):
     @abc.abstractmethod
-    def apply_events(self, events: Sequence[Event]) -> int:
+    def apply_events(self, events: Sequence[AnyEvent]) -> int:
         """Record the weighted interactions of events not recorded before; return how many
         interactions were new."""
 
@@ -93,12 +93,12 @@ class SqlInteractionStore(InteractionStore):
     def from_url(cls, url: str, weights: Mapping[str, float]) -> SqlInteractionStore:
         return cls(make_engine(url), weights)
 
-    def apply_events(self, events: Sequence[Event]) -> int:
+    def apply_events(self, events: Sequence[AnyEvent]) -> int:
         rows = [row for event in events for row in self._rows(event)]
         with self._engine.begin() as conn:
             return insert_ignore(conn, interactions, rows, _INTERACTION_COLUMNS)
 
-    def _rows(self, event: Event) -> list[tuple[object, ...]]:
+    def _rows(self, event: AnyEvent) -> list[tuple[object, ...]]:
         weight = self._weights.get(event.type.value, 0.0)
         if weight <= 0:
             return []

@@ -8,7 +8,18 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from services.common.events import Event, EventType, describe_error, parse_event, split_batch
+from services.common.events import (
+    AnyEvent,
+    Event,
+    EventItem,
+    EventType,
+    WireEvent,
+    WireItem,
+    describe_error,
+    parse_event,
+    read_event,
+    split_batch,
+)
 
 
 def _reason(raw: object) -> str:
@@ -135,6 +146,69 @@ def test_the_event_survives_the_bus_round_trip() -> None:
     event = parse_event({"type": "add_to_cart", "member_id": 7, "item_id": "x"})
 
     assert Event.from_bytes(event.to_bytes()) == event
+
+
+BUS_EVENTS = [
+    {
+        "event_id": "e-1",
+        "type": "purchase",
+        "member_id": "m-42",
+        "session_id": "s-1",
+        "items": [
+            {"item_id": "sku-1", "quantity": 2, "price": 9.5, "category": "garden"},
+            {"item_id": "sku-2"},
+        ],
+        "order_id": "o-9",
+        "currency": "EUR",
+        "recommendation_id": "r-1",
+        "timestamp": "2026-11-22T10:00:00+02:00",
+        "context": {"page": "cart", "ab": [1, 2]},
+    },
+    {"type": "view", "member_id": 7, "item_id": 12, "timestamp": "2026-11-22T10:00:00"},
+    {"type": "refund", "member_id": "m-1", "order_id": "o-1", "revenue": 4.25},
+    {"type": "search", "member_id": "m-1", "query": "garden lamp"},
+    {"type": "rate", "member_id": "m-1", "item_id": "a", "rating": 4.5},
+]
+
+
+def _facts(event: AnyEvent) -> dict[str, object]:
+    """Everything a consumer can read off an event, whichever type carries it."""
+    fields = {name: getattr(event, name) for name in Event.model_fields if name != "items"}
+    lines = [(i.item_id, i.quantity, i.price, i.category) for i in event.lines()]
+    return fields | {"lines": lines, "order_value": event.order_value()}
+
+
+@pytest.mark.parametrize("raw", BUS_EVENTS, ids=[str(e["type"]) for e in BUS_EVENTS])
+def test_consumers_read_off_the_bus_what_ingestion_published(raw: dict[str, object]) -> None:
+    event = parse_event(raw)
+
+    read = read_event(event.to_bytes())
+
+    # The fast reader, not the fallback, handles what ingestion publishes.
+    assert isinstance(read, WireEvent)
+    assert _facts(read) == _facts(event)
+    assert read.timestamp.tzinfo is UTC
+
+
+def test_the_bus_reader_knows_every_field_of_the_event() -> None:
+    assert sorted(WireEvent.__struct_fields__) == sorted(Event.model_fields)
+    assert sorted(WireItem.__struct_fields__) == sorted(EventItem.model_fields)
+
+
+def test_a_record_in_another_form_is_read_by_the_event_model() -> None:
+    # e.g. from a producer that writes numeric ids and naive times
+    read = read_event(b'{"type": "view", "member_id": 7, "item_id": 8, "timestamp": "2026-01-02"}')
+
+    assert isinstance(read, Event)
+    assert (read.member_id, read.item_id) == ("7", "8")
+    assert read.timestamp == datetime(2026, 1, 2, tzinfo=UTC)
+
+
+def test_an_unreadable_record_says_why() -> None:
+    with pytest.raises(ValidationError) as caught:
+        read_event(b'{"type": "view", "item_id": "a", "timestamp": "2026-01-02T00:00:00Z"}')
+
+    assert describe_error(caught.value) == "member_id: Field required"
 
 
 def test_order_value_is_the_stated_revenue() -> None:
