@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 import sys
 import tempfile
 import time
@@ -62,7 +63,9 @@ class Lines:
     rows: list[tuple[str, str, str, int, float]] = field(default_factory=list)
 
     @classmethod
-    def read(cls, source: Path, limit: int) -> Lines:
+    def read(cls, source: Path, limit: int, shuffle: bool = False) -> Lines:
+        """The first `limit` lines in file order (an invoice's lines together, as a shop's
+        frontend batches them per visitor), or shuffled so that a batch mixes members."""
         lines = cls()
         for row in read_rows(source):
             lines.rows.append(
@@ -70,7 +73,17 @@ class Lines:
             )
             if len(lines.rows) >= limit:
                 break
+        if shuffle:
+            random.Random(7).shuffle(lines.rows)
         return lines
+
+    def members_per_batch(self, size: int) -> float:
+        """How many members one batch of `size` lines speaks of, on average."""
+        counts = [
+            len({row[0] for row in self.rows[start : start + size]})
+            for start in range(0, len(self.rows), size)
+        ]
+        return sum(counts) / max(len(counts), 1)
 
     def events(self, run: str, count: int) -> Iterator[dict[str, Any]]:
         for n in range(count):
@@ -275,6 +288,8 @@ def report(results: dict[str, Any]) -> str:
             f"machine: {m['cpu_model']}, {m['cpus_usable']} CPUs, {m['ram_gib']} GiB, "
             f"{m['python']}, {m['os']}",
             f"data: {results['source']} ({results['lines']} clean lines, reused as needed)",
+            f"order: {results['order']}, {results['members_per_batch']} members per batch "
+            "on average (the bus carries one record per member per batch)",
             "",
             table(headers, rows),
             "",
@@ -293,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=5000, help="paced events/s for latency")
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument(
+        "--shuffle", action="store_true", help="mix members in every batch (the worst case)"
+    )
     parser.add_argument("--kafka-bootstrap", help="a real cluster instead of the mock")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -300,12 +318,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no Online Retail CSV at {args.source} (--source)", file=sys.stderr)
         return 2
     say(f"reading {args.source}")
-    lines = Lines.read(args.source, args.events)
+    lines = Lines.read(args.source, args.events, args.shuffle)
     buses = ["local", "kafka"] if args.bus == "both" else [args.bus]
     results: dict[str, Any] = {
         "machine": machine(),
         "source": str(args.source),
         "lines": len(lines.rows),
+        "order": "shuffled" if args.shuffle else "file",
+        "members_per_batch": round(lines.members_per_batch(args.batch), 1),
         "buses": {},
     }
     try:

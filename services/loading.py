@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.bus import CATALOG_TOPIC, EVENTS_TOPIC, EventBus, Message
-from services.common.events import CatalogItem, Event
+from services.common.events import CatalogItem, Event, event_records
 from services.datasets.online_retail import load_jsonl_gz, to_catalog_and_events
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def load(bus: EventBus, data_dir: Path, source: Path | None) -> Loaded:
             return Loaded(name, done["events"], done["items"], done["example_member"], True)
     catalog, events = read_source(source)
     _publish(bus, CATALOG_TOPIC, [Message(i.item_id, i.to_bytes()) for i in catalog])
-    _publish(bus, EVENTS_TOPIC, [Message(e.member_id, e.to_bytes()) for e in events])
+    _publish(bus, EVENTS_TOPIC, event_records(events))
     example = Counter(e.member_id for e in events).most_common(1)[0][0] if events else ""
     loaded = Loaded(name, len(events), len(catalog), example, False)
     marker.parent.mkdir(parents=True, exist_ok=True)

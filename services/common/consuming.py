@@ -21,7 +21,7 @@ from services.common.bus import (
     Record,
 )
 from services.common.dead_letters import encode
-from services.common.events import AnyEvent, CatalogItem, describe_error, read_event
+from services.common.events import AnyEvent, CatalogItem, describe_error, read_events
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def decode(records: Sequence[Record]) -> Decoded:
     for record in records:
         try:
             if record.topic == EVENTS_TOPIC:
-                out.events.append(read_event(record.value))
+                out.events.extend(read_events(record.value))
             elif record.topic == CATALOG_TOPIC:
                 out.items.append(CatalogItem.from_bytes(record.value))
             else:

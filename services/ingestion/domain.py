@@ -13,7 +13,14 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from services.common.bus import CATALOG_TOPIC, EVENTS_TOPIC, EventBus, Message
-from services.common.events import CatalogItem, Event, describe_error, parse_event, split_batch
+from services.common.events import (
+    CatalogItem,
+    Event,
+    describe_error,
+    event_records,
+    parse_event,
+    split_batch,
+)
 from services.common.pii import PiiScrubber
 from services.ingestion.formats import Translated, translate
 from services.ingestion.settings import IngestionSettings
@@ -56,7 +63,7 @@ class Ingestor:
             # The common case, a clean native batch, validated in one pass without a detour
             # through Python dicts; anything else takes the event-by-event path below.
             self._check_size(len(events), "events")
-            self._bus.publish(EVENTS_TOPIC, [Message(e.member_id, e.to_bytes()) for e in events])
+            self._bus.publish(EVENTS_TOPIC, event_records(events))
             return Outcome(accepted=[e.event_id for e in events])
         try:
             translated = translate(fmt or "native", payload)
@@ -67,7 +74,7 @@ class Ingestor:
         outcome, events = Outcome(), []
         for source in translated:
             events.extend(self._events_of(source, outcome, scrub))
-        self._bus.publish(EVENTS_TOPIC, [Message(e.member_id, e.to_bytes()) for e in events])
+        self._bus.publish(EVENTS_TOPIC, event_records(events))
         outcome.accepted = [e.event_id for e in events]
         return outcome
 

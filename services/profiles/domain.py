@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import msgspec
+
 from services.common.events import AnyEvent, EventType
 
 
@@ -15,8 +17,9 @@ class CategoryStat:
     events: int = 0
 
 
-@dataclass(frozen=True)
-class RecentItem:
+class RecentItem(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """An item the member recently did something with; stored as `[item_id, type, at]`."""
+
     item_id: str
     event_type: str
     at: datetime

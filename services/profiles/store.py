@@ -6,8 +6,8 @@ import abc
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import msgspec
 from sqlalchemy import (
-    JSON,
     Column,
     Connection,
     DateTime,
@@ -18,6 +18,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     select,
 )
 
@@ -64,8 +65,11 @@ members = Table(
     Column("orders", Integer, nullable=False),
     Column("spend", Float, nullable=False),
     Column("events", Integer, nullable=False),
-    # The latest items, newest first, capped: read with the member, rewritten with it.
-    Column("recent", JSON, nullable=False),
+    # The latest items, newest first, capped: read with the member, rewritten with it. A
+    # JSON array of [item_id, event_type, at] kept as text: a profiles batch reads and
+    # writes thousands of these, and msgspec does that several times faster than the
+    # JSON type's json module.
+    Column("recent", Text, nullable=False),
 )
 member_categories = Table(
     "member_categories",
@@ -212,7 +216,7 @@ def _load_members(conn: Connection, member_ids: list[str]) -> dict[str, MemberPr
                 orders=row.orders,
                 spend=row.spend,
                 events=row.events,
-                recent=[_recent_from_json(r) for r in row.recent],
+                recent=_read_recent(row.recent),
             )
         for row in conn.execute(
             select(member_categories).where(member_categories.c.member_id.in_(chunk))
@@ -233,7 +237,7 @@ def _save_members(
             p.orders,
             p.spend,
             p.events,
-            [_recent_to_json(r) for r in p.recent],
+            _write_recent(p.recent),
         )
         for p in profiles
     ]
@@ -247,12 +251,12 @@ def _save_members(
     upsert(conn, member_categories, stats, keys=["member_id", "category"])
 
 
-def _recent_to_json(item: RecentItem) -> list[str]:
-    return [item.item_id, item.event_type, item.at.isoformat()]
+_read_recent = msgspec.json.Decoder(list[RecentItem]).decode
+_recent_encoder = msgspec.json.Encoder()
 
 
-def _recent_from_json(raw: list[str]) -> RecentItem:
-    return RecentItem(raw[0], raw[1], _utc(datetime.fromisoformat(raw[2])))
+def _write_recent(recent: list[RecentItem]) -> str:
+    return _recent_encoder.encode(recent).decode("utf-8")
 
 
 def _save_purchases(conn: Connection, events: list[AnyEvent]) -> None:

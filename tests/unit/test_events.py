@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.common.events import (
+    RECORD_TARGET_BYTES,
     AnyEvent,
     Event,
     EventItem,
@@ -16,8 +17,9 @@ from services.common.events import (
     WireEvent,
     WireItem,
     describe_error,
+    event_records,
     parse_event,
-    read_event,
+    read_events,
     split_batch,
 )
 
@@ -182,7 +184,8 @@ def _facts(event: AnyEvent) -> dict[str, object]:
 def test_consumers_read_off_the_bus_what_ingestion_published(raw: dict[str, object]) -> None:
     event = parse_event(raw)
 
-    read = read_event(event.to_bytes())
+    (record,) = event_records([event])
+    (read,) = read_events(record.value)
 
     # The fast reader, not the fallback, handles what ingestion publishes.
     assert isinstance(read, WireEvent)
@@ -197,7 +200,9 @@ def test_the_bus_reader_knows_every_field_of_the_event() -> None:
 
 def test_a_record_in_another_form_is_read_by_the_event_model() -> None:
     # e.g. from a producer that writes numeric ids and naive times
-    read = read_event(b'{"type": "view", "member_id": 7, "item_id": 8, "timestamp": "2026-01-02"}')
+    (read,) = read_events(
+        b'{"type": "view", "member_id": 7, "item_id": 8, "timestamp": "2026-01-02"}'
+    )
 
     assert isinstance(read, Event)
     assert (read.member_id, read.item_id) == ("7", "8")
@@ -206,9 +211,45 @@ def test_a_record_in_another_form_is_read_by_the_event_model() -> None:
 
 def test_an_unreadable_record_says_why() -> None:
     with pytest.raises(ValidationError) as caught:
-        read_event(b'{"type": "view", "item_id": "a", "timestamp": "2026-01-02T00:00:00Z"}')
+        read_events(b'{"type": "view", "item_id": "a", "timestamp": "2026-01-02T00:00:00Z"}')
 
     assert describe_error(caught.value) == "member_id: Field required"
+
+
+def test_an_unreadable_event_in_a_record_is_named_by_its_place() -> None:
+    good = parse_event({"type": "view", "member_id": "m", "item_id": "a"}).to_bytes()
+    bad = b'{"type": "view", "member_id": "m", "timestamp": "2026-01-02T00:00:00Z"}'
+
+    with pytest.raises(ValidationError) as caught:
+        read_events(b"[" + good + b"," + bad + b"]")
+
+    assert describe_error(caught.value) == "1: a 'view' event needs item_id or items"
+
+
+def test_records_carry_one_members_events_in_order_and_stay_small() -> None:
+    big = {"note": "x" * 100_000}
+    events = [
+        parse_event(
+            {
+                "event_id": f"e{n}",
+                "type": "view",
+                "member_id": member,
+                "item_id": "a",
+                "context": big if member == "heavy" else {},
+            }
+        )
+        for n, member in enumerate(["m", "heavy", "m", "heavy", "heavy", "heavy", "m"])
+    ]
+
+    records = event_records(events)
+
+    read = [(r.key, [e.event_id for e in read_events(r.value)]) for r in records]
+    assert read == [
+        ("m", ["e0", "e2", "e6"]),
+        ("heavy", ["e1", "e3"]),
+        ("heavy", ["e4", "e5"]),
+    ]
+    assert all(len(r.value) <= RECORD_TARGET_BYTES for r in records)
 
 
 def test_order_value_is_the_stated_revenue() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from services.common.bus.base import CATALOG_TOPIC, EVENTS_TOPIC, Record
 from services.common.bus.local_log import LocalLogBus
-from services.common.events import CatalogItem, Event
+from services.common.events import CatalogItem, read_events
 from services.common.pii import PiiScrubber
 from services.ingestion.domain import BadPayload, Ingestor, TooManyEvents
 from services.ingestion.settings import IngestionSettings
@@ -69,10 +69,8 @@ def test_a_batch_with_one_bad_event_publishes_only_the_good_ones(
     assert "needs item_id or items" in rejected.reason
 
     records = _published(bus, EVENTS_TOPIC)
-    events = {
-        Event.from_bytes(r.value).event_id: (r.key, Event.from_bytes(r.value)) for r in records
-    }
-    assert len(records) == 2
+    events = {e.event_id: (r.key, e) for r in records for e in read_events(r.value)}
+    assert len(records) == 2  # one per member
     assert set(events) == {"e-1", generated}
     assert events["e-1"][0] == "m-1"
     key, purchase = events[generated]
@@ -88,6 +86,23 @@ def test_a_single_event_body_is_accepted(bus: LocalLogBus, ingestor: Ingestor) -
     assert outcome.accepted == ["e-9"]
     assert outcome.rejected == []
     assert [r.key for r in _published(bus, EVENTS_TOPIC)] == ["m"]
+
+
+def test_a_batch_goes_on_the_bus_as_one_record_per_member_in_order(
+    bus: LocalLogBus, ingestor: Ingestor
+) -> None:
+    sent = [("a", "1"), ("b", "2"), ("a", "3"), ("c", "4"), ("a", "5")]
+    body = _body(
+        *({"event_id": e, "type": "view", "member_id": m, "item_id": "i"} for m, e in sent)
+    )
+
+    outcome = ingestor.publish_events(body)
+
+    assert outcome.accepted == ["1", "2", "3", "4", "5"]
+    records = _published(bus, EVENTS_TOPIC)
+    by_member = {r.key: [e.event_id for e in read_events(r.value)] for r in records}
+    assert len(records) == 3
+    assert by_member == {"a": ["1", "3", "5"], "b": ["2"], "c": ["4"]}
 
 
 def test_a_non_object_entry_is_rejected_by_index(bus: LocalLogBus, ingestor: Ingestor) -> None:
@@ -171,7 +186,7 @@ def test_emails_and_phones_never_reach_the_bus_in_clear(ingestor: Ingestor, bus:
     assert outcome.accepted == ["pii-1"]
 
     (record,) = _published(bus, EVENTS_TOPIC)
-    published = Event.from_bytes(record.value)
+    (published,) = read_events(record.value)
     token = PiiScrubber(SECRET).token(email)
     assert published.member_id == token == record.key
     assert published.context["traits"]["email"] == token

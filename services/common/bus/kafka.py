@@ -107,9 +107,9 @@ class KafkaSettings(BaseSettings):
     linger_ms: int = Field(default=10, ge=0, le=60_000)
     batch_size: int = Field(default=256 * 1024, ge=1024, description="Bytes per partition batch.")
     compression_type: CompressionType = Field(
-        default="gzip",
-        description="gzip works out of the box; snappy, lz4 and zstd need python-snappy, "
-        "lz4 and zstandard installed.",
+        default="lz4",
+        description="lz4 and gzip work out of the box; snappy and zstd need python-snappy "
+        "and zstandard installed.",
     )
     max_request_size: int = Field(default=1024 * 1024, ge=1024, description="Bytes per request.")
     enable_idempotence: bool = Field(
