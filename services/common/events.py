@@ -145,7 +145,7 @@ class WireEvent(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=Tru
     every record back, so the Event model's cost was paid once per consumer per event;
     this type checks the shape and the types, which is what a consumer needs to apply a
     record safely, and leaves the shop-facing rules and messages to the Event model.
-    `read_event` prefers it and falls back to the Event model.
+    `read_events` prefers it and falls back to the Event model.
     """
 
     event_id: str
@@ -198,18 +198,24 @@ def event_records(events: Sequence[Event]) -> list[Message]:
     by_member: dict[str, list[bytes]] = {}
     for event in events:
         by_member.setdefault(event.member_id, []).append(event.to_bytes())
-    records = []
-    for member_id, values in by_member.items():
-        chunk: list[bytes] = []
-        size = 0
-        for value in values:
-            if chunk and size + len(value) > RECORD_TARGET_BYTES:
-                records.append(Message(member_id, b"[" + b",".join(chunk) + b"]"))
-                chunk, size = [], 0
-            chunk.append(value)
-            size += len(value) + 1
-        records.append(Message(member_id, b"[" + b",".join(chunk) + b"]"))
-    return records
+    return [
+        Message(member_id, b"[" + b",".join(chunk) + b"]")
+        for member_id, values in by_member.items()
+        for chunk in _chunks(values)
+    ]
+
+
+def _chunks(values: list[bytes]) -> list[list[bytes]]:
+    """`values` in order, cut so that each chunk's JSON array stays within the target."""
+    chunks: list[list[bytes]] = [[]]
+    size = 0
+    for value in values:
+        if chunks[-1] and size + len(value) > RECORD_TARGET_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(value)
+        size += len(value) + 1
+    return chunks
 
 
 def read_events(raw: bytes) -> list[AnyEvent]:
