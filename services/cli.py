@@ -18,6 +18,8 @@ from services.common import dead_letters
 from services.common.bus import BusError, open_bus
 from services.common.grpc_server import configure_logging
 from services.common.settings import FleetSettings
+from services.ingestion.domain import open_ingestor
+from services.ingestion.settings import IngestionSettings
 from services.loading import example_member, load
 from services.retrieval.server import interaction_worker, open_models, open_store
 from services.retrieval.settings import RetrievalSettings
@@ -30,11 +32,16 @@ log = logging.getLogger("recofleet")
 def cmd_load_sample(fleet: FleetSettings, source: Path | None) -> None:
     bus = open_bus(fleet)
     try:
-        loaded = load(bus, fleet.data_dir, source or fleet.sample_source)
+        ingestor = open_ingestor(fleet, bus, IngestionSettings())
+        loaded = load(ingestor, bus.location(), fleet.data_dir, source or fleet.sample_source)
     finally:
         bus.close()
     verb = "already loaded" if loaded.skipped else "loaded"
     print(f"{verb}: {loaded.events} events, {loaded.items} items from {loaded.source}")
+    if loaded.rejected:
+        print(f"rejected {loaded.rejected} entries of the source, for example:")
+        for reason in loaded.reasons:
+            print(f"  {reason}")
 
 
 def cmd_train(fleet: FleetSettings, force: bool, catch_up: bool | None) -> None:

@@ -1,20 +1,25 @@
-"""Load shop data onto the bus: the bundled sample, or the full public Online Retail file."""
+"""Load shop data onto the bus: the bundled sample, or the full public Online Retail file.
+
+Loaders never publish themselves: they hand native batches to the same `Ingestor` the
+ingestion service runs, so a user's file is validated, bounded and scrubbed of personal
+data exactly like events sent to the gateway.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.bus import CATALOG_TOPIC, EVENTS_TOPIC, EventBus, Message
-from services.common.events import CatalogItem, Event, event_records
+from services.common.events import CatalogItem, Event
 from services.datasets.online_retail import load_jsonl_gz, to_catalog_and_events
+from services.ingestion.domain import Ingestor, Outcome, Rejected
 
 log = logging.getLogger(__name__)
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "sample"
-BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,8 @@ class Loaded:
     items: int
     example_member: str
     skipped: bool
+    rejected: int = 0
+    reasons: tuple[str, ...] = ()  # the first few rejections, to show the user
 
 
 def source_name(source: Path | None) -> str:
@@ -40,8 +47,9 @@ def read_source(source: Path | None) -> tuple[list[CatalogItem], list[Event]]:
     return to_catalog_and_events(source)
 
 
-def load(bus: EventBus, data_dir: Path, source: Path | None) -> Loaded:
-    """Publish the source's catalog then its events, once per data dir and source.
+def load(ingestor: Ingestor, bus_location: str, data_dir: Path, source: Path | None) -> Loaded:
+    """Publish the source's catalog then its events through `ingestor`, once per data dir,
+    source and bus (`bus_location` names the bus).
 
     Reloading would be harmless (event ids are deterministic and consumers idempotent) but
     would grow the log for nothing, so a marker in the data dir records what was loaded.
@@ -50,21 +58,35 @@ def load(bus: EventBus, data_dir: Path, source: Path | None) -> Loaded:
     name = source_name(source)
     if marker.is_file():
         done = json.loads(marker.read_text())
-        if done.get("source") == name and done.get("bus") == bus.location():
+        if done.get("source") == name and done.get("bus") == bus_location:
             return Loaded(name, done["events"], done["items"], done["example_member"], True)
     catalog, events = read_source(source)
-    _publish(bus, CATALOG_TOPIC, [Message(i.item_id, i.to_bytes()) for i in catalog])
-    _publish(bus, EVENTS_TOPIC, event_records(events))
-    example = Counter(e.member_id for e in events).most_common(1)[0][0] if events else ""
-    loaded = Loaded(name, len(events), len(catalog), example, False)
+    items_out = _submit(ingestor.upsert_items, "items", catalog, ingestor.max_batch)
+    events_out = _submit(ingestor.publish_events, "events", events, ingestor.max_batch)
+    accepted = set(events_out.accepted)
+    # The example is printed and kept in the marker: never one that is personal data.
+    members = Counter(
+        e.member_id for e in events if e.event_id in accepted and not ingestor.personal(e.member_id)
+    )
+    example = members.most_common(1)[0][0] if members else ""
+    rejected = items_out.rejected + events_out.rejected
+    loaded = Loaded(
+        name,
+        len(events_out.accepted),
+        len(items_out.accepted),
+        example,
+        False,
+        rejected=len(rejected),
+        reasons=tuple(f"{r.id or f'#{r.index}'}: {r.reason}" for r in rejected[:5]),
+    )
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(
         json.dumps(
             {
                 "source": name,
-                "bus": bus.location(),
-                "events": len(events),
-                "items": len(catalog),
+                "bus": bus_location,
+                "events": loaded.events,
+                "items": loaded.items,
                 "example_member": example,
             }
         )
@@ -72,9 +94,21 @@ def load(bus: EventBus, data_dir: Path, source: Path | None) -> Loaded:
     return loaded
 
 
-def _publish(bus: EventBus, topic: str, messages: list[Message]) -> None:
-    for start in range(0, len(messages), BATCH):
-        bus.publish(topic, messages[start : start + BATCH])
+def _submit(
+    publish: Callable[[bytes], Outcome],
+    key: str,
+    entries: Sequence[Event] | Sequence[CatalogItem],
+    batch: int,
+) -> Outcome:
+    """Send `entries` in native batches of `batch`; the outcomes summed up."""
+    total = Outcome()
+    for start in range(0, len(entries), batch):
+        chunk = entries[start : start + batch]
+        body = b'{"' + key.encode() + b'":[' + b",".join(e.to_bytes() for e in chunk) + b"]}"
+        outcome = publish(body)
+        total.accepted.extend(outcome.accepted)
+        total.rejected.extend(Rejected(start + r.index, r.id, r.reason) for r in outcome.rejected)
+    return total
 
 
 def example_member(data_dir: Path) -> str | None:

@@ -6,7 +6,6 @@ that the gateway, ingestion and loaders reject the same things for the same reas
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -25,8 +24,16 @@ from pydantic import (
 )
 
 from services.common.bus.base import Message
+from services.common.jsonbody import all_finite, decode, depth
 
 MAX_ID_LENGTH = 128
+# Amounts (a unit price, an order's revenue, a line's price times quantity) above this are
+# typing errors or attacks, never a shop's order; refusing them keeps every sum finite.
+MAX_AMOUNT = 1_000_000_000.0
+# How deeply an event's `context` may nest objects and lists (`{"a": {"b": 1}}` is 2).
+MAX_CONTEXT_DEPTH = 16
+# Ids are stored as text everywhere (PostgreSQL refuses NUL in text): no control characters.
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
 
 
 class EventType(StrEnum):
@@ -48,7 +55,17 @@ ITEM_TYPES = frozenset(EventType) - {EventType.SEARCH, EventType.REFUND}
 
 
 def _id(description: str) -> Any:
-    return Field(min_length=1, max_length=MAX_ID_LENGTH, description=description)
+    return Field(
+        min_length=1, max_length=MAX_ID_LENGTH, pattern=NO_CONTROL, description=description
+    )
+
+
+def _optional_id(min_length: int = 0) -> Any:
+    return Field(default=None, min_length=min_length, max_length=MAX_ID_LENGTH, pattern=NO_CONTROL)
+
+
+def _amount(description: str) -> Any:
+    return Field(default=None, ge=0, le=MAX_AMOUNT, allow_inf_nan=False, description=description)
 
 
 class EventItem(BaseModel):
@@ -56,8 +73,14 @@ class EventItem(BaseModel):
 
     item_id: str = _id("the shop's item (SKU) id")
     quantity: int = Field(default=1, ge=1, le=100_000)
-    price: float | None = Field(default=None, ge=0)
-    category: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
+    price: float | None = _amount("the unit price paid or shown")
+    category: str | None = _optional_id()
+
+    @model_validator(mode="after")
+    def _line_total(self) -> EventItem:
+        if self.price is not None and self.price * self.quantity > MAX_AMOUNT:
+            raise ValueError(f"price times quantity exceeds {MAX_AMOUNT:,.0f}")
+        return self
 
 
 class Event(BaseModel):
@@ -65,18 +88,23 @@ class Event(BaseModel):
 
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, frozen=True)
 
-    event_id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1, max_length=128)
+    event_id: str = Field(
+        default_factory=lambda: str(uuid.uuid4()),
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        pattern=NO_CONTROL,
+    )
     type: EventType
     member_id: str = _id("the shop's member (customer) id")
-    session_id: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
-    item_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_LENGTH)
+    session_id: str | None = _optional_id()
+    item_id: str | None = _optional_id(min_length=1)
     items: list[EventItem] = Field(default_factory=list, max_length=1000)
-    order_id: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
-    revenue: float | None = Field(default=None)
-    currency: str | None = Field(default=None, min_length=3, max_length=3)
-    query: str | None = Field(default=None, max_length=1000)
-    recommendation_id: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
-    rating: float | None = Field(default=None, ge=0, le=5)
+    order_id: str | None = _optional_id()
+    revenue: float | None = _amount("what the order was worth, or the amount refunded")
+    currency: str | None = Field(default=None, pattern=r"^[A-Za-z]{3}$")
+    query: str | None = Field(default=None, max_length=1000, pattern=r"^[^\x00]*$")
+    recommendation_id: str | None = _optional_id()
+    rating: float | None = Field(default=None, ge=0, le=5, allow_inf_nan=False)
     timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
     context: dict[str, Any] = Field(default_factory=dict)
 
@@ -85,7 +113,19 @@ class Event(BaseModel):
     def _utc(cls, value: datetime) -> datetime:
         # Stores keep instants in UTC (SQLite drops offsets), so normalise here, once.
         # A naive timestamp is ambiguous across shops in other zones; read it as UTC.
-        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        try:
+            return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        except OverflowError:
+            raise ValueError(f"{value.isoformat()} is out of range once in UTC") from None
+
+    @field_validator("context")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value and depth(value) > MAX_CONTEXT_DEPTH:
+            raise ValueError(f"nests objects and lists deeper than {MAX_CONTEXT_DEPTH} levels")
+        if value and not all_finite(value):
+            raise ValueError("holds a number too large to represent")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Event:
@@ -101,6 +141,8 @@ class Event(BaseModel):
             raise ValueError("a 'search' event needs a query")
         if self.type == EventType.RATE and self.rating is None:
             raise ValueError("a 'rate' event needs a rating")
+        if sum((line.price or 0.0) * line.quantity for line in self.items) > MAX_AMOUNT:
+            raise ValueError(f"the lines of this event add up to more than {MAX_AMOUNT:,.0f}")
         return self
 
     def lines(self) -> list[AnyItem]:
@@ -238,9 +280,9 @@ class CatalogItem(BaseModel):
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, frozen=True)
 
     item_id: str = _id("the shop's item (SKU) id")
-    name: str | None = Field(default=None, max_length=500)
-    category: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
-    price: float | None = Field(default=None, ge=0)
+    name: str | None = Field(default=None, max_length=500, pattern=r"^[^\x00]*$")
+    category: str | None = _optional_id()
+    price: float | None = _amount("the item's current price")
     in_stock: bool = True
     tags: list[str] = Field(default_factory=list, max_length=50)
 
@@ -252,12 +294,21 @@ class CatalogItem(BaseModel):
         return cls.model_validate_json(raw)
 
 
+# What a pattern of the models means, in words a client understands.
+_PATTERNS = {
+    NO_CONTROL: "must not contain control characters",
+    r"^[^\x00]*$": "must not contain NUL characters",
+    r"^[A-Za-z]{3}$": "must be a 3-letter ISO 4217 currency code",
+}
+
+
 def describe_error(error: ValidationError) -> str:
     """One readable line per problem, e.g. `member_id: Field required`."""
     parts = []
     for problem in error.errors():
         where = ".".join(str(p) for p in problem["loc"]) or "event"
-        message = problem["msg"].removeprefix("Value error, ")
+        message = _PATTERNS.get(str(problem.get("ctx", {}).get("pattern")), problem["msg"])
+        message = message.removeprefix("Value error, ")
         parts.append(f"{where}: {message}")
     return "; ".join(parts)
 
@@ -271,10 +322,11 @@ def parse_event(raw: Any) -> Event:
 
 def split_batch(payload: bytes, key: str = "events") -> list[Any]:
     """Decode a body holding one entry, a list, or {key: [...]} into the list of raw entries."""
-    try:
-        body = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"body is not valid JSON: {exc}") from exc
+    return entries_of(decode(payload), key)
+
+
+def entries_of(body: Any, key: str = "events") -> list[Any]:
+    """The raw entries of a decoded body: one entry, a list, or {key: [...]}."""
     if isinstance(body, dict) and key in body:
         entries = body[key]
         if not isinstance(entries, list):

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 TOKEN_PREFIX = "pii:"
 EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 # A phone number written as people write them: a "+" prefix or separators between digit
@@ -54,14 +56,10 @@ ID_KEYS = frozenset(
         "category",
     }
 )
-# Cheap screens over a raw body: a body that passes none of them holds no email or phone
-# number, which spares the walk through every field of every event on the hot path.
-SUSPECT_KEY = re.compile(
-    rb'"(?:' + b"|".join(k.encode() for k in sorted(CONTACT_KEYS)) + rb')"', re.IGNORECASE
-)
-# A run of digits and separators standing on its own: one glued to letters is an
-# identifier (a UUID's last group, a SKU), not a phone number.
-DIGIT_RUN = re.compile(rb"(?<![0-9A-Za-z-])[0-9 ().+-]{10,}(?![0-9A-Za-z-])")
+# Every phone number the scrubber replaces is at least ten characters of digits and
+# separators in a row (nine digits and a "+" or a separator): strings without such a run
+# are spared the phone pattern, the dearest step.
+PHONE_RUN = re.compile(r"[\d ().+-]{10}")
 PLACEHOLDERS = frozenset({"changeme", "change-me", "secret", "password", "default", "test"})
 MIN_SECRET_LENGTH = 16
 
@@ -89,6 +87,13 @@ def local_secret(path: Path) -> bytes:
 
 
 class PiiScrubber:
+    """Replaces emails and phone numbers in decoded JSON values by keyed tokens.
+
+    `scrub` and `finds` apply the same rules (`_text_finds`, `_personal`), so that a value
+    `finds` calls clean is one `scrub` would leave unchanged: the fast path of ingestion
+    checks validated events with `finds` and only scrubs when it answers True.
+    """
+
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
 
@@ -96,44 +101,83 @@ class PiiScrubber:
         digest = hmac.new(self._secret, _normalise(value).encode(), hashlib.sha256).hexdigest()
         return f"{TOKEN_PREFIX}{digest[:32]}"
 
-    @staticmethod
-    def may_contain(raw: bytes) -> bool:
-        """False only when `raw` (a JSON body) certainly holds no email or phone number."""
-        if b"@" in raw or SUSPECT_KEY.search(raw):
-            return True
-        return any(sum(c in b"0123456789" for c in run) >= 9 for run in DIGIT_RUN.findall(raw))
+    def scrub(self, value: Any, key: str = "", under_contact: bool = False) -> Any:
+        """A copy of `value` (JSON-like) with every email and phone number replaced by its token.
 
-    def scrub(self, value: Any, key: str = "") -> Any:
-        """A copy of `value` (JSON-like) with every email and phone number replaced by its token."""
+        Keys are scrubbed like free text. Under a contact key (`email`, `phone`, ...) every
+        value becomes a token whatever its shape, however deep (GA4 writes
+        `{"email": {"value": ...}}`).
+        """
+        contact = under_contact or key.lower() in CONTACT_KEYS
         if isinstance(value, dict):
-            return {k: self.scrub(v, str(k)) for k, v in value.items()}
+            return {
+                self.scrub_text(str(k)): self.scrub(v, str(k), contact) for k, v in value.items()
+            }
         if isinstance(value, list):
-            return [self.scrub(v, key) for v in value]
-        if key.lower() in CONTACT_KEYS and value not in (None, "", True, False):
+            return [self.scrub(v, key, contact) for v in value]
+        if contact and _personal(value):
             text = str(value)
             return text if text.startswith(TOKEN_PREFIX) else self.token(text)
         if isinstance(value, str):
             return self.scrub_text(value, phones=key.lower() not in ID_KEYS)
         return value
 
+    def finds(self, value: Any, key: str = "", under_contact: bool = False) -> bool:
+        """True when `scrub` would change `value`. Pydantic models are read field by field."""
+        contact = under_contact or key.lower() in CONTACT_KEYS
+        if isinstance(value, BaseModel):
+            return any(self.finds(v, k, contact) for k, v in value.__dict__.items())
+        if isinstance(value, dict):
+            return any(
+                _text_finds(str(k)) or self.finds(v, str(k), contact) for k, v in value.items()
+            )
+        if isinstance(value, list):
+            return any(self.finds(v, key, contact) for v in value)
+        if contact and _personal(value):
+            return not str(value).startswith(TOKEN_PREFIX)
+        if isinstance(value, str):
+            return _text_finds(value, phones=key.lower() not in ID_KEYS)
+        return False
+
     def scrub_text(self, text: str, phones: bool = True) -> str:
         if "@" in text:
             text = EMAIL.sub(self._replace(self.token), text)
-        if phones and sum(c.isdigit() for c in text) >= 9:
+        if phones and PHONE_RUN.search(text):
             text = PHONE.sub(self._replace(self._phone_token), text)
         return text
 
     def _phone_token(self, match: str) -> str:
-        digits = sum(c.isdigit() for c in match)
-        if not 9 <= digits <= 15 or DATE_LIKE.match(match):
-            return match
-        if not (match.startswith("+") or any(c in " ().-" for c in match)):
-            return match
-        return self.token(match)
+        return self.token(match) if _is_phone(match) else match
 
     @staticmethod
     def _replace(make: Callable[[str], str]) -> Callable[[re.Match[str]], str]:
         return lambda match: make(match.group(0))
+
+
+def _personal(value: Any) -> bool:
+    """Whether a value under a contact key is one (no value, or a yes/no, is not).
+
+    Contact keys are compared after `str.lower`, which maps no other character onto the
+    ASCII letters of these keys (the Kelvin sign, the one non-ASCII letter that lowers to
+    ASCII, lowers to a "k"), so they match exactly as spelled, in any case.
+    """
+    return not (value is None or value == "" or isinstance(value, bool))
+
+
+def _text_finds(text: str, phones: bool = True) -> bool:
+    """True when `scrub_text` would change `text` (the same patterns, without replacing)."""
+    if "@" in text and EMAIL.search(text):
+        return True
+    if phones and PHONE_RUN.search(text):
+        return any(_is_phone(match.group(0)) for match in PHONE.finditer(text))
+    return False
+
+
+def _is_phone(match: str) -> bool:
+    digits = sum(c.isdigit() for c in match)
+    if not 9 <= digits <= 15 or DATE_LIKE.match(match):
+        return False
+    return match.startswith("+") or any(c in " ().-" for c in match)
 
 
 def _normalise(value: str) -> str:

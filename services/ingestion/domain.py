@@ -1,13 +1,16 @@
 """Validation and publishing of events and catalog items, free of any transport.
 
-For events: translate the shop's format to native events, scrub emails and phone numbers
-into keyed hashes, validate each event on its own, publish the valid ones keyed by member.
+For events: decode the body, scrub emails and phone numbers into keyed hashes, translate
+the shop's format to native events, validate each event on its own and against the
+request (timestamps within bounds, ids unique), publish the valid ones keyed by member.
+Every path onto the events topic (the gateway, the loaders) goes through `publish_events`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -21,8 +24,10 @@ from services.common.events import (
     parse_event,
     split_batch,
 )
-from services.common.pii import PiiScrubber
-from services.ingestion.formats import Translated, translate
+from services.common.pii import PiiScrubber, check_secret, local_secret
+from services.common.settings import FleetSettings
+from services.ingestion import formats
+from services.ingestion.formats import Translated
 from services.ingestion.settings import IngestionSettings
 
 T = TypeVar("T", bound=BaseModel)
@@ -50,37 +55,70 @@ class Outcome:
     ignored: int = 0
 
 
+def pii_secret(fleet: FleetSettings) -> bytes:
+    """The secret PII is hashed with: from settings, or made once for a one-machine fleet.
+
+    Every ingestion replica, and every loader, must hash alike, so a fleet on Kafka must be
+    given one.
+    """
+    if fleet.pii_secret is not None:
+        return check_secret(fleet.pii_secret.get_secret_value())
+    if fleet.bus != "local":
+        raise SystemExit("RECOFLEET_PII_SECRET must be set when events go to a shared bus")
+    return local_secret(fleet.data_dir / "secrets" / "pii.key")
+
+
+def open_ingestor(fleet: FleetSettings, bus: EventBus, settings: IngestionSettings) -> Ingestor:
+    """The ingestor of this fleet: its PII secret, its limits, onto `bus`."""
+    return Ingestor(bus, PiiScrubber(pii_secret(fleet)), settings)
+
+
 class Ingestor:
-    def __init__(self, bus: EventBus, scrubber: PiiScrubber, settings: IngestionSettings) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        scrubber: PiiScrubber,
+        settings: IngestionSettings,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._bus = bus
         self._scrubber = scrubber
         self._settings = settings
+        self._clock = clock
+
+    @property
+    def max_batch(self) -> int:
+        """Entries per request a loader should send: the limit, or a thousand at most."""
+        return min(1000, self._settings.max_batch_events)
+
+    def personal(self, member_id: str) -> bool:
+        """True when `member_id` is an email or phone number (it goes on the bus as a token)."""
+        return self._scrubber.finds(member_id, "member_id")
 
     def publish_events(self, payload: bytes, fmt: str = "native") -> Outcome:
         """Validate each event on its own; publish the valid ones keyed by member."""
-        suspect = self._scrubber.may_contain(payload)
-        if fmt in ("", "native") and not suspect and (events := _all_valid(payload)) is not None:
-            # The common case, a clean native batch, validated in one pass without a detour
-            # through Python dicts; anything else takes the event-by-event path below.
+        # The common case, a native batch that validates in one pass without a detour
+        # through Python dicts. What decides whether it holds personal data is the decoded
+        # events themselves (`finds` applies the scrubber's own rules), never the raw bytes,
+        # where an escape (`\u0040`) hides an "@".
+        events = _all_valid(payload) if fmt in ("", "native") else None
+        if events is not None and not any(self._scrubber.finds(event) for event in events):
             self._check_size(len(events), "events")
-            self._bus.publish(EVENTS_TOPIC, event_records(events))
-            return Outcome(accepted=[e.event_id for e in events])
+            return self._admit(list(enumerate(events)), Outcome())
         try:
-            translated = translate(fmt or "native", payload)
+            # Scrubbed right after decoding: no mapping, no rejection reason, nothing
+            # downstream ever sees an email or phone number in clear.
+            body = self._scrubber.scrub(formats.read(fmt or "native", payload))
+            translated = formats.translate_body(fmt or "native", body)
         except ValueError as exc:
             raise BadPayload(str(exc)) from exc
         self._check_size(len(translated), "events")
-        scrub = self._scrubber.scrub if suspect else _as_is
-        outcome, events = Outcome(), []
+        outcome, parsed = Outcome(), list[tuple[int, Event]]()
         for source in translated:
-            events.extend(self._events_of(source, outcome, scrub))
-        self._bus.publish(EVENTS_TOPIC, event_records(events))
-        outcome.accepted = [e.event_id for e in events]
-        return outcome
+            parsed.extend((source.index, e) for e in self._events_of(source, outcome))
+        return self._admit(parsed, outcome)
 
-    def _events_of(
-        self, source: Translated, outcome: Outcome, scrub: Callable[[Any], Any]
-    ) -> list[Event]:
+    def _events_of(self, source: Translated, outcome: Outcome) -> list[Event]:
         if source.ignored:
             outcome.ignored += 1
             return []
@@ -88,14 +126,43 @@ class Ingestor:
             outcome.rejected.append(Rejected(source.index, source.source_id, source.error))
             return []
         try:
-            # Scrubbed before validation so that not even an error message echoes PII.
-            return [parse_event(scrub(raw)) for raw in source.events]
+            return [parse_event(raw) for raw in source.events]
         except ValidationError as exc:
             reason = describe_error(exc)
         except ValueError as exc:
             reason = str(exc)
         outcome.rejected.append(Rejected(source.index, _raw_id(source), reason))
         return []
+
+    def _admit(self, indexed: list[tuple[int, Event]], outcome: Outcome) -> Outcome:
+        """Publish the events that pass the request-wide checks; say why the others did not.
+
+        Consumers apply an event id once, so a second event with the same id in one request
+        would be dropped silently downstream: it is refused here, where the client hears it.
+        """
+        earliest, latest = self._settings.earliest_timestamp, self._latest()
+        first_index: dict[str, int] = {}
+        events = []
+        for index, event in indexed:
+            reason = _time_problem(event.timestamp, earliest, latest)
+            if reason is None and event.event_id in first_index:
+                reason = (
+                    f"event_id: '{event.event_id}' is already used by event "
+                    f"{first_index[event.event_id]} of this request; only that one is kept"
+                )
+            if reason is not None:
+                own_id = event.event_id if "event_id" in event.model_fields_set else ""
+                outcome.rejected.append(Rejected(index, own_id, reason))
+                continue
+            first_index[event.event_id] = index
+            events.append(event)
+        outcome.rejected.sort(key=lambda rejected: rejected.index)
+        self._bus.publish(EVENTS_TOPIC, event_records(events))
+        outcome.accepted = [e.event_id for e in events]
+        return outcome
+
+    def _latest(self) -> datetime:
+        return self._clock() + timedelta(seconds=self._settings.max_future_skew_s)
 
     def upsert_items(self, payload: bytes) -> Outcome:
         """Validate catalog items; publish the valid ones keyed by item."""
@@ -116,6 +183,20 @@ class Ingestor:
             )
 
 
+def _time_problem(moment: datetime, earliest: datetime, latest: datetime) -> str | None:
+    if moment < earliest:
+        return (
+            f"timestamp: {moment.isoformat()} is before {earliest.isoformat()}, "
+            "the earliest accepted"
+        )
+    if moment > latest:
+        return (
+            f"timestamp: {moment.isoformat()} is in the future (at most "
+            f"{latest.isoformat()} is accepted)"
+        )
+    return None
+
+
 class _Batch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -132,10 +213,6 @@ def _all_valid(payload: bytes) -> list[Event] | None:
         return [Event.model_validate_json(payload)]
     except ValidationError:
         return None
-
-
-def _as_is(raw: Any) -> Any:
-    return raw
 
 
 def _validate(

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
+from typing import TypeVar
 
 import grpc
 
+from services.common.bus import BusError
 from services.gen.recofleet.common.v1 import common_pb2
 from services.gen.recofleet.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from services.ingestion.domain import BadPayload, Ingestor, Outcome, TooManyEvents
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
@@ -18,13 +25,9 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
     async def PublishEvents(
         self, request: ingestion_pb2.PublishEventsRequest, context: grpc.aio.ServicerContext
     ) -> ingestion_pb2.PublishEventsResponse:
-        try:
-            # Publishing blocks on disk or network; keep the event loop free meanwhile.
-            outcome = await asyncio.to_thread(
-                self._ingestor.publish_events, request.payload, request.format
-            )
-        except BadPayload as exc:
-            await context.abort(_status(exc), str(exc))
+        outcome = await _run(
+            context, self._ingestor.publish_events, request.payload, request.format
+        )
         return ingestion_pb2.PublishEventsResponse(
             accepted_event_ids=outcome.accepted,
             rejected=_rejections(outcome),
@@ -34,13 +37,31 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
     async def UpsertItems(
         self, request: ingestion_pb2.UpsertItemsRequest, context: grpc.aio.ServicerContext
     ) -> ingestion_pb2.UpsertItemsResponse:
-        try:
-            outcome = await asyncio.to_thread(self._ingestor.upsert_items, request.payload)
-        except BadPayload as exc:
-            await context.abort(_status(exc), str(exc))
+        outcome = await _run(context, self._ingestor.upsert_items, request.payload)
         return ingestion_pb2.UpsertItemsResponse(
             accepted_item_ids=outcome.accepted, rejected=_rejections(outcome)
         )
+
+
+async def _run(context: grpc.aio.ServicerContext, call: Callable[..., T], *args: object) -> T:
+    """`call(*args)` off the event loop (publishing blocks on disk or network); its failures
+    become the status that tells the gateway what to tell the client.
+
+    A bad payload is the client's to fix (no retry helps); a bus that cannot take the
+    events is worth a retry (UNAVAILABLE); anything else is a fault of ours (INTERNAL),
+    logged with its traceback, which a retry of the same request would only repeat.
+    """
+    try:
+        return await asyncio.to_thread(call, *args)
+    except BadPayload as exc:
+        await context.abort(_status(exc), str(exc))
+    except BusError as exc:
+        log.warning("publishing failed: %s", exc)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"the event bus is unavailable: {exc}")
+    except Exception:
+        log.exception("ingestion failed on a request")
+        await context.abort(grpc.StatusCode.INTERNAL, "ingestion failed on this request")
+    raise AssertionError("context.abort returns only by raising")
 
 
 def _status(exc: BadPayload) -> grpc.StatusCode:

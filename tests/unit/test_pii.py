@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import stat
 import uuid
@@ -27,7 +26,7 @@ SCRUB = PiiScrubber(b"0123456789abcdef0123456789abcdef")
 def test_contact_details_in_free_text_are_replaced(text):
     scrubbed = SCRUB.scrub_text(text)
     assert "pii:" in scrubbed
-    assert PiiScrubber.may_contain(json.dumps({"note": text}).encode())
+    assert SCRUB.finds({"note": text})
     assert not any(part in scrubbed for part in ("jane", "7946", "123-4567"))
 
 
@@ -78,19 +77,26 @@ def test_a_local_secret_is_made_once_and_kept_private(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_bodies_are_only_walked_when_they_might_hold_contact_data():
+def test_events_are_only_scrubbed_when_they_hold_contact_data():
     # Random event ids must not make every batch look suspect (it would cost a full walk).
     ids = [str(uuid.UUID(int=random.Random(n).getrandbits(128))) for n in range(2000)]
-    suspects = sum(PiiScrubber.may_contain(json.dumps({"event_id": i}).encode()) for i in ids)
-    assert suspects < 10
-    assert not PiiScrubber.may_contain(
-        b'{"type":"view","member_id":"17850","item_id":"85123A","timestamp":"2026-11-22T10:00:00Z"}'
+    assert not any(SCRUB.finds({"event_id": i}) for i in ids)
+    assert not SCRUB.finds(
+        {"type": "view", "member_id": "17850", "item_id": "85123A", "timestamp": "2026-11-22"}
     )
     for suspect in (
-        b'"a@b.co"',
-        b'"+44 7700 900123"',
-        b'{"Phone": 1}',
-        b'"+123456789"',
-        b"555.123.4567",
+        {"member_id": "a@b.co"},
+        {"note": "+44 7700 900123"},
+        {"context": {"Phone": 1}},
+        {"q": "+123456789"},
+        {"q": "call 555.123.4567"},
+        {"context": {"jane@example.com": True}},
+        {"member_id": "abc-555-123-4567"},
     ):
-        assert PiiScrubber.may_contain(suspect)
+        assert SCRUB.finds(suspect), suspect
+        assert SCRUB.scrub(suspect) != suspect
+
+
+def test_keys_are_scrubbed_like_text():
+    scrubbed = SCRUB.scrub({"context": {"jane@example.com": 1, "+44 20 7946 0958": 2}})
+    assert all(key.startswith("pii:") for key in scrubbed["context"])

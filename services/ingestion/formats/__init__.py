@@ -16,20 +16,36 @@ Every native event made from another format carries a deterministic `event_id` (
 own id when it has one, else a hash of the source event), so a retried delivery dedupes.
 Each source event becomes at most one native event (with `items[]` for several products).
 What the shop sent beyond the mapped fields is kept in the native `context["source"]`; this
-package does not scrub personal data from it (another module does).
+package does not scrub personal data from it: ingestion scrubs the decoded body first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from services.common.events import split_batch
+from services.common.events import entries_of
 from services.ingestion.formats import ga4, google_retail, segment
-from services.ingestion.formats.common import MappingError, Translated
+from services.ingestion.formats.common import MappingError, Translated, decode_json
 
-__all__ = ["FORMATS", "MappingError", "Translated", "translate"]
+__all__ = ["FORMATS", "MappingError", "Translated", "read", "translate", "translate_body"]
 
 FORMATS = ("native", "segment", "ga4", "google_retail")
+
+
+def read(fmt: str, payload: bytes) -> Any:
+    """The decoded body of `payload` in format `fmt`, ready for `translate_body`.
+
+    Ingestion scrubs personal data from what this returns before it translates, so that
+    no mapping, and no message about a value that cannot be mapped, sees it in clear.
+    Raises `ValueError` for an unknown format or a body that cannot be read at all.
+    """
+    return _format(fmt)[0](payload)
+
+
+def translate_body(fmt: str, body: Any) -> list[Translated]:
+    """The source events of a decoded `body` in format `fmt`, each mapped onto native dicts."""
+    return _format(fmt)[1](body)
 
 
 def translate(fmt: str, payload: bytes) -> list[Translated]:
@@ -39,16 +55,20 @@ def translate(fmt: str, payload: bytes) -> list[Translated]:
     meaning `native`. Raises `ValueError` with a readable message for an unknown format or a
     body that cannot be read as that format.
     """
+    return translate_body(fmt, read(fmt, payload))
+
+
+def _format(fmt: str) -> tuple[Callable[[bytes], Any], Callable[[Any], list[Translated]]]:
     name = (fmt or "native").strip().lower().replace("-", "_")
-    translator = _TRANSLATORS.get(name)
-    if translator is None:
+    handlers = _FORMATS.get(name)
+    if handlers is None:
         raise ValueError(f"unknown event format '{fmt}'; supported: {', '.join(FORMATS)}")
-    return translator(payload)
+    return handlers
 
 
-def _native(payload: bytes) -> list[Translated]:
+def _native(body: Any) -> list[Translated]:
     results = []
-    for index, raw in enumerate(split_batch(payload)):
+    for index, raw in enumerate(entries_of(body)):
         if isinstance(raw, dict):
             own_id = raw.get("event_id")
             source_id = own_id if isinstance(own_id, str) else ""
@@ -59,9 +79,9 @@ def _native(payload: bytes) -> list[Translated]:
     return results
 
 
-_TRANSLATORS: dict[str, Callable[[bytes], list[Translated]]] = {
-    "native": _native,
-    "segment": segment.translate,
-    "ga4": ga4.translate,
-    "google_retail": google_retail.translate,
+_FORMATS: dict[str, tuple[Callable[[bytes], Any], Callable[[Any], list[Translated]]]] = {
+    "native": (decode_json, _native),
+    "segment": (segment.read, segment.translate),
+    "ga4": (ga4.read, ga4.translate),
+    "google_retail": (google_retail.read, google_retail.translate),
 }

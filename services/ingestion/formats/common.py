@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from services.common import jsonbody
 from services.common.events import MAX_ID_LENGTH
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -54,12 +55,7 @@ def failed(index: int, source_id: str, exc: Exception) -> Translated:
 
 def decode_json(payload: bytes) -> Any:
     """The decoded body; `ValueError` with a readable reason when it is not JSON."""
-    if not payload or not payload.strip():
-        raise ValueError("body is empty")
-    try:
-        return json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"body is not valid JSON: {exc}") from exc
+    return jsonbody.decode(payload)
 
 
 def canonical_json(value: Any) -> str:

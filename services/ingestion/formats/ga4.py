@@ -85,8 +85,12 @@ _KNOWN = frozenset(_ITEM_EVENTS) | frozenset(_ORDER_EVENTS) | _SEARCH_EVENTS | _
 _NOT_KEPT = frozenset({"events", "api_secret"})
 
 
-def translate(payload: bytes) -> list[Translated]:
-    body = decode_json(payload)
+def read(payload: bytes) -> Any:
+    """The decoded body (see `translate`)."""
+    return decode_json(payload)
+
+
+def translate(body: Any) -> list[Translated]:
     envelope: dict[str, Any] = {}
     if isinstance(body, dict) and "events" in body:
         events = body["events"]

@@ -47,7 +47,6 @@ query); any other event type.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from services.ingestion.formats.common import (
@@ -90,20 +89,24 @@ class _Unreadable:
         self.reason = reason
 
 
-def translate(payload: bytes) -> list[Translated]:
-    events = _split(payload)
-    minter = IdMinter("gcr")
-    return [_translate_event(index, event, minter) for index, event in enumerate(events)]
-
-
-def _split(payload: bytes) -> list[Any]:
+def read(payload: bytes) -> Any:
+    """The decoded body: one JSON value, or the list of the lines of a JSON-lines body."""
     try:
-        body = decode_json(payload)
+        return decode_json(payload)
     except ValueError:
         lines = _ndjson(payload)
         if lines is None:
             raise
         return lines
+
+
+def translate(body: Any) -> list[Translated]:
+    events = _split(body)
+    minter = IdMinter("gcr")
+    return [_translate_event(index, event, minter) for index, event in enumerate(events)]
+
+
+def _split(body: Any) -> list[Any]:
     if isinstance(body, list):
         return body
     if not isinstance(body, dict):
@@ -141,11 +144,12 @@ def _ndjson(payload: bytes) -> list[Any] | None:
     events: list[Any] = []
     for number_, row in enumerate(lines, start=1):
         try:
-            events.append(json.loads(row))
-        except json.JSONDecodeError as exc:
+            events.append(decode_json(row.encode("utf-8")))
+        except ValueError as exc:
             if not events:
                 return None  # the first line is not JSON either: not a newline-delimited body
-            events.append(_Unreadable(f"line {number_} is not valid JSON: {exc}"))
+            reason = str(exc).removeprefix("body is not valid JSON: ")
+            events.append(_Unreadable(f"line {number_} is not valid JSON: {reason}"))
     return events
 
 

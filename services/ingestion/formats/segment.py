@@ -110,8 +110,12 @@ _NOT_KEPT = frozenset(
 )
 
 
-def translate(payload: bytes) -> list[Translated]:
-    body = decode_json(payload)
+def read(payload: bytes) -> Any:
+    """The decoded body (see `translate`)."""
+    return decode_json(payload)
+
+
+def translate(body: Any) -> list[Translated]:
     shared_context: dict[str, Any] = {}
     shared_integrations: dict[str, Any] = {}
     if isinstance(body, dict) and "batch" in body:
