@@ -7,15 +7,17 @@ data exactly like events sent to the gateway.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from services.common.events import CatalogItem, Event
-from services.datasets.online_retail import load_jsonl_gz, to_catalog_and_events
+from services.datasets.online_retail import load_jsonl_gz, to_catalog_and_events, to_native
 from services.ingestion.domain import Ingestor, Outcome, Rejected
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,20 @@ def read_source(source: Path | None) -> tuple[list[CatalogItem], list[Event]]:
     return to_catalog_and_events(source)
 
 
+def read_entries(source: Path | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Catalog and events of the source as native JSON objects, for ingestion to validate."""
+    if source is None:
+        return _jsonl_gz(SAMPLE_DIR / "catalog.jsonl.gz"), _jsonl_gz(SAMPLE_DIR / "events.jsonl.gz")
+    if not source.is_file():
+        raise FileNotFoundError(f"no Online Retail CSV at {source}")
+    return to_native(source)
+
+
+def _jsonl_gz(path: Path) -> list[dict[str, Any]]:
+    with gzip.open(path, "rb") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
 def load(ingestor: Ingestor, bus_location: str, data_dir: Path, source: Path | None) -> Loaded:
     """Publish the source's catalog then its events through `ingestor`, once per data dir,
     source and bus (`bus_location` names the bus).
@@ -60,13 +76,15 @@ def load(ingestor: Ingestor, bus_location: str, data_dir: Path, source: Path | N
         done = json.loads(marker.read_text())
         if done.get("source") == name and done.get("bus") == bus_location:
             return Loaded(name, done["events"], done["items"], done["example_member"], True)
-    catalog, events = read_source(source)
+    catalog, events = read_entries(source)
     items_out = _submit(ingestor.upsert_items, "items", catalog, ingestor.max_batch)
     events_out = _submit(ingestor.publish_events, "events", events, ingestor.max_batch)
     accepted = set(events_out.accepted)
     # The example is printed and kept in the marker: never one that is personal data.
     members = Counter(
-        e.member_id for e in events if e.event_id in accepted and not ingestor.personal(e.member_id)
+        str(e.get("member_id"))
+        for e in events
+        if e.get("event_id") in accepted and not ingestor.personal(str(e.get("member_id")))
     )
     example = members.most_common(1)[0][0] if members else ""
     rejected = items_out.rejected + events_out.rejected
@@ -97,15 +115,14 @@ def load(ingestor: Ingestor, bus_location: str, data_dir: Path, source: Path | N
 def _submit(
     publish: Callable[[bytes], Outcome],
     key: str,
-    entries: Sequence[Event] | Sequence[CatalogItem],
+    entries: Sequence[dict[str, Any]],
     batch: int,
 ) -> Outcome:
     """Send `entries` in native batches of `batch`; the outcomes summed up."""
     total = Outcome()
     for start in range(0, len(entries), batch):
         chunk = entries[start : start + batch]
-        body = b'{"' + key.encode() + b'":[' + b",".join(e.to_bytes() for e in chunk) + b"]}"
-        outcome = publish(body)
+        outcome = publish(json.dumps({key: chunk}, ensure_ascii=False).encode())
         total.accepted.extend(outcome.accepted)
         total.rejected.extend(Rejected(start + r.index, r.id, r.reason) for r in outcome.rejected)
     return total

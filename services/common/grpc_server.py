@@ -52,6 +52,15 @@ def _safe(probe: Callable[[], bool]) -> bool:
         return False
 
 
+# gRPC refuses messages over 4 MiB by default, below the gateway's body limit (5 MB): a
+# request the gateway accepted must never fail between two services for its size.
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+MESSAGE_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+
 async def serve(
     *,
     service_name: str,
@@ -62,7 +71,7 @@ async def serve(
     grace_s: float = 5.0,
 ) -> None:
     """Run until SIGTERM or SIGINT, then stop accepting calls and finish those in flight."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *MESSAGE_OPTIONS])
     register(server)
     reporter = HealthReporter(service_name, probe)
     health_pb2_grpc.add_HealthServicer_to_server(reporter.servicer, server)

@@ -43,12 +43,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 
-from services.common.events import CatalogItem, Event, EventItem, EventType
+from services.common.events import CatalogItem, Event, EventType
 
 SOURCE_TIMEZONE = ZoneInfo("Europe/London")
 CURRENCY = "GBP"
@@ -504,25 +504,41 @@ def event_id_for(invoice_no: str) -> str:
 
 def invoice_to_event(invoice: Invoice, categories: dict[str, str]) -> Event:
     """The `purchase` event for one invoice; `categories` maps item ids to category slugs."""
-    return Event(
-        event_id=event_id_for(invoice.invoice_no),
-        type=EventType.PURCHASE,
-        member_id=invoice.member_id,
-        items=[
-            EventItem(
-                item_id=line.item_id,
-                quantity=line.quantity,
-                price=line.price,
-                category=categories.get(line.item_id, OTHER_CATEGORY),
-            )
+    return Event.model_validate(invoice_to_native(invoice, categories))
+
+
+def invoice_to_native(invoice: Invoice, categories: dict[str, str]) -> dict[str, Any]:
+    """The same event as a native JSON object, not yet validated (loaders send these to
+    ingestion, which validates them and says why it refuses any)."""
+    return {
+        "event_id": event_id_for(invoice.invoice_no),
+        "type": EventType.PURCHASE.value,
+        "member_id": invoice.member_id,
+        "items": [
+            {
+                "item_id": line.item_id,
+                "quantity": line.quantity,
+                "price": line.price,
+                "category": categories.get(line.item_id, OTHER_CATEGORY),
+            }
             for line in invoice.lines
         ],
-        order_id=invoice.invoice_no,
-        revenue=invoice.revenue,
-        currency=CURRENCY,
-        timestamp=invoice.timestamp,
-        context={"country": invoice.country, "source": SOURCE_NAME},
-    )
+        "order_id": invoice.invoice_no,
+        "revenue": invoice.revenue,
+        "currency": CURRENCY,
+        "timestamp": invoice.timestamp.isoformat(),
+        "context": {"country": invoice.country, "source": SOURCE_NAME},
+    }
+
+
+def to_native(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The catalog and events of the CSV at `path` as native JSON objects, not validated."""
+    data = load_source(path)
+    invoices = sorted(data.invoices, key=lambda i: (i.timestamp, i.invoice_no))
+    wanted = {line.item_id for invoice in invoices for line in invoice.lines}
+    categories = {item_id: data.category(item_id) for item_id in wanted}
+    events = [invoice_to_native(invoice, categories) for invoice in invoices]
+    return [_catalog_entry(data, item_id) for item_id in sorted(wanted)], events
 
 
 def _events(data: SourceData, members: set[str] | None) -> list[Event]:
@@ -538,17 +554,20 @@ def _catalog(data: SourceData, item_ids: set[str] | None) -> list[CatalogItem]:
     for item_id in data.item_ids():
         if item_ids is not None and item_id not in item_ids:
             continue
-        description = data.description(item_id)
-        items.append(
-            CatalogItem(
-                item_id=item_id,
-                name=string.capwords(description) or None,
-                category=categorize(description),
-                price=data.median_price(item_id),
-                in_stock=True,
-            )
-        )
+        items.append(CatalogItem.model_validate(_catalog_entry(data, item_id)))
     return items
+
+
+def _catalog_entry(data: SourceData, item_id: str) -> dict[str, Any]:
+    description = data.description(item_id)
+    entry = {
+        "item_id": item_id,
+        "name": string.capwords(description) or None,
+        "category": categorize(description),
+        "price": data.median_price(item_id),
+        "in_stock": True,
+    }
+    return {key: value for key, value in entry.items() if value is not None}
 
 
 def _select(data: SourceData, count: int, seed: int) -> set[str]:

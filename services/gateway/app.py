@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request, Response
@@ -18,6 +19,7 @@ from services.common.settings import FleetSettings
 from services.gateway.clients import FleetClients
 from services.gateway.compose import Composer
 from services.gateway.limits import RateLimiter
+from services.gateway.responses import complete
 from services.gateway.routers import events, items, members, ops, segment
 from services.gateway.settings import GatewaySettings
 
@@ -55,7 +57,21 @@ def create_app(fleet: FleetSettings, settings: GatewaySettings) -> FastAPI:
         app.include_router(router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.middleware("http")(_measure)
+    app.openapi = _completed(app.openapi, settings)  # type: ignore[method-assign]
     return app
+
+
+def _completed(
+    build: Callable[[], dict[str, Any]], settings: GatewaySettings
+) -> Callable[[], dict[str, Any]]:
+    """FastAPI's document (built once), completed with what FastAPI cannot know of."""
+
+    def openapi() -> dict[str, Any]:
+        document = build()
+        complete(document, settings.max_limit)
+        return document
+
+    return openapi
 
 
 async def _keep_popular_fresh(composer: Composer, interval_s: float) -> None:
@@ -82,7 +98,13 @@ async def _measure(
     request: Request, call_next: Callable[[Request], Awaitable[Response]]
 ) -> Response:
     started = time.perf_counter()
-    response = await call_next(request)
+    try:
+        response = await call_next(request)
+    except Exception:
+        # Answered here, not re-raised: past this point the server would send a plain-text
+        # 500 and drop the keep-alive connection, failing the client's next request too.
+        log.exception("unhandled error answering %s %s", request.method, request.url.path)
+        response = JSONResponse({"detail": "internal error: the gateway logged it"}, 500)
     route = request.scope.get("route")
     path = getattr(route, "path", "unmatched")
     LATENCY.labels(path, request.method).observe(time.perf_counter() - started)

@@ -150,3 +150,66 @@ class OffersOut(BaseModel):
     channel: str | None
     offers: list[OfferOut]
     degraded: bool
+
+
+class ErrorBody(BaseModel):
+    """What every refusal and failure carries: one sentence saying what is wrong."""
+
+    detail: str
+
+
+class RejectionOut(BaseModel):
+    """One event or item refused: its position in the request, its id when it had one, why."""
+
+    index: int
+    id: str
+    reason: str
+
+
+class EventsAccepted(BaseModel):
+    """The outcome of a request carrying events: the valid ones are taken, each invalid one
+    is listed with its reason, and kinds of events recofleet does not use are counted."""
+
+    accepted: int
+    event_ids: list[str]
+    rejected: list[RejectionOut]
+    ignored: int
+
+
+class EventsRefused(EventsAccepted):
+    """Nothing was accepted: the same summary, with a `detail` like every error body."""
+
+    detail: str
+
+
+class SegmentAccepted(EventsAccepted):
+    """Segment's clients look for `success`; the per-event outcome comes with it."""
+
+    success: bool
+
+
+class SegmentRefused(SegmentAccepted):
+    detail: str
+
+
+class ItemsAccepted(BaseModel):
+    accepted: int
+    item_ids: list[str]
+    rejected: list[RejectionOut]
+
+
+class ItemsRefused(ItemsAccepted):
+    detail: str
+
+
+class HealthOut(BaseModel):
+    status: str
+
+
+class ReadinessOut(BaseModel):
+    status: str
+    services: dict[str, str]
+
+
+class NotReadyOut(ReadinessOut):
+    detail: str

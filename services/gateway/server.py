@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import uvicorn
 
 from services.common.grpc_server import configure_logging, tune_gc
@@ -13,13 +15,23 @@ from services.gateway.settings import GatewaySettings
 def main() -> None:
     fleet = FleetSettings()
     configure_logging(fleet.log_level)
-    app = create_app(fleet, GatewaySettings())
+    settings = GatewaySettings()
+    app = create_app(fleet, settings)
     tune_gc()
-    uvicorn.run(
-        app,
-        host=fleet.gateway_host,
-        port=fleet.gateway_port,
-        log_level=fleet.log_level.lower(),
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
+    uvicorn.run(app, **server_options(fleet, settings))
+
+
+def server_options(fleet: FleetSettings, settings: GatewaySettings) -> dict[str, Any]:
+    """uvicorn's options. Forwarding headers are believed from the trusted proxies only:
+    uvicorn's own default (believe 127.0.0.1) would let any local caller pick its address,
+    and with it the rate-limit bucket it is counted in."""
+    proxies = settings.trusted_proxy_list
+    return {
+        "host": fleet.gateway_host,
+        "port": fleet.gateway_port,
+        "log_level": fleet.log_level.lower(),
+        "access_log": False,
+        "timeout_graceful_shutdown": 5,
+        "proxy_headers": bool(proxies),
+        "forwarded_allow_ips": proxies,
+    }

@@ -1,5 +1,9 @@
-from pydantic import Field, SecretStr
+import ipaddress
+
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.grpc_server import MAX_MESSAGE_BYTES
 
 
 class Deadlines(BaseSettings):
@@ -25,7 +29,13 @@ class GatewaySettings(BaseSettings):
         default=4, ge=1, description="Candidates fetched per item asked, to survive the rules."
     )
     max_limit: int = Field(default=100, ge=1)
-    max_body_bytes: int = Field(default=5_000_000, ge=1024)
+    max_body_bytes: int = Field(
+        default=5_000_000,
+        ge=1024,
+        # A body travels to ingestion in one gRPC message, with room for its envelope.
+        le=MAX_MESSAGE_BYTES - 64 * 1024,
+        description="Largest request body, in bytes.",
+    )
     rate_limit_per_s: float = Field(
         default=500.0, ge=0, description="Ingestion requests per second per key (0: no limit)."
     )
@@ -37,6 +47,35 @@ class GatewaySettings(BaseSettings):
         validation_alias="RECOFLEET_SEGMENT_WRITE_KEY",
         description="Write key Segment-shaped requests must carry (basic auth user); unset: off.",
     )
+    trusted_proxies: str = Field(
+        default="",
+        description="Comma-separated addresses or networks (CIDR) of the proxies whose "
+        "X-Forwarded-For and X-Forwarded-Proto are believed; '*' for any; empty: none, the "
+        "client is the TCP peer.",
+    )
     popular_refresh_s: float = Field(
         default=60.0, gt=0, description="How often the fallback list of popular items refreshes."
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, value: str) -> str:
+        for entry in _entries(value):
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(
+                    f"'{entry}' is not an IP address, a network (CIDR) or '*'"
+                ) from exc
+        return value
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        """The proxies uvicorn believes the forwarding headers of (empty: none)."""
+        return _entries(self.trusted_proxies)
+
+
+def _entries(value: str) -> list[str]:
+    return [entry.strip() for entry in value.split(",") if entry.strip()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -33,8 +34,15 @@ class RunningFleet:
     env: dict[str, str]
     runner: subprocess.Popen[bytes]
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10.0)
+    def client(self, address: str | None = None) -> httpx.Client:
+        """A client with a rate-limit bucket of its own: the gateway trusts the test's
+        X-Forwarded-For, so each client is a caller at its own (made-up) address."""
+        address = (
+            address
+            or f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}"
+        )
+        headers = {"x-forwarded-for": address}
+        return httpx.Client(base_url=self.url, timeout=10.0, headers=headers)
 
 
 def fleet_env(data_dir: Path, kafka_bootstrap: str | None = None) -> dict[str, str]:
@@ -51,6 +59,7 @@ def fleet_env(data_dir: Path, kafka_bootstrap: str | None = None) -> dict[str, s
             "RECOFLEET_INGESTION_MAX_BATCH_EVENTS": "1000",
             "RECOFLEET_GATEWAY_RATE_LIMIT_PER_S": "1",
             "RECOFLEET_GATEWAY_RATE_LIMIT_BURST": "50",
+            "RECOFLEET_GATEWAY_TRUSTED_PROXIES": "127.0.0.1",
         }
     )
     if kafka_bootstrap:

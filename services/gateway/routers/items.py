@@ -7,12 +7,35 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from services.gateway.deps import ComposerDep, SettingsDep, checked_limit
+from services.gateway.responses import errors
 from services.gateway.schemas import SimilarOut
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
 
 
-@router.get("/{item_id}/similar", response_model=SimilarOut)
+@router.get(
+    "/{item_id}/similar",
+    operation_id="get_similar_items",
+    response_model=SimilarOut,
+    responses={
+        200: {
+            "description": "Items similar to this one, most similar first; `degraded` when "
+            "retrieval was slow or down (popular items instead).",
+            "links": {
+                "similar": {
+                    "operationId": "get_similar_items",
+                    "parameters": {"item_id": "$response.body#/items/0/item_id"},
+                }
+            },
+        },
+        **errors(
+            422,
+            descriptions={
+                422: "A query or path parameter is invalid (`limit` past the maximum, too)."
+            },
+        ),
+    },
+)
 async def similar(
     item_id: Annotated[str, Path(min_length=1, max_length=128)],
     composer: ComposerDep,

@@ -8,6 +8,7 @@ import grpc
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from services.gateway.deps import ClientsDep, ComposerDep, SettingsDep, checked_limit
+from services.gateway.responses import errors
 from services.gateway.schemas import OfferOut, OffersOut, ProfileOut, RecommendationsOut
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2
 
@@ -17,11 +18,47 @@ MemberId = Annotated[str, Path(min_length=1, max_length=128, description="The sh
 Placement = Literal["home", "product", "cart", "email", "search", "category"]
 
 
+# OpenAPI links: what one answer lets a client ask next (schemathesis follows them too).
+MEMBER_LINKS = {
+    "recommendations": {
+        "operationId": "get_recommendations",
+        "parameters": {"member_id": "$response.body#/member_id"},
+    },
+    "profile": {
+        "operationId": "get_profile",
+        "parameters": {"member_id": "$response.body#/member_id"},
+    },
+    "offers": {
+        "operationId": "get_offers",
+        "parameters": {"member_id": "$response.body#/member_id"},
+    },
+}
+INVALID_PARAMETER = {422: "A query or path parameter is invalid (`limit` past the maximum, too)."}
+
+
 def _exclusions(raw: str | None) -> list[str]:
     return [part.strip() for part in (raw or "").split(",") if part.strip()]
 
 
-@router.get("/{member_id}/recommendations", response_model=RecommendationsOut)
+@router.get(
+    "/{member_id}/recommendations",
+    operation_id="get_recommendations",
+    response_model=RecommendationsOut,
+    responses={
+        200: {
+            "description": "Recommended items, best first; `degraded` when a service the "
+            "answer needed was slow or down (popular items, local filters instead).",
+            "links": {
+                "similar": {
+                    "operationId": "get_similar_items",
+                    "parameters": {"item_id": "$response.body#/items/0/item_id"},
+                },
+                "profile": MEMBER_LINKS["profile"],
+            },
+        },
+        **errors(422, descriptions=INVALID_PARAMETER),
+    },
+)
 async def recommendations(
     member_id: MemberId,
     composer: ComposerDep,
@@ -41,7 +78,33 @@ async def recommendations(
     return RecommendationsOut.of(rec)
 
 
-@router.get("/{member_id}/profile", response_model=ProfileOut)
+@router.get(
+    "/{member_id}/profile",
+    operation_id="get_profile",
+    response_model=ProfileOut,
+    responses={
+        200: {
+            "description": "The member's profile.",
+            "links": {
+                "recommendations": MEMBER_LINKS["recommendations"],
+                "offers": MEMBER_LINKS["offers"],
+                "similar": {
+                    "operationId": "get_similar_items",
+                    "parameters": {"item_id": "$response.body#/recent_items/0/item_id"},
+                },
+            },
+        },
+        **errors(
+            404,
+            422,
+            503,
+            descriptions={
+                404: "No events seen for this member.",
+                503: "The profiles service is unavailable: retry.",
+            },
+        ),
+    },
+)
 async def profile(member_id: MemberId, composer: ComposerDep) -> ProfileOut:
     try:
         found = await composer.profile(member_id)
@@ -52,7 +115,19 @@ async def profile(member_id: MemberId, composer: ComposerDep) -> ProfileOut:
     return ProfileOut.of(found)
 
 
-@router.get("/{member_id}/offers", response_model=OffersOut)
+@router.get(
+    "/{member_id}/offers",
+    operation_id="get_offers",
+    response_model=OffersOut,
+    responses={
+        200: {
+            "description": "The offers the member is eligible for; `degraded` (and none) "
+            "when the profile or campaigns could not be asked.",
+            "links": {"profile": MEMBER_LINKS["profile"]},
+        },
+        **errors(422),
+    },
+)
 async def offers(
     member_id: MemberId,
     composer: ComposerDep,

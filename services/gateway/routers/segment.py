@@ -1,8 +1,13 @@
 """Segment's HTTP Tracking API, so a site adds recofleet as a destination by changing the host.
 
 Same paths and bodies as api.segment.io (`/v1/track`, `/v1/batch`, ...) under `/segment`,
-authenticated like Segment: HTTP basic auth with the write key as user name (or a
-`writeKey` field in the body).
+authenticated like Segment: HTTP basic auth with the write key as user name, or, without
+an `Authorization: Basic` header, a `writeKey` field in the body.
+
+Credentials are checked before any body is parsed: a wrong basic-auth key is refused
+before the body is read, and a body is only parsed when the expected key occurs in it
+literally (so a body written in `\\u` escapes to hide it is refused too). When no write key
+is configured the endpoints are off and answer 404: no retry can succeed.
 """
 
 from __future__ import annotations
@@ -11,54 +16,156 @@ import base64
 import binascii
 import hmac
 import json
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
+from services.common.jsonbody import BodyError, decode
+from services.gateway.bodies import ACCEPTED, check_media_type, read_body
+from services.gateway.clients import FleetClients
 from services.gateway.deps import ClientsDep, LimiterDep, SettingsDep
-from services.gateway.routers.events import check_rate, client_key, publish, read_body
+from services.gateway.limits import RateLimiter
+from services.gateway.responses import errors
+from services.gateway.routers.events import INGESTION_ERRORS, check_rate, client_key, publish
+from services.gateway.schemas import ErrorBody, SegmentAccepted, SegmentRefused
+from services.gateway.settings import GatewaySettings
 
 router = APIRouter(prefix="/segment/v1", tags=["segment"])
 SingleCall = Literal["track", "identify", "page", "screen", "group", "alias"]
+OFF = "the Segment endpoints are off: set RECOFLEET_SEGMENT_WRITE_KEY to enable them"
+WRONG_KEY = "missing or wrong write key (HTTP basic auth user name, or the body's writeKey)"
+CHALLENGE = {"WWW-Authenticate": 'Basic realm="recofleet segment"'}
+
+MESSAGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A Segment message (Tracking API spec); kinds recofleet does not use "
+    "are counted in `ignored`.",
+    "properties": {
+        "type": {
+            "type": "string",
+            "enum": ["track", "identify", "page", "screen", "group", "alias"],
+        },
+        "event": {"type": "string"},
+        "userId": {"type": "string"},
+        "anonymousId": {"type": "string"},
+        "messageId": {"type": "string"},
+        "timestamp": {"type": "string", "format": "date-time"},
+        "properties": {"type": "object"},
+        "traits": {"type": "object"},
+        "context": {"type": "object"},
+        "writeKey": {"type": "string"},
+    },
+}
+TRACK_EXAMPLE = {
+    "type": "track",
+    "event": "Product Viewed",
+    "userId": "17850",
+    "messageId": "m-1",
+    "timestamp": "2026-11-22T10:00:00Z",
+    "properties": {"product_id": "85123A", "price": 2.55},
+}
+BATCH_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["batch"],
+    "properties": {
+        "batch": {"type": "array", "items": MESSAGE_SCHEMA},
+        "writeKey": {"type": "string"},
+        "context": {"type": "object"},
+        "sentAt": {"type": "string", "format": "date-time"},
+    },
+}
+SEGMENT_ERRORS = {
+    **INGESTION_ERRORS,
+    **errors(
+        401,
+        404,
+        descriptions={
+            401: "Missing or wrong write key: send it as the HTTP basic auth user name "
+            "(or, without basic auth, as the body's `writeKey`).",
+            404: "The Segment endpoints are off: the gateway has no `RECOFLEET_SEGMENT_WRITE_KEY`.",
+        },
+    ),
+}
+SECURITY: list[dict[str, list[str]]] = [{"segmentWriteKey": []}, {}]
 
 
-def _basic_auth_user(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic" or not encoded:
-        return None
+def _body(description: str, schema: dict[str, Any], example: Any) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "description": f"{description} Content types: {ACCEPTED} (or none); "
+            "any other is refused with 415.",
+            "content": {"application/json": {"schema": schema, "example": example}},
+        },
+        "security": SECURITY,
+    }
+
+
+def _basic_auth_user(header: str) -> str | None:
+    """The user name of a basic `Authorization` header; None when it cannot be read."""
+    encoded = header.partition(" ")[2].strip()
     try:
-        return base64.b64decode(encoded).decode("utf-8").partition(":")[0]
+        return base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")[0]
     except (binascii.Error, UnicodeDecodeError):
         return None
 
 
-def _body_write_key(body: bytes) -> str | None:
+def _same(offered: object, expected: str) -> bool:
+    return isinstance(offered, str) and hmac.compare_digest(offered.encode(), expected.encode())
+
+
+def _expected_key(settings: GatewaySettings) -> str:
+    """The configured write key; 404 when there is none (the endpoints are off)."""
+    if settings.segment_write_key is None:
+        raise HTTPException(404, OFF)
+    return settings.segment_write_key.get_secret_value()
+
+
+def _basic_auth(request: Request, expected: str) -> bool:
+    """True when basic auth carries the key; False when there is no basic auth; else 401."""
+    header = request.headers.get("authorization", "")
+    if header.partition(" ")[0].lower() != "basic":
+        return False
+    if not _same(_basic_auth_user(header), expected):
+        raise HTTPException(401, WRONG_KEY, headers=CHALLENGE)
+    return True
+
+
+async def _authorized_body(
+    request: Request, settings: GatewaySettings, limiter: RateLimiter
+) -> tuple[bytes, Any]:
+    """The body of an authorized request and its parsed value (None when not parsed yet).
+
+    Refused in this order, each before any more work: endpoints off (404), wrong basic
+    auth (401), rate (429), content type (415), size (413); then, without basic auth, a
+    body that does not contain the key (401), is not JSON (400), or names another key (401).
+    """
+    expected = _expected_key(settings)
+    by_header = _basic_auth(request, expected)
+    if by_header:
+        check_rate(limiter, client_key(request, expected))
+    check_media_type(request)
+    body = await read_body(request, settings.max_body_bytes, "a Segment call as a JSON object")
+    if by_header:
+        return body, None
+    if expected.encode() not in body:
+        raise HTTPException(401, WRONG_KEY, headers=CHALLENGE)
+    parsed = _decode(body)
+    if not isinstance(parsed, dict) or not _same(parsed.get("writeKey"), expected):
+        raise HTTPException(401, WRONG_KEY, headers=CHALLENGE)
+    check_rate(limiter, client_key(request, expected))
+    return body, parsed
+
+
+def _decode(body: bytes) -> Any:
     try:
-        parsed = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    key = parsed.get("writeKey") if isinstance(parsed, dict) else None
-    return key if isinstance(key, str) else None
+        return decode(body)
+    except BodyError as exc:
+        raise HTTPException(400, str(exc)) from exc
 
 
-def _authorize(expected: str | None, offered: str | None) -> None:
-    if expected is None:
-        raise HTTPException(
-            503, "the Segment endpoints are off: set RECOFLEET_SEGMENT_WRITE_KEY to enable them"
-        )
-    if not offered or not hmac.compare_digest(offered.encode(), expected.encode()):
-        raise HTTPException(401, "missing or wrong write key (HTTP basic auth user name)")
-
-
-async def _receive(
-    request: Request, clients: ClientsDep, settings: SettingsDep, limiter: LimiterDep, body: bytes
-) -> JSONResponse:
-    expected = settings.segment_write_key
-    offered = _basic_auth_user(request) or _body_write_key(body)
-    _authorize(expected.get_secret_value() if expected else None, offered)
-    check_rate(limiter, client_key(request, offered))
+async def _receive(clients: FleetClients, settings: GatewaySettings, body: bytes) -> JSONResponse:
     summary, status = await publish(clients.ingestion, settings, body, "segment")
     # Segment's clients look for `success`; ours also get the per-event outcome.
     return JSONResponse(
@@ -66,15 +173,50 @@ async def _receive(
     )
 
 
-@router.post("/batch", summary="Segment HTTP API batch: {'batch': [messages...]}")
+NOTHING_ACCEPTED = "No event was accepted (the summary says why for each)"
+
+
+@router.post(
+    "/batch",
+    operation_id="segment_batch",
+    summary="Segment HTTP API batch: {'batch': [messages...]}",
+    response_model=SegmentAccepted,
+    responses={
+        **SEGMENT_ERRORS,
+        **errors(422, descriptions={422: f"{NOTHING_ACCEPTED}."}, models={422: SegmentRefused}),
+    },
+    openapi_extra=_body(
+        'Segment\'s batch: `{"batch": [messages...]}`.',
+        BATCH_SCHEMA,
+        {"batch": [TRACK_EXAMPLE]},
+    ),
+)
 async def batch(
     request: Request, clients: ClientsDep, settings: SettingsDep, limiter: LimiterDep
 ) -> JSONResponse:
-    body = await read_body(request, settings.max_body_bytes)
-    return await _receive(request, clients, settings, limiter, body)
+    body, _ = await _authorized_body(request, settings, limiter)
+    return await _receive(clients, settings, body)
 
 
-@router.post("/{call}", summary="Segment HTTP API single call (track, identify, page, ...)")
+@router.post(
+    "/{call}",
+    operation_id="segment_call",
+    summary="Segment HTTP API single call (track, identify, page, ...)",
+    response_model=SegmentAccepted,
+    responses={
+        **SEGMENT_ERRORS,
+        **errors(
+            422,
+            descriptions={422: f"{NOTHING_ACCEPTED}, or the path names no Segment call."},
+            models={422: SegmentRefused | ErrorBody},
+        ),
+    },
+    openapi_extra=_body(
+        "One Segment message; without a `type` it gets the one the path names.",
+        MESSAGE_SCHEMA,
+        TRACK_EXAMPLE,
+    ),
+)
 async def single(
     call: SingleCall,
     request: Request,
@@ -82,13 +224,11 @@ async def single(
     settings: SettingsDep,
     limiter: LimiterDep,
 ) -> JSONResponse:
-    body = await read_body(request, settings.max_body_bytes)
-    try:
-        message = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HTTPException(400, f"body is not valid JSON: {exc}") from exc
+    body, message = await _authorized_body(request, settings, limiter)
+    if message is None:
+        message = _decode(body)
     if not isinstance(message, dict):
         raise HTTPException(400, "a Segment call is one JSON object")
     # The path names the call type; Segment's own API lets the path decide it too.
     message.setdefault("type", call)
-    return await _receive(request, clients, settings, limiter, json.dumps(message).encode())
+    return await _receive(clients, settings, json.dumps(message).encode())

@@ -1,0 +1,138 @@
+"""The OpenAPI document says what the gateway does: its error body, statuses, request bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from services.common.settings import FleetSettings
+from services.gateway.app import create_app
+from services.gateway.settings import GatewaySettings
+
+INGESTION = {"400", "413", "415", "422", "429", "500", "503"}
+SEGMENT = INGESTION | {"401", "404"}
+STATUSES = {
+    ("post", "/v1/events"): {"202"} | INGESTION,
+    ("put", "/v1/items"): {"200"} | INGESTION,
+    ("post", "/segment/v1/batch"): {"200"} | SEGMENT,
+    ("post", "/segment/v1/{call}"): {"200"} | SEGMENT,
+    ("get", "/v1/members/{member_id}/recommendations"): {"200", "422"},
+    ("get", "/v1/members/{member_id}/profile"): {"200", "404", "422", "503"},
+    ("get", "/v1/members/{member_id}/offers"): {"200", "422"},
+    ("get", "/v1/items/{item_id}/similar"): {"200", "422"},
+    ("get", "/healthz"): {"200"},
+    ("get", "/readyz"): {"200", "503"},
+    ("get", "/metrics"): {"200"},
+}
+
+
+@pytest.fixture(scope="module")
+def document() -> dict[str, Any]:
+    return create_app(FleetSettings(), GatewaySettings()).openapi()
+
+
+def operations(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (method, path): operation
+        for path, methods in document["paths"].items()
+        for method, operation in methods.items()
+    }
+
+
+def resolve(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in schema:
+        return document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+def test_every_operation_documents_exactly_the_statuses_it_can_send(document):
+    documented = {key: set(op["responses"]) for key, op in operations(document).items()}
+    assert documented == STATUSES
+
+
+def test_every_error_is_documented_with_a_string_detail_never_fastapis_array(document):
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+    assert document["components"]["schemas"]["ErrorBody"]["required"] == ["detail"]
+    for key, operation in operations(document).items():
+        for status, response in operation["responses"].items():
+            if int(status) < 400:
+                continue
+            schema = response["content"]["application/json"]["schema"]
+            for alternative in schema.get("anyOf", [schema]):
+                model = resolve(document, alternative)
+                assert "detail" in model["required"], (key, status, model)
+                assert model["properties"]["detail"]["type"] == "string", (key, status)
+
+
+def test_request_bodies_are_declared_with_examples(document):
+    ops = operations(document)
+    for key in [
+        ("post", "/v1/events"),
+        ("put", "/v1/items"),
+        ("post", "/segment/v1/batch"),
+        ("post", "/segment/v1/{call}"),
+    ]:
+        body = ops[key]["requestBody"]
+        assert body["required"] is True
+        content = body["content"]["application/json"]
+        assert content["example"] and content["schema"], key
+        assert "415" in body["description"] or "text/plain" in body["description"]
+    assert ops[("post", "/segment/v1/batch")]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]["required"] == ["batch"]
+    assert ops[("post", "/segment/v1/batch")]["security"] == [{"segmentWriteKey": []}, {}]
+    assert document["components"]["securitySchemes"]["segmentWriteKey"]["scheme"] == "basic"
+
+
+def test_success_bodies_of_the_ingestion_endpoints_are_described(document):
+    schemas = document["components"]["schemas"]
+    assert set(schemas["EventsAccepted"]["required"]) == {
+        "accepted",
+        "event_ids",
+        "rejected",
+        "ignored",
+    }
+    assert set(schemas["RejectionOut"]["required"]) == {"index", "id", "reason"}
+    assert set(schemas["SegmentAccepted"]["required"]) == {
+        "success",
+        "accepted",
+        "event_ids",
+        "rejected",
+        "ignored",
+    }
+    ops = operations(document)
+    accepted = ops[("post", "/v1/events")]["responses"]["202"]["content"]["application/json"]
+    assert accepted["schema"] == {"$ref": "#/components/schemas/EventsAccepted"}
+    metrics = ops[("get", "/metrics")]["responses"]["200"]["content"]
+    assert list(metrics) == ["text/plain"]
+
+
+def test_links_point_at_operations_that_exist(document):
+    ids = {op["operationId"] for op in operations(document).values()}
+    linked = {
+        link["operationId"]
+        for op in operations(document).values()
+        for response in op["responses"].values()
+        for link in response.get("links", {}).values()
+    }
+    assert linked and linked <= ids
+
+
+def test_limit_parameters_say_the_configured_maximum():
+    document = create_app(FleetSettings(), GatewaySettings(max_limit=42)).openapi()
+    limits = [
+        parameter["schema"]
+        for operation in operations(document).values()
+        for parameter in operation.get("parameters", [])
+        if parameter["name"] == "limit"
+    ]
+    assert len(limits) == 2 and all(s["minimum"] == 1 and s["maximum"] == 42 for s in limits)
+
+
+def test_native_bodies_are_documented_with_the_event_and_item_models(document):
+    schemas = document["components"]["schemas"]
+    assert {"Event", "EventItem", "EventType", "CatalogItem"} <= set(schemas)
+    body = operations(document)[("post", "/v1/events")]["requestBody"]["content"]
+    refs = [s.get("$ref") for s in body["application/json"]["schema"]["anyOf"]]
+    assert "#/components/schemas/Event" in refs
