@@ -17,6 +17,7 @@ The parser is pydantic-core's (the same one `Model.model_validate_json` uses):
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pydantic_core
@@ -39,7 +40,7 @@ def decode(payload: bytes) -> Any:
     try:
         value = pydantic_core.from_json(payload, allow_inf_nan=False)
     except ValueError as exc:
-        raise BodyError(_reason(str(exc))) from None
+        raise BodyError(_reason(str(exc), payload)) from None
     if not all_finite(value):
         raise BodyError("body is not valid JSON: a number is too large to represent")
     return value
@@ -77,9 +78,24 @@ def depth(value: Any) -> int:
     return deepest
 
 
-def _reason(message: str) -> str:
+def _reason(message: str, payload: bytes) -> str:
     if "recursion limit" in message:
         return f"body nests lists or objects deeper than {MAX_DEPTH} levels"
     if "number out of range" in message:
         return f"body is not valid JSON: a number is too large ({message})"
+    if _at(message, payload).lstrip(b"-").startswith((b"NaN", b"Infinity")):
+        return f"body is not valid JSON: NaN and Infinity are not JSON numbers ({message})"
     return f"body is not valid JSON: {message}"
+
+
+def _at(message: str, payload: bytes) -> bytes:
+    """The bytes of `payload` where the parser's message ("... at line L column C") points."""
+    found = _POSITION.search(message)
+    if found is None:
+        return b""
+    line, column = int(found.group(1)), int(found.group(2))
+    lines = payload.split(b"\n")
+    return lines[line - 1][column - 1 :] if line <= len(lines) else b""
+
+
+_POSITION = re.compile(r"line (\d+) column (\d+)")

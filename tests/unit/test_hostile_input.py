@@ -162,8 +162,8 @@ def test_the_future_skew_is_a_setting(bus: LocalLogBus) -> None:
 @pytest.mark.parametrize(
     ("line", "reason"),
     [
-        ('"price": Infinity', "body is not valid JSON"),
-        ('"price": NaN', "body is not valid JSON"),
+        ('"price": Infinity', "NaN and Infinity are not JSON numbers"),
+        ('"price": NaN', "NaN and Infinity are not JSON numbers"),
         ('"price": 1e400', "number is too large"),
         ('"price": -1', "greater than or equal to 0"),
         ('"price": 2e9', "less than or equal to 1000000000"),
