@@ -22,12 +22,18 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from services.common.jsonbody import BodyError, decode
-from services.gateway.bodies import ACCEPTED, check_media_type, read_body
+from services.gateway.bodies import check_media_type, read_body
 from services.gateway.clients import FleetClients
 from services.gateway.deps import ClientsDep, LimiterDep, SettingsDep
 from services.gateway.limits import RateLimiter
 from services.gateway.responses import errors
-from services.gateway.routers.events import INGESTION_ERRORS, check_rate, client_key, publish
+from services.gateway.routers.events import (
+    INGESTION_ERRORS,
+    check_rate,
+    client_key,
+    publish,
+    raw_json_body,
+)
 from services.gateway.schemas import ErrorBody, SegmentAccepted, SegmentRefused
 from services.gateway.settings import GatewaySettings
 
@@ -91,15 +97,7 @@ SECURITY: list[dict[str, list[str]]] = [{"segmentWriteKey": []}, {}]
 
 
 def _body(description: str, schema: dict[str, Any], example: Any) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "description": f"{description} Content types: {ACCEPTED} (or none); "
-            "any other is refused with 415.",
-            "content": {"application/json": {"schema": schema, "example": example}},
-        },
-        "security": SECURITY,
-    }
+    return {**raw_json_body(description, schema, example), "security": SECURITY}
 
 
 def _basic_auth_user(header: str) -> str | None:
