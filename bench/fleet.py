@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import secrets
 import socket
 import subprocess
 import sys
@@ -105,12 +106,20 @@ def free_port() -> int:
 
 
 def fleet_settings(data_dir: Path) -> tuple[FleetSettings, dict[str, str]]:
-    """Settings on free loopback ports, and the environment that gives children the same."""
+    """Settings on free loopback ports, and the environment that gives children the same,
+    with an admin access key of this run's (`access_key`), kept in the data dir's store."""
     overrides: dict[str, Any] = {f"{name}_addr": f"127.0.0.1:{free_port()}" for name in SERVICES}
     overrides |= {"data_dir": data_dir, "gateway_host": "127.0.0.1", "gateway_port": free_port()}
     env = dict(os.environ)
     env.update({f"RECOFLEET_{key.upper()}": str(value) for key, value in overrides.items()})
+    env["RECOFLEET_ADMIN_KEY"] = f"bench-{secrets.token_urlsafe(32)}"
+    env.pop("RECOFLEET_GATEWAY_DATABASE_URL", None)
     return FleetSettings(**overrides), env
+
+
+def access_key(fleet: Fleet) -> dict[str, str]:
+    """The header that carries the bench fleet's admin key (the gateway seeds it at start)."""
+    return {"authorization": f"Bearer {fleet.env['RECOFLEET_ADMIN_KEY']}"}
 
 
 def cli(env: dict[str, str], *args: str, timeout_s: float = 3600) -> tuple[str, float]:

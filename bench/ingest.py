@@ -38,6 +38,7 @@ import httpx
 
 from bench.fleet import (
     BenchFailed,
+    access_key,
     check_alive,
     cli,
     fleet_settings,
@@ -111,13 +112,13 @@ def batches(events: Iterator[dict[str, Any]], size: int) -> list[bytes]:
     return out
 
 
-async def post_all(url: str, bodies: list[bytes], concurrency: int) -> float:
+async def post_all(fleet: Fleet, bodies: list[bytes], concurrency: int) -> float:
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", **access_key(fleet)}
     limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=fleet.gateway_url, timeout=60, limits=limits) as http:
 
         async def worker() -> None:
             while not queue.empty():
@@ -133,7 +134,7 @@ async def post_all(url: str, bodies: list[bytes], concurrency: int) -> float:
 def throughput(fleet: Fleet, bus: EventBus, bodies: list[bytes], args: Any) -> dict[str, Any]:
     cpu_before = process_cpu(fleet)
     started = time.perf_counter()
-    posted_s = asyncio.run(post_all(fleet.gateway_url, bodies, args.concurrency))
+    posted_s = asyncio.run(post_all(fleet, bodies, args.concurrency))
     caught = wait_caught_up(bus, fleet, timeout_s=1800)
     total_s = time.perf_counter() - started
     cpu_after = process_cpu(fleet)
@@ -151,14 +152,16 @@ def throughput(fleet: Fleet, bus: EventBus, bodies: list[bytes], args: Any) -> d
     }
 
 
-async def paced_latency(url: str, lines: Lines, run: str, args: Any) -> dict[str, Any]:
+async def paced_latency(fleet: Fleet, lines: Lines, run: str, args: Any) -> dict[str, Any]:
     """Paced batches at args.rate events/s; each 100 ms batch carries one probe."""
     interval = 0.1
     per_batch = max(int(args.rate * interval), 1)
     stream = lines.events(run, per_batch * int(args.seconds / interval) + 1)
     latencies: list[float] = []
     pending: list[asyncio.Task[None]] = []
-    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+    async with httpx.AsyncClient(
+        base_url=fleet.gateway_url, timeout=30, headers=access_key(fleet)
+    ) as http:
 
         async def watch(member_id: str, sent_at: float) -> None:
             while (await http.get(f"/v1/members/{member_id}/profile")).status_code != 200:
@@ -251,7 +254,7 @@ def measure(bus_kind: str, lines: Lines, args: Any) -> dict[str, Any]:
         bodies = batches(lines.events(run, args.events), args.batch)
         results = {"throughput": throughput(fleet, bus, bodies, args)}
         check_alive(fleet)
-        results["latency"] = asyncio.run(paced_latency(fleet.gateway_url, lines, f"{run}-p", args))
+        results["latency"] = asyncio.run(paced_latency(fleet, lines, f"{run}-p", args))
         return results
 
 

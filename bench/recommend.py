@@ -42,6 +42,7 @@ import httpx
 
 from bench.fleet import (
     BenchFailed,
+    access_key,
     check_alive,
     cli,
     code_version,
@@ -341,7 +342,7 @@ async def measure(
     phases: dict[str, dict[str, Any]] = {}
     cpu: dict[str, dict[str, float]] = {}
     async with httpx.AsyncClient(
-        base_url=fleet.gateway_url, timeout=args.timeout, limits=limits
+        base_url=fleet.gateway_url, timeout=args.timeout, limits=limits, headers=access_key(fleet)
     ) as client:
         say(f"warming up ({args.warmup} requests per endpoint)")
         await run_calls(client, recommendation_calls(rng, data, args.warmup, args.unknown), c)

@@ -4,6 +4,7 @@ recofleet load-sample   publish the bundled sample (or RECOFLEET_SAMPLE_SOURCE) 
 recofleet train         catch retrieval up with the bus, train ALS + FAISS, publish a version
 recofleet run           start every service and the gateway, until Ctrl-C
 recofleet up            all three, in order (what `make run` does)
+recofleet keys          create, list and revoke the gateway's access keys
 """
 
 from __future__ import annotations
@@ -12,12 +13,31 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+from sqlalchemy.exc import SQLAlchemyError
 
 from services.common import dead_letters
 from services.common.bus import BusError, open_bus
 from services.common.grpc_server import configure_logging
 from services.common.settings import FleetSettings
+from services.gateway.access_keys import (
+    ENV_KEY_ID,
+    SCOPE_MEANINGS,
+    SCOPES,
+    AccessKey,
+    AccessKeyError,
+    Seeded,
+    create_key,
+    describe,
+    open_key_store,
+    revoke_key,
+    seed_admin_key,
+)
+from services.gateway.settings import GatewaySettings
 from services.ingestion.domain import open_ingestor
 from services.ingestion.settings import IngestionSettings
 from services.loading import example_member, load
@@ -29,15 +49,25 @@ from services.runner import Fleet, FleetFailed, StopRequested
 log = logging.getLogger("recofleet")
 
 
-def cmd_load_sample(fleet: FleetSettings, source: Path | None) -> None:
+def cmd_load_sample(fleet: FleetSettings, source: Path | None, redate: bool | None = None) -> None:
     bus = open_bus(fleet)
+    redate_to = fleet.clock().now() if (fleet.redate if redate is None else redate) else None
     try:
         ingestor = open_ingestor(fleet, bus, IngestionSettings())
-        loaded = load(ingestor, bus.location(), fleet.data_dir, source or fleet.sample_source)
+        loaded = load(
+            ingestor,
+            bus.location(),
+            fleet.data_dir,
+            source or fleet.sample_source,
+            redate_to=redate_to,
+        )
     finally:
         bus.close()
     verb = "already loaded" if loaded.skipped else "loaded"
     print(f"{verb}: {loaded.events} events, {loaded.items} items from {loaded.source}")
+    if loaded.shifted_days:
+        when = "when loaded" if loaded.skipped else "so that the newest event is from the last day"
+        print(f"re-dated by {loaded.shifted_days} days {when}")
     if loaded.rejected:
         print(f"rejected {loaded.rejected} entries of the source, for example:")
         for reason in loaded.reasons:
@@ -99,7 +129,75 @@ def cmd_dead_letters(fleet: FleetSettings, action: str, dry_run: bool) -> None:
         bus.close()
 
 
+def cmd_keys(
+    fleet: FleetSettings, action: str, scopes: Sequence[str], name: str, key_id: str
+) -> int:
+    """Access keys, through the store the gateway reads: they work while the fleet runs."""
+    store = open_key_store(fleet, GatewaySettings())
+    try:
+        if action == "create":
+            record, key = create_key(store, scopes, name)
+            # Everything but the key goes to stderr: `KEY=$(recofleet keys create ...)` works.
+            print(
+                f"created access key {record.id} ({', '.join(record.scope_list)}"
+                f"{'; ' + record.name if record.name else ''}); it is shown this once, only its "
+                "hash is kept. Send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>':",
+                file=sys.stderr,
+                flush=True,
+            )
+            print(key, flush=True)
+        elif action == "list":
+            keys = store.all()
+            rows = describe(keys)
+            print(_columns(["id", "name", "scopes", "created", "revoked"], rows))
+            print(f"{len(keys)} keys, {sum(k.active for k in keys)} active")
+        else:
+            return _revoke(revoke_key(store, key_id), key_id)
+    finally:
+        store.close()
+    return 0
+
+
+def _revoke(key: AccessKey | None, key_id: str) -> int:
+    if key is None:
+        print(
+            f"recofleet keys revoke: no access key '{key_id}' (see recofleet keys list)",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"access key {key.id} ({key.name or 'no name'}) is revoked since "
+        f"{describe([key])[0][4]}: gateways refuse it within a second"
+    )
+    if key.id == ENV_KEY_ID:
+        print("RECOFLEET_ADMIN_KEY stays revoked: set a new value and restart to have one again")
+    return 0
+
+
+def _columns(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, *rows]
+    )
+
+
+def _seed_keys(fleet: FleetSettings) -> Seeded:
+    """RECOFLEET_ADMIN_KEY into the store, or a first admin key on a new install."""
+    gateway = GatewaySettings()
+    store = open_key_store(fleet, gateway)
+    try:
+        admin_key = gateway.admin_key.get_secret_value() if gateway.admin_key else None
+        seeded = seed_admin_key(store, admin_key)
+    finally:
+        store.close()
+    if seeded.note:
+        print(seeded.note, file=sys.stderr)
+    return seeded
+
+
 def cmd_run(fleet: FleetSettings) -> int:
+    seeded = _seed_keys(fleet)
     runner = Fleet(fleet)
     runner.handle_signals()
     print("starting the fleet (logs in", fleet.data_dir / "logs", ") ...", flush=True)
@@ -107,27 +205,54 @@ def cmd_run(fleet: FleetSettings) -> int:
         runner.start()
     except FleetFailed as exc:
         print(f"the fleet did not start: {exc}", file=sys.stderr)
+        _print_unseen_key(seeded)
         return 1
     except StopRequested:
         print("stopped before the fleet was ready", flush=True)
+        _print_unseen_key(seeded)
         return 0
-    _print_welcome(runner, example_member(fleet.data_dir))
+    _print_welcome(runner, example_member(fleet.data_dir), seeded)
     return runner.watch()
 
 
-def _print_welcome(runner: Fleet, member: str | None) -> None:
+def _print_unseen_key(seeded: Seeded) -> None:
+    # The key made for this install is in the store already: it must not go unseen.
+    if seeded.new_key:
+        print(f"\n{NEW_KEY}\n  export RECOFLEET_KEY={seeded.new_key}", flush=True)
+
+
+NEW_KEY = "The admin access key of this install, shown this once (only its hash is kept):"
+
+
+def _print_welcome(runner: Fleet, member: str | None, seeded: Seeded) -> None:
     url = runner.gateway_url
     member = member or "17850"
     event = {"type": "view", "member_id": member, "item_id": "85123A"}
+    if seeded.new_key:
+        key = f"{NEW_KEY}\n\n  export RECOFLEET_KEY={seeded.new_key}"
+        variable = "$RECOFLEET_KEY"
+    elif seeded.key is not None and seeded.key.active:
+        key = "Requests carry an access key; RECOFLEET_ADMIN_KEY is one:"
+        variable = "$RECOFLEET_ADMIN_KEY"
+    else:
+        key = (
+            "Requests carry an access key (RECOFLEET_KEY here): the admin key shown at the "
+            "first start,\nor a new one from `recofleet keys create --scope admin`:"
+        )
+        variable = "$RECOFLEET_KEY"
+    auth = f'-H "Authorization: Bearer {variable}"'
     print(
         f"""
 recofleet is serving on {url}  (API docs: {url}/docs)
 
-  curl '{url}/v1/members/{member}/recommendations?limit=10'
-  curl '{url}/v1/members/{member}/profile'
-  curl -X POST {url}/v1/events -H 'content-type: application/json' \\
+{key}
+
+  curl {auth} '{url}/v1/members/{member}/recommendations?limit=10'
+  curl {auth} '{url}/v1/members/{member}/profile'
+  curl -X POST {url}/v1/events {auth} -H 'content-type: application/json' \\
        -d '{json.dumps(event)}'
 
+Keys with narrower scopes: recofleet keys create --scope events:write --name shop-frontend
 Ctrl-C stops every process.""",
         flush=True,
     )
@@ -138,6 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     sample = commands.add_parser("load-sample", help="publish sample data on the bus")
     sample.add_argument("--source", type=Path, help="Online Retail CSV (default: bundled sample)")
+    sample.add_argument(
+        "--redate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="move the events by whole days so that the newest is from the last day "
+        "(default: RECOFLEET_REDATE, on)",
+    )
     trainer = commands.add_parser("train", help="train and publish a retrieval model")
     trainer.add_argument("--force", action="store_true", help="retrain even if data is unchanged")
     trainer.add_argument(
@@ -153,13 +285,16 @@ def main(argv: list[str] | None = None) -> int:
     letters.add_argument("--dry-run", action="store_true", help="replay: only say what would go")
     up = commands.add_parser("up", help="load-sample, train, run")
     up.add_argument("--source", type=Path, help="Online Retail CSV (default: bundled sample)")
+    _keys_parser(commands)
     args = parser.parse_args(argv)
 
     fleet = FleetSettings()
     configure_logging("WARNING" if args.command in ("run", "up") else fleet.log_level)
     try:
+        if args.command == "up":
+            GatewaySettings()  # a bad RECOFLEET_ADMIN_KEY is refused before loading and training
         if args.command in ("load-sample", "up"):
-            cmd_load_sample(fleet, args.source)
+            cmd_load_sample(fleet, args.source, getattr(args, "redate", None))
         if args.command == "train":
             cmd_train(fleet, args.force, args.catch_up)
         if args.command == "up":
@@ -167,12 +302,50 @@ def main(argv: list[str] | None = None) -> int:
             cmd_train(fleet, force=False, catch_up=True)
         if args.command == "dead-letters":
             cmd_dead_letters(fleet, args.action, args.dry_run)
+        if args.command == "keys":
+            return cmd_keys(
+                fleet,
+                args.keys_command,
+                getattr(args, "scope", None) or [],
+                getattr(args, "name", ""),
+                getattr(args, "key_id", ""),
+            )
         if args.command in ("run", "up"):
             return cmd_run(fleet)
-    except (BusError, FileNotFoundError, NotEnoughData) as exc:
+    except (BusError, FileNotFoundError, NotEnoughData, AccessKeyError) as exc:
         print(f"recofleet {args.command}: {exc}", file=sys.stderr)
         return 1
+    except ValidationError as exc:
+        problems = "; ".join(_problem(error) for error in exc.errors())
+        print(f"recofleet {args.command}: invalid settings: {problems}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        print(f"recofleet {args.command}: the access key store failed: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _problem(error: ErrorDetails) -> str:
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg']}" if where else error["msg"]
+
+
+def _keys_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = commands.add_parser(
+        "keys",
+        help="create, list or revoke the gateway's access keys",
+        description="Access keys of the gateway (see docs/access-keys.md). Scopes: "
+        + "; ".join(f"{scope}: {meaning}" for scope, meaning in SCOPE_MEANINGS.items()),
+    )
+    actions = keys.add_subparsers(dest="keys_command", required=True)
+    create = actions.add_parser("create", help="make a key; prints it alone on the last line")
+    create.add_argument(
+        "--scope", action="append", required=True, choices=SCOPES, help="repeat for several"
+    )
+    create.add_argument("--name", default="", help="what the key is for (shown by list)")
+    actions.add_parser("list", help="every key: id, name, scopes, created, revoked")
+    revoke = actions.add_parser("revoke", help="refuse a key from now on (within a second)")
+    revoke.add_argument("key_id", help="the key's id (recofleet keys list)")
 
 
 if __name__ == "__main__":

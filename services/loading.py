@@ -3,6 +3,13 @@
 Loaders never publish themselves: they hand native batches to the same `Ingestor` the
 ingestion service runs, so a user's file is validated, bounded and scrubbed of personal
 data exactly like events sent to the gateway.
+
+A historical data set is re-dated on its way (on by default: `RECOFLEET_REDATE`,
+`recofleet load-sample --no-redate`): every event moves by the same whole number of days,
+so that the newest lands within the last day before the fleet's clock. Recency, decay and
+lifecycle then read like a live shop's instead of calling every member churned; the order
+and spacing of events, times of day and so any split of the history in time stay as they
+were.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +41,7 @@ class Loaded:
     skipped: bool
     rejected: int = 0
     reasons: tuple[str, ...] = ()  # the first few rejections, to show the user
+    shifted_days: int = 0  # how far the events were re-dated (0: not re-dated)
 
 
 def source_name(source: Path | None) -> str:
@@ -63,9 +72,50 @@ def _jsonl_gz(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def load(ingestor: Ingestor, bus_location: str, data_dir: Path, source: Path | None) -> Loaded:
+def redate(entries: Sequence[dict[str, Any]], now: datetime) -> tuple[list[dict[str, Any]], int]:
+    """The events moved by whole days so that the newest is within the day before `now`,
+    and by how many days. Entries without a timestamp readable as ISO 8601 stay as they are
+    (ingestion stamps or refuses them)."""
+    stamps = [_timestamp(entry) for entry in entries]
+    known = [stamp for stamp in stamps if stamp is not None]
+    if not known:
+        return list(entries), 0
+    days = (now - max(known)) // timedelta(days=1)
+    if days == 0:
+        return list(entries), 0
+    shift = timedelta(days=days)
+    moved = [
+        entry if stamp is None else {**entry, "timestamp": _iso(stamp + shift)}
+        for entry, stamp in zip(entries, stamps, strict=True)
+    ]
+    return moved, days
+
+
+def _timestamp(entry: dict[str, Any]) -> datetime | None:
+    raw = entry.get("timestamp") if isinstance(entry, dict) else None
+    if not isinstance(raw, str):
+        return None
+    try:
+        stamp = datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    return stamp.astimezone(UTC) if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+def _iso(stamp: datetime) -> str:
+    return stamp.isoformat().replace("+00:00", "Z")
+
+
+def load(
+    ingestor: Ingestor,
+    bus_location: str,
+    data_dir: Path,
+    source: Path | None,
+    *,
+    redate_to: datetime | None = None,
+) -> Loaded:
     """Publish the source's catalog then its events through `ingestor`, once per data dir,
-    source and bus (`bus_location` names the bus).
+    source and bus (`bus_location` names the bus); re-dated to `redate_to` when given.
 
     Reloading would be harmless (event ids are deterministic and consumers idempotent) but
     would grow the log for nothing, so a marker in the data dir records what was loaded.
@@ -75,8 +125,18 @@ def load(ingestor: Ingestor, bus_location: str, data_dir: Path, source: Path | N
     if marker.is_file():
         done = json.loads(marker.read_text())
         if done.get("source") == name and done.get("bus") == bus_location:
-            return Loaded(name, done["events"], done["items"], done["example_member"], True)
+            return Loaded(
+                name,
+                done["events"],
+                done["items"],
+                done["example_member"],
+                True,
+                shifted_days=done.get("shifted_days", 0),
+            )
     catalog, events = read_entries(source)
+    shifted_days = 0
+    if redate_to is not None:
+        events, shifted_days = redate(events, redate_to)
     items_out = _submit(ingestor.upsert_items, "items", catalog, ingestor.max_batch)
     events_out = _submit(ingestor.publish_events, "events", events, ingestor.max_batch)
     accepted = set(events_out.accepted)
@@ -96,6 +156,7 @@ def load(ingestor: Ingestor, bus_location: str, data_dir: Path, source: Path | N
         False,
         rejected=len(rejected),
         reasons=tuple(f"{r.id or f'#{r.index}'}: {r.reason}" for r in rejected[:5]),
+        shifted_days=shifted_days,
     )
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(
@@ -106,6 +167,7 @@ def load(ingestor: Ingestor, bus_location: str, data_dir: Path, source: Path | N
                 "events": loaded.events,
                 "items": loaded.items,
                 "example_member": example,
+                "shifted_days": shifted_days,
             }
         )
     )

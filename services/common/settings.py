@@ -6,11 +6,14 @@ built once in the service's entry point and passed into constructors, never read
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.clock import Clock
 
 
 class FleetSettings(BaseSettings):
@@ -33,6 +36,16 @@ class FleetSettings(BaseSettings):
         default=None,
         description="Online Retail CSV to load instead of the bundled sample (the full data set).",
     )
+    redate: bool = Field(
+        default=True,
+        description="Loaders shift a historical data set's dates so that its newest event is "
+        "now (whole days, times of day kept); `recofleet load-sample --no-redate` keeps them.",
+    )
+    clock_offset: timedelta = Field(
+        default=timedelta(0),
+        description="Added to real time to make the fleet's clock (e.g. `-P4750D`), to look "
+        "at a data set loaded with --no-redate as of its own dates.",
+    )
 
     ingestion_addr: str = "127.0.0.1:50051"
     profiles_addr: str = "127.0.0.1:50052"
@@ -41,6 +54,10 @@ class FleetSettings(BaseSettings):
     campaigns_addr: str = "127.0.0.1:50055"
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
+
+    def clock(self) -> Clock:
+        """The fleet's clock: real time plus `clock_offset`."""
+        return Clock(self.clock_offset)
 
     def sqlite_url(self, name: str) -> str:
         """The embedded default store of one service: a SQLite file in the data dir."""

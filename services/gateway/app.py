@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
 
 from services.common.settings import FleetSettings
+from services.gateway.access_keys import AccessKeyStore, open_key_store, seed_env_key
+from services.gateway.auth import KeyVerifier, document_scopes, route_scopes
 from services.gateway.clients import FleetClients
 from services.gateway.compose import Composer
 from services.gateway.limits import RateLimiter
@@ -35,9 +37,16 @@ LATENCY = Histogram(
 )
 
 
-def create_app(fleet: FleetSettings, settings: GatewaySettings) -> FastAPI:
+def create_app(
+    fleet: FleetSettings, settings: GatewaySettings, key_store: AccessKeyStore | None = None
+) -> FastAPI:
+    """The gateway; its access keys in `key_store`, else in the store the settings name."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        keys = key_store or open_key_store(fleet, settings)
+        _check_keys(keys, settings)
+        app.state.access_keys = KeyVerifier(keys)
         clients = FleetClients.connect(fleet)
         composer = Composer(clients, settings)
         app.state.clients, app.state.composer, app.state.settings = clients, composer, settings
@@ -46,6 +55,8 @@ def create_app(fleet: FleetSettings, settings: GatewaySettings) -> FastAPI:
         yield
         refresher.cancel()
         await clients.close()
+        if key_store is None:
+            keys.close()
 
     app = FastAPI(
         title="recofleet gateway",
@@ -57,18 +68,35 @@ def create_app(fleet: FleetSettings, settings: GatewaySettings) -> FastAPI:
         app.include_router(router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.middleware("http")(_measure)
-    app.openapi = _completed(app.openapi, settings)  # type: ignore[method-assign]
+    app.openapi = _completed(app, app.openapi, settings)  # type: ignore[method-assign]
     return app
 
 
+def _check_keys(keys: AccessKeyStore, settings: GatewaySettings) -> None:
+    """Seed RECOFLEET_ADMIN_KEY when it is set (every replica may: it is idempotent), and say
+    so in the log when no key can pass."""
+    if settings.admin_key is not None:
+        seeded = seed_env_key(keys, settings.admin_key.get_secret_value())
+        if seeded.note:
+            log.warning("%s", seeded.note)
+    if not any(key.active for key in keys.all()):
+        log.warning(
+            "no active access key yet: /v1 requests are refused (401) until one is made with "
+            "`recofleet keys create --scope admin` or RECOFLEET_ADMIN_KEY"
+        )
+
+
 def _completed(
-    build: Callable[[], dict[str, Any]], settings: GatewaySettings
+    app: FastAPI, build: Callable[[], dict[str, Any]], settings: GatewaySettings
 ) -> Callable[[], dict[str, Any]]:
     """FastAPI's document (built once), completed with what FastAPI cannot know of."""
 
     def openapi() -> dict[str, Any]:
+        first = app.openapi_schema is None
         document = build()
-        complete(document, settings.max_limit)
+        if first:
+            complete(document, settings.max_limit)
+            document_scopes(document, route_scopes(app))
         return document
 
     return openapi

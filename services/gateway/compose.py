@@ -87,6 +87,15 @@ class Composer:
         )
         return reply.profile
 
+    async def manual_tag(
+        self, member_id: str, tag: str, *, present: bool
+    ) -> profiles_pb2.ManualTagsResponse:
+        """Set (`present`) or remove a manual tag; the member's manual tags after."""
+        request = profiles_pb2.ManualTagRequest(member_id=member_id, tag=tag)
+        call = self._c.profiles.SetManualTag if present else self._c.profiles.RemoveManualTag
+        reply: profiles_pb2.ManualTagsResponse = await call(request, timeout=self._d.profiles)
+        return reply
+
     async def recommend(
         self,
         member_id: str,

@@ -18,6 +18,7 @@ DESCRIPTIONS = {
     400: "The body is empty or not JSON recofleet can read (the detail says where).",
     401: "Missing or wrong write key.",
     404: "Nothing here.",
+    409: "The request conflicts with what is stored (a limit reached): nothing was changed.",
     413: "The body is larger than the gateway takes (`RECOFLEET_GATEWAY_MAX_BODY_BYTES`), "
     "or carries more events or items than ingestion takes in one request.",
     415: "Not a JSON content type. Accepted: no content type, `application/json`, "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal, get_args
 
-from pydantic import BaseModel
+from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import BaseModel, Field
 
 from services.gateway.compose import RankedEntry, Recommendation
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2
@@ -68,9 +70,14 @@ class SimilarOut(BaseModel):
 
 
 class RfmOut(BaseModel):
-    recency_days: float | None
-    frequency: int
-    monetary: float
+    recency_days: float | None = Field(description="Days since the last order; null: none yet.")
+    frequency: int = Field(description="Distinct orders placed.")
+    monetary: float = Field(description="Spend: order values minus refunds.")
+    r_score: int | None = Field(
+        ge=1, le=5, description="Recency score 1-5 (5: most recent); null without an order."
+    )
+    f_score: int | None = Field(ge=1, le=5, description="Frequency score 1-5.")
+    m_score: int | None = Field(ge=1, le=5, description="Monetary score 1-5.")
 
 
 class RecentItemOut(BaseModel):
@@ -85,34 +92,107 @@ class CategoryOut(BaseModel):
     events: int
 
 
+class AffinityOut(BaseModel):
+    category: str
+    share: float = Field(description="Share of the member's decayed weight, 0-1.")
+    weight: float = Field(description="Weighted interactions decayed to `as_of`.")
+    last_purchase_at: datetime | None
+
+
+Band = Literal["low", "mid", "high"]
+
+
+class PriceOut(BaseModel):
+    band: Band | None = Field(
+        description="Typical paid price against the member's categories' prices (terciles)."
+    )
+    percentile: float | None = Field(description="Where that price falls, 0-1.")
+    typical_price: float | None = Field(description="Mean paid unit price, by quantity.")
+    sensitivity: float | None = Field(description="Share of orders with a discount or coupon.")
+    discounted_orders: int
+
+
+class TagOut(BaseModel):
+    tag: str
+    source: Literal["rule", "manual"]
+    set_at: datetime | None = Field(description="When a manual tag was set; null for rule tags.")
+
+    @classmethod
+    def of(cls, t: profiles_pb2.Tag) -> TagOut:
+        return cls(
+            tag=t.tag,
+            source="manual" if t.source == "manual" else "rule",
+            set_at=_time(t.set_at) if t.HasField("set_at") else None,
+        )
+
+
+Lifecycle = Literal["new", "active", "high-value", "loyal", "at-risk", "churned", "prospect"]
+
+
 class ProfileOut(BaseModel):
+    """A member's portrait as of the fleet's clock (`as_of`); fields: docs/portraits.md."""
+
     member_id: str
     first_seen: datetime
     last_seen: datetime
+    first_order_at: datetime | None
     last_order_at: datetime | None
     events: int
     rfm: RfmOut
+    lifecycle: Lifecycle | None = Field(
+        description="The lifecycle segment; null only from a profiles service older than "
+        "the gateway (during an upgrade)."
+    )
+    affinities: list[AffinityOut]
+    price: PriceOut
+    preferred_channel: str | None
+    tags: list[TagOut]
     recent_items: list[RecentItemOut]
     categories: list[CategoryOut]
     purchased_item_ids: list[str]
+    as_of: datetime
 
     @classmethod
     def of(cls, p: profiles_pb2.Profile) -> ProfileOut:
+        rfm, price = p.rfm, p.price
         return cls(
             member_id=p.member_id,
-            first_seen=p.first_seen.ToDatetime(tzinfo=UTC),
-            last_seen=p.last_seen.ToDatetime(tzinfo=UTC),
-            last_order_at=p.last_order_at.ToDatetime(tzinfo=UTC)
-            if p.HasField("last_order_at")
-            else None,
+            first_seen=_time(p.first_seen),
+            last_seen=_time(p.last_seen),
+            first_order_at=_time(p.first_order_at) if p.HasField("first_order_at") else None,
+            last_order_at=_time(p.last_order_at) if p.HasField("last_order_at") else None,
             events=p.events,
             rfm=RfmOut(
-                recency_days=p.rfm.recency_days if p.rfm.HasField("recency_days") else None,
-                frequency=p.rfm.frequency,
-                monetary=p.rfm.monetary,
+                recency_days=rfm.recency_days if rfm.HasField("recency_days") else None,
+                frequency=rfm.frequency,
+                monetary=rfm.monetary,
+                r_score=rfm.r_score if rfm.HasField("r_score") else None,
+                f_score=rfm.f_score if rfm.HasField("f_score") else None,
+                m_score=rfm.m_score if rfm.HasField("m_score") else None,
             ),
+            lifecycle=_lifecycle(p.lifecycle),
+            affinities=[
+                AffinityOut(
+                    category=a.category,
+                    share=a.share,
+                    weight=a.weight,
+                    last_purchase_at=(
+                        _time(a.last_purchase_at) if a.HasField("last_purchase_at") else None
+                    ),
+                )
+                for a in p.affinities
+            ],
+            price=PriceOut(
+                band=_band(price.band),
+                percentile=price.percentile if price.HasField("percentile") else None,
+                typical_price=price.typical_price if price.HasField("typical_price") else None,
+                sensitivity=price.sensitivity if price.HasField("sensitivity") else None,
+                discounted_orders=price.discounted_orders,
+            ),
+            preferred_channel=p.preferred_channel or None,
+            tags=[TagOut.of(t) for t in p.tags],
             recent_items=[
-                RecentItemOut(item_id=r.item_id, event_type=r.event_type, at=r.at.ToDatetime(UTC))
+                RecentItemOut(item_id=r.item_id, event_type=r.event_type, at=_time(r.at))
                 for r in p.recent_items
             ],
             categories=[
@@ -120,7 +200,35 @@ class ProfileOut(BaseModel):
                 for c in p.categories
             ],
             purchased_item_ids=list(p.purchased_item_ids),
+            as_of=_time(p.as_of),
         )
+
+
+class MemberTagsOut(BaseModel):
+    """The member's manual tags after the change."""
+
+    member_id: str
+    manual_tags: list[TagOut]
+
+    @classmethod
+    def of(cls, reply: profiles_pb2.ManualTagsResponse) -> MemberTagsOut:
+        return cls(member_id=reply.member_id, manual_tags=[TagOut.of(t) for t in reply.tags])
+
+
+def _time(stamp: Timestamp) -> datetime:
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+_LIFECYCLES: dict[str, Lifecycle] = {name: name for name in get_args(Lifecycle)}
+_BANDS: dict[str, Band] = {name: name for name in get_args(Band)}
+
+
+def _lifecycle(value: str) -> Lifecycle | None:
+    return _LIFECYCLES.get(value)
+
+
+def _band(value: str) -> Band | None:
+    return _BANDS.get(value)
 
 
 class OfferOut(BaseModel):

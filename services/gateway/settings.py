@@ -4,6 +4,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.grpc_server import MAX_MESSAGE_BYTES
+from services.gateway.access_keys import check_admin_key
 
 
 class Deadlines(BaseSettings):
@@ -47,6 +48,17 @@ class GatewaySettings(BaseSettings):
         validation_alias="RECOFLEET_SEGMENT_WRITE_KEY",
         description="Write key Segment-shaped requests must carry (basic auth user); unset: off.",
     )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        validation_alias="RECOFLEET_ADMIN_KEY",
+        description="An admin access key made sure of at start (32+ random characters); unset: "
+        "`recofleet run` makes one on a new install and shows it once.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="Where access keys are kept (e.g. postgresql+psycopg://...); unset: "
+        "the SQLite file gateway.db in the data dir.",
+    )
     trusted_proxies: str = Field(
         default="",
         description="Comma-separated addresses or networks (CIDR) of the proxies whose "
@@ -56,6 +68,13 @@ class GatewaySettings(BaseSettings):
     popular_refresh_s: float = Field(
         default=60.0, gt=0, description="How often the fallback list of popular items refreshes."
     )
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_key_is_a_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_admin_key(value.get_secret_value())
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

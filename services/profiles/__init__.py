@@ -1,1 +1,2 @@
-"""profiles: member portraits (RFM, recent items, category affinities) kept from the event bus."""
+"""profiles: member portraits (RFM figures and scores, lifecycle, affinities, price band, tags)
+kept from the event bus; definitions in docs/portraits.md."""

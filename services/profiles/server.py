@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
 import grpc
 
 from services.common.bus import CATALOG_TOPIC, EVENTS_TOPIC, EventBus, Record, open_bus
+from services.common.clock import Clock
 from services.common.consuming import BusWorker, DeadLetter, decode
 from services.common.grpc_server import configure_logging, serve
 from services.common.settings import FleetSettings
 from services.gen.recofleet.profiles.v1 import profiles_pb2_grpc
+from services.profiles.portrait import Portraitist
+from services.profiles.scoring import ScoreSchedule
 from services.profiles.servicer import ProfilesServicer
 from services.profiles.settings import ProfilesSettings
-from services.profiles.store import ProfileStore, SqlProfileStore
+from services.profiles.store import OutdatedStore, ProfileStore, SqlProfileStore
 
 SERVICE_NAME = "recofleet.profiles.v1.ProfilesService"
+# How often the service looks whether the score boundaries are due for a recomputation.
+SCORES_CHECK_S = 5.0
+log = logging.getLogger(__name__)
 
 
 def profile_worker(bus: EventBus, store: ProfileStore, settings: ProfilesSettings) -> BusWorker:
@@ -33,19 +40,44 @@ def profile_worker(bus: EventBus, store: ProfileStore, settings: ProfilesSetting
     return BusWorker(bus, settings.consumer_group, [CATALOG_TOPIC, EVENTS_TOPIC], handle)
 
 
+async def keep_scores_fresh(
+    store: ProfileStore, schedule: ScoreSchedule, clock: Clock, check_s: float = SCORES_CHECK_S
+) -> None:
+    """Recompute the score boundaries whenever the schedule says they are due."""
+    orders_then = store.orders_applied
+    while True:
+        try:
+            current = await asyncio.to_thread(store.scoring)
+            if schedule.due(current, clock.now(), store.orders_applied - orders_then):
+                orders_then = store.orders_applied
+                done = await asyncio.to_thread(store.recompute_scoring, clock.now())
+                log.info("score boundaries recomputed over %d members", done.population)
+        except Exception:
+            # The next check tries again; reads keep the boundaries they have.
+            log.exception("recomputing the score boundaries failed")
+        await asyncio.sleep(check_s)
+
+
 async def run(fleet: FleetSettings, settings: ProfilesSettings) -> None:
     bus = open_bus(fleet)
-    store = SqlProfileStore.from_url(
-        settings.database_url or fleet.sqlite_url("profiles"), settings
-    )
+    try:
+        store = SqlProfileStore.from_url(
+            settings.database_url or fleet.sqlite_url("profiles"), settings
+        )
+    except OutdatedStore as exc:
+        raise SystemExit(str(exc)) from None
+    clock = fleet.clock()
     worker = profile_worker(bus, store, settings)
     worker.start()
-    servicer = ProfilesServicer(store, settings.recent_items)
+    servicer = ProfilesServicer(store, settings.recent_items, Portraitist(settings), clock)
+    schedule = ScoreSchedule(settings.scores_interval_s, settings.scores_stale_share)
+    scores = asyncio.create_task(keep_scores_fresh(store, schedule, clock))
 
     def register(server: grpc.aio.Server) -> None:
         profiles_pb2_grpc.add_ProfilesServiceServicer_to_server(servicer, server)
 
     async def close() -> None:
+        scores.cancel()
         await asyncio.to_thread(worker.stop)
         store.close()
         bus.close()

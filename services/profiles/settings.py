@@ -1,5 +1,10 @@
-from pydantic import Field
+from typing import Self
+
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.profiles.conditions import ConditionError, parse
+from services.profiles.tags import check_tag
 
 
 def default_category_weights() -> dict[str, float]:
@@ -14,8 +19,34 @@ def default_category_weights() -> dict[str, float]:
     }
 
 
+def default_tag_rules() -> dict[str, str]:
+    return {
+        "vip": "m_score == 5 and f_score >= 4",
+        "win-back": "lifecycle in ('at-risk', 'churned') and m_score >= 4",
+        "bargain-hunter": "frequency >= 2 and (price_band == 'low' or price_sensitivity >= 0.5)",
+    }
+
+
+class LifecycleSettings(BaseModel):
+    """Thresholds of the lifecycle segments (precedence: portrait.lifecycle)."""
+
+    new_days: float = Field(default=30, gt=0, description="First order (or visit) within.")
+    at_risk_days: float = Field(default=90, gt=0, description="No order for longer: at-risk.")
+    churned_days: float = Field(default=180, gt=0, description="No order for longer: churned.")
+    high_value_min_m_score: int = Field(default=5, ge=1, le=5)
+    loyal_min_f_score: int = Field(default=4, ge=1, le=5)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if not self.new_days <= self.at_risk_days < self.churned_days:
+            raise ValueError("lifecycle needs new_days <= at_risk_days < churned_days")
+        return self
+
+
 class ProfilesSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RECOFLEET_PROFILES_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="RECOFLEET_PROFILES_", env_nested_delimiter="__", extra="ignore"
+    )
 
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; a SQLite file in the data dir when unset."
@@ -23,3 +54,37 @@ class ProfilesSettings(BaseSettings):
     consumer_group: str = "profiles"
     recent_items: int = Field(default=20, ge=1, le=500, description="Recent items kept per member.")
     category_weights: dict[str, float] = Field(default_factory=default_category_weights)
+    affinity_half_life_days: float = Field(
+        default=90, gt=0, description="Category affinities halve every this many days."
+    )
+    scoring_window_days: float = Field(
+        default=365, gt=0, description="RFM quintiles are over members who ordered within."
+    )
+    scores_interval_s: float = Field(
+        default=3600, gt=0, description="Recompute score boundaries at least this often."
+    )
+    scores_stale_share: float = Field(
+        default=0.1,
+        gt=0,
+        description="... and as soon as the orders applied since reach this share of the "
+        "scored population.",
+    )
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
+    tag_rules: dict[str, str] = Field(
+        default_factory=default_tag_rules,
+        description="JSON: tag -> condition over portrait fields (docs/portraits.md).",
+    )
+    max_manual_tags: int = Field(default=100, ge=1, description="Manual tags per member.")
+
+    @field_validator("tag_rules")
+    @classmethod
+    def _rules_parse(cls, rules: dict[str, str]) -> dict[str, str]:
+        for tag, rule in rules.items():
+            problem = check_tag(tag)
+            if problem:
+                raise ValueError(f"tag rule {tag!r}: {problem}")
+            try:
+                parse(rule)
+            except ConditionError as exc:
+                raise ValueError(f"tag rule {tag!r}: {exc}") from None
+        return rules

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 from sqlalchemy import (
@@ -19,20 +20,33 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
+    func,
+    inspect,
     select,
 )
 
 from services.common.catalog import catalog_table, load_items, save_items
 from services.common.db import insert_ignore, make_engine, unseen, upsert
 from services.common.events import AnyEvent, CatalogItem, EventType
+from services.profiles import scoring
 from services.profiles.domain import (
     CategoryStat,
+    ManualTag,
     MemberProfile,
     RecentItem,
     apply_event,
     new_profile,
 )
+from services.profiles.scoring import Scoring
 from services.profiles.settings import ProfilesSettings
+
+# How long a store trusts the scoring it last read: another replica may have recomputed.
+SCORING_TTL_S = 30.0
+
+
+class TooManyTags(ValueError):
+    """The member already has as many manual tags as the settings allow."""
 
 
 class ProfileStore(abc.ABC):
@@ -48,7 +62,31 @@ class ProfileStore(abc.ABC):
 
     @abc.abstractmethod
     def get(self, member_id: str, recent_limit: int = 20) -> MemberProfile | None:
-        """The member's profile, or None when no event of theirs was ever applied."""
+        """The member's profile (with manual tags), or None when no event of theirs was
+        ever applied."""
+
+    @abc.abstractmethod
+    def recompute_scoring(self, now: datetime) -> Scoring:
+        """Compute the score boundaries and price distributions as of `now`, store them."""
+
+    @abc.abstractmethod
+    def scoring(self) -> Scoring | None:
+        """The scoring last computed (by any replica), or None before the first one."""
+
+    @property
+    @abc.abstractmethod
+    def orders_applied(self) -> int:
+        """New orders this store object applied since it was made (for the schedule)."""
+
+    @abc.abstractmethod
+    def set_manual_tag(self, member_id: str, tag: str, at: datetime) -> list[ManualTag] | None:
+        """Tag a known member (again: keeps the first `set_at`); their manual tags after,
+        or None for a member with no events. TooManyTags past the limit."""
+
+    @abc.abstractmethod
+    def remove_manual_tag(self, member_id: str, tag: str) -> list[ManualTag] | None:
+        """Remove a manual tag (none set is fine); the manual tags after, or None for a
+        member with no events."""
 
     @abc.abstractmethod
     def close(self) -> None: ...
@@ -70,6 +108,10 @@ members = Table(
     # writes thousands of these, and msgspec does that several times faster than the
     # JSON type's json module.
     Column("recent", Text, nullable=False),
+    Column("first_order_at", DateTime(timezone=True)),
+    Column("discounted_orders", Integer, nullable=False),
+    # Events per channel, a JSON object (msgspec, like `recent`).
+    Column("channels", Text, nullable=False),
 )
 member_categories = Table(
     "member_categories",
@@ -78,6 +120,28 @@ member_categories = Table(
     Column("category", String(128), primary_key=True),
     Column("weight", Float, nullable=False),
     Column("events", Integer, nullable=False),
+    # Decayed weight as of affinity_at_s (the category's latest weighted event). Instants
+    # in seconds since the epoch (UTC): no conversion on the consumer's hot path.
+    Column("affinity", Float, nullable=False),
+    Column("affinity_at_s", Float),
+    Column("last_purchase_at_s", Float),
+    Column("paid_units", Integer, nullable=False),
+    Column("paid_amount", Float, nullable=False),
+)
+member_tags = Table(
+    "member_tags",
+    metadata,
+    Column("member_id", ForeignKey("members.member_id"), primary_key=True),
+    Column("tag", String(64), primary_key=True),
+    Column("set_at", DateTime(timezone=True), nullable=False),
+)
+# One row, "current": the last scoring computed (scoring.Scoring as JSON).
+portrait_scoring = Table(
+    "portrait_scoring",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("computed_at", DateTime(timezone=True), nullable=False),
+    Column("body", Text, nullable=False),
 )
 member_purchases = Table(
     "member_purchases",
@@ -97,10 +161,19 @@ processed_events = Table(
 catalog = catalog_table(metadata)
 
 
+class OutdatedStore(RuntimeError):
+    """The database was made by an earlier recofleet, without the columns this one needs."""
+
+
 class SqlProfileStore(ProfileStore):
     def __init__(self, engine: Engine, settings: ProfilesSettings) -> None:
         self._engine = engine
         self._settings = settings
+        self._half_life_s = settings.affinity_half_life_days * 86400
+        self._orders_applied = 0
+        self._scoring: Scoring | None = None
+        self._scoring_read = float("-inf")
+        _check_columns(engine)
         metadata.create_all(engine)
 
     @classmethod
@@ -137,8 +210,11 @@ class SqlProfileStore(ProfileStore):
                 weights=self._settings.category_weights,
                 new_order=order in new_orders,
                 keep_recent=self._settings.recent_items,
+                half_life_s=self._half_life_s,
             )
-            new_orders.discard(order)
+            if order in new_orders:
+                self._orders_applied += 1
+                new_orders.discard(order)
             touched.update((event.member_id, c) for c in categories)
         _save_members(conn, list(profiles.values()), touched)
         _save_purchases(conn, events)
@@ -160,10 +236,137 @@ class SqlProfileStore(ProfileStore):
                     .order_by(member_purchases.c.item_id)
                 ).scalars()
             )
+            profile.manual_tags = _manual_tags(conn, member_id)
             return profile
+
+    @property
+    def orders_applied(self) -> int:
+        return self._orders_applied
+
+    def recompute_scoring(self, now: datetime) -> Scoring:
+        window = self._settings.scoring_window_days
+        with self._engine.begin() as conn:
+            rows = conn.execute(
+                select(members.c.last_order_at, members.c.orders, members.c.spend).where(
+                    members.c.orders > 0,
+                    members.c.last_order_at >= now - timedelta(days=window),
+                )
+            )
+            population = [
+                (max((now - _utc(at)).total_seconds(), 0.0) / 86400, orders, spend)
+                for at, orders, spend in rows
+            ]
+            computed = scoring.compute(
+                computed_at=now,
+                window_days=window,
+                population=population,
+                catalog_prices=_catalog_prices(conn),
+                paid_prices=_paid_prices(conn),
+            )
+            upsert(
+                conn,
+                portrait_scoring,
+                [("current", now, scoring.encode(computed))],
+                keys=["name"],
+            )
+        self._scoring, self._scoring_read = computed, time.monotonic()
+        return computed
+
+    def scoring(self) -> Scoring | None:
+        if time.monotonic() - self._scoring_read > SCORING_TTL_S:
+            with self._engine.connect() as conn:
+                body = conn.execute(
+                    select(portrait_scoring.c.body).where(portrait_scoring.c.name == "current")
+                ).scalar()
+            self._scoring = scoring.decode(body) if body else None
+            self._scoring_read = time.monotonic()
+        return self._scoring
+
+    def set_manual_tag(self, member_id: str, tag: str, at: datetime) -> list[ManualTag] | None:
+        with self._engine.begin() as conn:
+            if not _known(conn, member_id):
+                return None
+            tags = _manual_tags(conn, member_id)
+            if any(t.tag == tag for t in tags):
+                return tags
+            if len(tags) >= self._settings.max_manual_tags:
+                raise TooManyTags(
+                    f"member '{member_id}' has {len(tags)} manual tags, the most allowed"
+                )
+            insert_ignore(conn, member_tags, [(member_id, tag, at)])
+            return _manual_tags(conn, member_id)
+
+    def remove_manual_tag(self, member_id: str, tag: str) -> list[ManualTag] | None:
+        with self._engine.begin() as conn:
+            if not _known(conn, member_id):
+                return None
+            conn.execute(
+                delete(member_tags).where(
+                    member_tags.c.member_id == member_id, member_tags.c.tag == tag
+                )
+            )
+            return _manual_tags(conn, member_id)
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def _check_columns(engine: Engine) -> None:
+    """Refuse a database an earlier recofleet made: create_all adds tables, not columns."""
+    found = inspect(engine)
+    for table in (members, member_categories):
+        if not found.has_table(table.name):
+            continue
+        have = {column["name"] for column in found.get_columns(table.name)}
+        missing = [column.name for column in table.columns if column.name not in have]
+        if missing:
+            raise OutdatedStore(
+                f"the profiles store ({engine.url.render_as_string(hide_password=True)}) was "
+                f"made by an earlier recofleet: table {table.name} lacks {', '.join(missing)}. "
+                "Recreate the data dir (rm -rf var, or a new RECOFLEET_DATA_DIR) and load "
+                "again; schema migrations are not supported yet (docs/portraits.md)."
+            )
+
+
+def _known(conn: Connection, member_id: str) -> bool:
+    found = conn.execute(select(members.c.member_id).where(members.c.member_id == member_id))
+    return found.first() is not None
+
+
+def _manual_tags(conn: Connection, member_id: str) -> list[ManualTag]:
+    rows = conn.execute(
+        select(member_tags.c.tag, member_tags.c.set_at)
+        .where(member_tags.c.member_id == member_id)
+        .order_by(member_tags.c.tag)
+    )
+    return [ManualTag(tag, _utc(set_at)) for tag, set_at in rows]
+
+
+def _catalog_prices(conn: Connection) -> dict[str, list[float]]:
+    found: dict[str, list[float]] = {}
+    rows = conn.execute(
+        select(catalog.c.category, catalog.c.price).where(
+            catalog.c.category.is_not(None), catalog.c.price > 0
+        )
+    )
+    for category, price in rows:
+        found.setdefault(category, []).append(float(price))
+    return found
+
+
+def _paid_prices(conn: Connection) -> dict[str, list[float]]:
+    """Per category, every member's mean paid unit price in it."""
+    found: dict[str, list[float]] = {}
+    rows = conn.execute(
+        select(
+            member_categories.c.category,
+            (member_categories.c.paid_amount / func.nullif(member_categories.c.paid_units, 0)),
+        ).where(member_categories.c.paid_units > 0)
+    )
+    for category, price in rows:
+        if price is not None:
+            found.setdefault(category, []).append(float(price))
+    return found
 
 
 def _unapplied(conn: Connection, events: Sequence[AnyEvent]) -> list[AnyEvent]:
@@ -217,11 +420,17 @@ def _load_members(conn: Connection, member_ids: list[str]) -> dict[str, MemberPr
                 spend=row.spend,
                 events=row.events,
                 recent=_read_recent(row.recent),
+                first_order_at=_utc(row.first_order_at) if row.first_order_at else None,
+                discounted_orders=row.discounted_orders,
+                channels=_read_channels(row.channels),
             )
-        for row in conn.execute(
+        # Plain tuples in CategoryStat's field order: members have a row per category, and
+        # a batch reads thousands of them.
+        rows = conn.execute(
             select(member_categories).where(member_categories.c.member_id.in_(chunk))
-        ):
-            profiles[row.member_id].categories[row.category] = CategoryStat(row.weight, row.events)
+        )
+        for member_id, category, *stat in rows:
+            profiles[member_id].categories[category] = CategoryStat(*stat)
     return profiles
 
 
@@ -238,13 +447,26 @@ def _save_members(
             p.spend,
             p.events,
             _write_recent(p.recent),
+            p.first_order_at,
+            p.discounted_orders,
+            _write_channels(p.channels),
         )
         for p in profiles
     ]
     upsert(conn, members, rows, keys=["member_id"])
     by_id = {p.member_id: p for p in profiles}
     stats = [
-        (member_id, category, stat.weight, stat.events)
+        (
+            member_id,
+            category,
+            stat.weight,
+            stat.events,
+            stat.affinity,
+            stat.affinity_at_s,
+            stat.last_purchase_at_s,
+            stat.paid_units,
+            stat.paid_amount,
+        )
         for member_id, category in sorted(touched)
         for stat in [by_id[member_id].categories[category]]
     ]
@@ -257,6 +479,13 @@ _recent_encoder = msgspec.json.Encoder()
 
 def _write_recent(recent: list[RecentItem]) -> str:
     return _recent_encoder.encode(recent).decode("utf-8")
+
+
+_read_channels = msgspec.json.Decoder(dict[str, int]).decode
+
+
+def _write_channels(channels: dict[str, int]) -> str:
+    return _recent_encoder.encode(channels).decode("utf-8") if channels else "{}"
 
 
 def _save_purchases(conn: Connection, events: list[AnyEvent]) -> None:

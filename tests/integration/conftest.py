@@ -17,8 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.common.settings import FleetSettings
+from services.gateway.access_keys import SqlAccessKeyStore, create_key
+
 SERVICES = ("ingestion", "profiles", "retrieval", "ranking", "campaigns")
 SEGMENT_WRITE_KEY = "wk-integration-tests"
+# RECOFLEET_ADMIN_KEY of every test fleet: what its clients send unless a test says otherwise.
+ADMIN_KEY = "integration-tests-admin-key-0123456789abcdef"
 
 
 def free_port() -> int:
@@ -34,15 +39,32 @@ class RunningFleet:
     env: dict[str, str]
     runner: subprocess.Popen[bytes]
 
-    def client(self, address: str | None = None) -> httpx.Client:
-        """A client with a rate-limit bucket of its own: the gateway trusts the test's
-        X-Forwarded-For, so each client is a caller at its own (made-up) address."""
+    @property
+    def admin_key(self) -> str:
+        return self.env["RECOFLEET_ADMIN_KEY"]
+
+    def client(self, address: str | None = None, key: str | None = None) -> httpx.Client:
+        """A client that sends `key` (the admin key by default) as X-API-Key, so that a test's
+        own Authorization header (Segment's basic auth) leaves it in place. The gateway
+        trusts the test's X-Forwarded-For: each client is a caller at its own (made-up)
+        address. Rate limits count per access key: a test that needs a bucket of its own
+        passes a key of its own (`new_key`)."""
         address = (
             address
             or f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}"
         )
-        headers = {"x-forwarded-for": address}
+        headers = {"x-forwarded-for": address, "x-api-key": key or self.admin_key}
         return httpx.Client(base_url=self.url, timeout=10.0, headers=headers)
+
+    def new_key(self, *scopes: str, name: str = "integration tests") -> str:
+        """A new access key, made through the store the gateway reads (as the CLI does)."""
+        store = SqlAccessKeyStore.from_url(
+            FleetSettings(data_dir=self.data_dir).sqlite_url("gateway")
+        )
+        try:
+            return create_key(store, scopes or ["admin"], name)[1]
+        finally:
+            store.close()
 
 
 def fleet_env(data_dir: Path, kafka_bootstrap: str | None = None) -> dict[str, str]:
@@ -60,8 +82,10 @@ def fleet_env(data_dir: Path, kafka_bootstrap: str | None = None) -> dict[str, s
             "RECOFLEET_GATEWAY_RATE_LIMIT_PER_S": "1",
             "RECOFLEET_GATEWAY_RATE_LIMIT_BURST": "50",
             "RECOFLEET_GATEWAY_TRUSTED_PROXIES": "127.0.0.1",
+            "RECOFLEET_ADMIN_KEY": ADMIN_KEY,
         }
     )
+    env.pop("RECOFLEET_GATEWAY_DATABASE_URL", None)
     if kafka_bootstrap:
         env.update(
             {

@@ -101,7 +101,9 @@ def test_kill_9_of_ingestion_and_profiles_loses_and_doubles_nothing(crash_fleet:
     events, expected = source_events()
     batches = [events[i : i + BATCH] for i in range(0, len(events), BATCH)]
     killed = {}
-    with httpx.Client(base_url=url, timeout=30) as http:
+    with httpx.Client(
+        base_url=url, timeout=30, headers={"x-api-key": crash_fleet.admin_key}
+    ) as http:
         for number, batch in enumerate(batches):
             if number == len(batches) * 2 // 5:
                 killed = {name: kill_hard(data_dir, name) for name in ("profiles", "ingestion")}

@@ -3,6 +3,8 @@
 Each case sends one bad request, then a large valid batch on the same HTTP/1.1 connection
 (`http.client`, which never reconnects on its own): a refusal that left unread body bytes
 behind, or an error the server answered by dropping the connection, fails the second one.
+Requests carry an access key of this module's (a rate-limit bucket of its own) unless the
+case says which other key, or none.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import urlsplit
 
 import pytest
@@ -35,6 +38,7 @@ class Case:
     body: bytes | Callable[[], Iterator[bytes]] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     fragment: str = ""
+    key: Literal["own", "none", "profiles:read"] = "own"
 
 
 def chunks(total: int, size: int = 65536) -> Callable[[], Iterator[bytes]]:
@@ -106,6 +110,23 @@ CASES = {
     "422 invalid parameter": Case(
         "POST", "/v1/events?format=csv", 422, b'{"type": "view"}', JSON, "format"
     ),
+    "401 no access key, a large body unread": Case(
+        "POST", "/v1/events", 401, b"[" + b" " * 1_000_000 + b"]", JSON, "access key", "none"
+    ),
+    "401 no access key, chunked": Case(
+        "POST", "/v1/events", 401, chunks(1_000_000), JSON, "access key", "none"
+    ),
+    "401 unknown access key": Case(
+        "GET",
+        "/v1/members/17850/profile",
+        401,
+        headers={"x-api-key": "rf_0123456789ab_" + "x" * 43},
+        fragment="not valid",
+        key="none",
+    ),
+    "403 a key without the scope": Case(
+        "POST", "/v1/events", 403, b'{"type": "view"}', JSON, "events:write", "profiles:read"
+    ),
     "404 unknown path": Case("GET", "/v2/nothing", 404),
     "404 unknown path with a body": Case("POST", "/v2/nothing", 404, b"[" * 100_000, JSON),
     "405 wrong method": Case("GET", "/v1/events", 405),
@@ -141,14 +162,24 @@ def assert_json_error(response: http.client.HTTPResponse, payload: bytes, fragme
     assert response.getheader("connection", "").lower() != "close"
 
 
-def assert_a_large_batch_is_accepted(conn: http.client.HTTPConnection) -> None:
+@pytest.fixture(scope="module")
+def keys(fleet: RunningFleet) -> dict[str, dict[str, str]]:
+    """The key header of each kind of case."""
+    return {
+        "own": {"x-api-key": fleet.new_key("admin", name="http contract")},
+        "profiles:read": {"x-api-key": fleet.new_key("profiles:read", name="http contract")},
+        "none": {},
+    }
+
+
+def assert_a_large_batch_is_accepted(conn: http.client.HTTPConnection, key: dict[str, str]) -> None:
     member_id = f"contract-{uuid.uuid4()}"
     events = [
         {"type": "view", "member_id": member_id, "item_id": f"item-{n}", "context": {"n": n}}
         for n in range(300)
     ]
     response, payload = exchange(
-        conn, "POST", "/v1/events", json.dumps({"events": events}).encode(), JSON
+        conn, "POST", "/v1/events", json.dumps({"events": events}).encode(), {**JSON, **key}
     )
     assert response.status == 202, payload[:500]
     assert json.loads(payload)["accepted"] == 300
@@ -156,19 +187,25 @@ def assert_a_large_batch_is_accepted(conn: http.client.HTTPConnection) -> None:
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_an_error_answers_json_and_the_connection_takes_the_next_request(
-    fleet: RunningFleet, case: Case
+    fleet: RunningFleet, keys: dict[str, dict[str, str]], case: Case
 ):
     conn = connect(fleet)
     try:
-        response, payload = exchange(conn, case.method, case.path, case.body, case.headers)
+        headers = {**keys[case.key], **case.headers}
+        response, payload = exchange(conn, case.method, case.path, case.body, headers)
         assert response.status == case.status, payload[:500]
         assert_json_error(response, payload, case.fragment)
-        assert_a_large_batch_is_accepted(conn)
+        if case.status in (401, 403):
+            scheme = "Basic" if case.path.startswith("/segment/") else "Bearer"
+            assert response.getheader("www-authenticate", "").startswith(scheme)
+        assert_a_large_batch_is_accepted(conn, keys["own"])
     finally:
         conn.close()
 
 
-def test_429_answers_json_and_the_connection_takes_the_next_request(fleet: RunningFleet):
+def test_429_answers_json_and_the_connection_takes_the_next_request(
+    fleet: RunningFleet, keys: dict[str, dict[str, str]]
+):
     """The write key's bucket (burst 50 in the test fleet) runs dry; the address's does not."""
     conn = connect(fleet)
     try:
@@ -182,7 +219,7 @@ def test_429_answers_json_and_the_connection_takes_the_next_request(fleet: Runni
         assert response.status == 429
         assert_json_error(response, payload, "retry")
         assert int(response.getheader("retry-after", "0")) >= 1
-        assert_a_large_batch_is_accepted(conn)
+        assert_a_large_batch_is_accepted(conn, keys["own"])
     finally:
         conn.close()
         # Give the write key's bucket a few tokens back for the tests that follow.

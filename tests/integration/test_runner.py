@@ -1,8 +1,10 @@
-"""`recofleet up` on a fresh data dir: reuse on a second run, and a clean stop on Ctrl-C."""
+"""`recofleet up` on a fresh data dir: reuse on a second run, the admin key a new install
+shows once, and a clean stop on Ctrl-C."""
 
 from __future__ import annotations
 
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -62,6 +64,8 @@ class Output:
 
 def test_second_run_reuses_data_and_model_then_ctrl_c_stops_everything(tmp_path):
     env = fleet_env(tmp_path)
+    # A new install as `make run` sees it: no RECOFLEET_ADMIN_KEY.
+    del env["RECOFLEET_ADMIN_KEY"]
     assert "loaded: " in cli(env, "load-sample")
     assert "already loaded" in cli(env, "load-sample")
     assert "trained model" in cli(env, "train")
@@ -78,12 +82,22 @@ def test_second_run_reuses_data_and_model_then_ctrl_c_stops_everything(tmp_path)
     try:
         # What a user sees before pressing Ctrl-C: the fleet says where it serves.
         output.until(f"recofleet is serving on {url}", timeout_s=180)
+        output.until("Ctrl-C stops every process.", timeout_s=10)
         assert httpx.get(f"{url}/readyz").status_code == 200
+        # The admin key made for this install, shown once, with curls that use it.
+        keys = re.findall(r"export RECOFLEET_KEY=(rf_\S+)", output.text)
+        assert len(keys) == 1, output.text
+        assert 'curl -H "Authorization: Bearer $RECOFLEET_KEY"' in output.text
+        recommendations = f"{url}/v1/members/17850/recommendations"
+        with_key = httpx.get(recommendations, headers={"authorization": f"Bearer {keys[0]}"})
+        assert with_key.status_code == 200, with_key.text
+        assert httpx.get(recommendations).status_code == 401
     finally:
         runner.send_signal(signal.SIGINT)
         runner.wait(60)
     text = output.rest()
     assert runner.returncode == 0, text
+    assert text.count(keys[0]) == 1, "the admin key was shown more than once"
     assert "already loaded" in text and "not retrained" in text
     assert text.rstrip().endswith("stopped")
     addresses = [env[f"RECOFLEET_{name.upper()}_ADDR"] for name in SERVICES]

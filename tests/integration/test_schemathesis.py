@@ -12,6 +12,13 @@ endpoints document their body as "any JSON object or array" on purpose (ingestio
 event by event and says why for each), so a schema-valid body may be refused (422) and a
 body that breaks the native model may be accepted in another format.
 
+Credentials go by the document's security schemes (schemathesis's OpenAPI-aware auth, in a
+config file): the fleet's admin access key as `Authorization: Bearer` where an operation
+declares `accessKey`, Segment's write key as the basic auth user where it declares
+`segmentWriteKey`. (`--auth` would send basic auth everywhere, and cannot be combined with
+per-scheme credentials.) The coverage phase also sends operations without their credential,
+which must answer the documented `401`.
+
 The fleet has its own, high rate limit: the session fleet's (1 request/s, burst 50, per
 client address) would answer almost every ingestion request with 429 and leave the
 ingestion code unexercised.
@@ -56,6 +63,21 @@ def fuzzed_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFl
         yield running
 
 
+def credentials(fleet: RunningFleet, path: Path) -> Path:
+    """A schemathesis config file: which credential each security scheme of the document takes."""
+    path.write_text(
+        f"""
+[auth.openapi.accessKey]
+bearer = "{fleet.admin_key}"
+
+[auth.openapi.segmentWriteKey]
+username = "{SEGMENT_WRITE_KEY}"
+password = ""
+"""
+    )
+    return path
+
+
 def test_the_gateway_answers_as_its_openapi_document_says(
     fuzzed_fleet: RunningFleet, tmp_path: Path
 ):
@@ -63,6 +85,8 @@ def test_the_gateway_answers_as_its_openapi_document_says(
         sys.executable,
         "-m",
         "schemathesis.cli",
+        "--config-file",
+        str(credentials(fuzzed_fleet, tmp_path / "schemathesis.toml")),
         "run",
         f"{fuzzed_fleet.url}/openapi.json",
         "--checks",
@@ -73,9 +97,6 @@ def test_the_gateway_answers_as_its_openapi_document_says(
         str(MAX_EXAMPLES),
         "--workers",
         "2",
-        # The Segment endpoints take the write key as the basic auth user; others ignore it.
-        "--auth",
-        f"{SEGMENT_WRITE_KEY}:",
         "--request-timeout",
         "10",
         "--generation-database",

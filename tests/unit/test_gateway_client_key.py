@@ -1,4 +1,5 @@
-"""Whom a rate limit counts: the verified write key or the client's address, nothing it picks."""
+"""Whom a rate limit counts: a verified write key or access key, else the client's address;
+never something the client picks."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from starlette.requests import Request
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from services.common.settings import FleetSettings
+from services.gateway.access_keys import create_key
 from services.gateway.routers.events import client_key
 from services.gateway.server import server_options
 from services.gateway.settings import GatewaySettings
@@ -45,17 +47,37 @@ def test_a_verified_write_key_has_its_bucket_without_the_key_in_it():
     assert key != client_key(request({}), "another-key")
 
 
-async def test_changing_x_api_key_does_not_refill_the_bucket():
+def test_a_verified_access_key_has_its_bucket_by_its_public_id():
+    class Verified:
+        id = "0123456789ab"
+
+    verified = request({})
+    verified.state.access_key = Verified()
+    assert client_key(verified) == "access-key:0123456789ab"
+    # The Segment endpoints count their write key, whatever else the request carries.
+    assert client_key(verified, WRITE_KEY).startswith("write-key:")
+
+
+async def test_each_access_key_has_one_bucket_and_made_up_keys_choose_none():
     gateway = Gateway(settings(rate_limit_per_s=0.001, rate_limit_burst=2))
     event = {"type": "view", "member_id": "m-1", "item_id": "85123A"}
+    _, other = create_key(gateway.keys, ["events:write"], "another caller")
     async with gateway.http:
-        statuses = [
-            (await gateway.http.post("/v1/events", json=event, headers={"x-api-key": f"k-{i}"}))
-            for i in range(3)
+        # Keys the gateway does not know are refused before they could pick a bucket.
+        made_up = [
+            await gateway.http.post("/v1/events", json=event, headers={"x-api-key": f"k-{i}"})
+            for i in range(5)
         ]
+        assert {r.status_code for r in made_up} == {401}
+        statuses = [(await gateway.http.post("/v1/events", json=event)) for _ in range(3)]
         assert [r.status_code for r in statuses] == [202, 202, 429]
         assert int(statuses[-1].headers["retry-after"]) >= 1
         assert "retry" in statuses[-1].json()["detail"]
+        # Another key is another caller, with a bucket of its own.
+        headers = {"authorization": f"Bearer {other}"}
+        assert (
+            await gateway.http.post("/v1/events", json=event, headers=headers)
+        ).status_code == 202
         # A verified Segment write key is counted on its own.
         segment = await gateway.http.post(
             "/segment/v1/batch", json={"batch": []}, headers=basic(WRITE_KEY)

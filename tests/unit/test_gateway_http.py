@@ -21,15 +21,21 @@ import httpx
 import pytest
 import uvicorn
 from pydantic import SecretStr
+from sqlalchemy import create_engine
+from sqlalchemy.pool import StaticPool
 
 from services.common.settings import FleetSettings
+from services.gateway.access_keys import SqlAccessKeyStore, seed_env_key
 from services.gateway.app import create_app
+from services.gateway.auth import KeyVerifier
 from services.gateway.limits import RateLimiter
 from services.gateway.settings import GatewaySettings
 from services.gen.recofleet.common.v1 import common_pb2
 from services.gen.recofleet.ingestion.v1 import ingestion_pb2
 
 WRITE_KEY = "wk-unit-tests"
+# The admin access key every request of these tests carries unless it says otherwise.
+ADMIN_KEY = "unit-tests-admin-key-0123456789abcdef"
 EVENT = {"type": "view", "member_id": "m-1", "item_id": "85123A"}
 
 
@@ -82,23 +88,46 @@ def settings(**overrides: Any) -> GatewaySettings:
     return GatewaySettings(**values)
 
 
-def app_with(gateway_settings: GatewaySettings, clients: FakeClients) -> Any:
-    """The real app, its state set as the lifespan would, with fake stubs (no lifespan run)."""
+def memory_key_store() -> SqlAccessKeyStore:
+    """An access key store in memory: one SQLite connection, shared by the worker threads."""
+    engine = create_engine(
+        "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
+    )
+    return SqlAccessKeyStore(engine)
+
+
+def app_with(
+    gateway_settings: GatewaySettings,
+    clients: FakeClients,
+    keys: SqlAccessKeyStore | None = None,
+    **verifier: Any,
+) -> Any:
+    """The real app, its state set as the lifespan would, with fake stubs (no lifespan run):
+    access keys in `keys` (a store in memory by default), ADMIN_KEY among them."""
     app = create_app(FleetSettings(), gateway_settings)
     app.state.clients = clients
     app.state.settings = gateway_settings
     app.state.limiter = RateLimiter(
         gateway_settings.rate_limit_per_s, gateway_settings.rate_limit_burst
     )
+    keys = keys or memory_key_store()
+    seed_env_key(keys, ADMIN_KEY)
+    app.state.access_keys = KeyVerifier(keys, **verifier)
     return app
 
 
 class Gateway:
-    def __init__(self, gateway_settings: GatewaySettings) -> None:
+    """The app and a client of it that sends ADMIN_KEY (as X-API-Key, so that a test's own
+    Authorization header, Segment's basic auth say, does not replace it)."""
+
+    def __init__(self, gateway_settings: GatewaySettings, **verifier: Any) -> None:
         self.clients = FakeClients()
-        self.app = app_with(gateway_settings, self.clients)
+        self.keys = memory_key_store()
+        self.app = app_with(gateway_settings, self.clients, self.keys, **verifier)
         self.http = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app), base_url="http://gateway"
+            transport=httpx.ASGITransport(app=self.app),
+            base_url="http://gateway",
+            headers={"x-api-key": ADMIN_KEY},
         )
 
     @property
@@ -453,7 +482,7 @@ def test_an_unhandled_error_keeps_the_connection_for_the_next_request():
             "POST",
             "/v1/events",
             body=json.dumps(EVENT),
-            headers={"content-type": "application/json"},
+            headers={"content-type": "application/json", "x-api-key": ADMIN_KEY},
         )
         failed = conn.getresponse()
         assert (failed.status, json.loads(failed.read())) == (
@@ -462,7 +491,7 @@ def test_an_unhandled_error_keeps_the_connection_for_the_next_request():
         )
         clients.ingestion.error = None
         batch = json.dumps({"events": [EVENT] * 2000}).encode()
-        conn.request("POST", "/v1/events", body=batch)
+        conn.request("POST", "/v1/events", body=batch, headers={"x-api-key": ADMIN_KEY})
         ok = conn.getresponse()
         assert ok.status == 202, ok.read()
         ok.read()

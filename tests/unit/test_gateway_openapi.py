@@ -12,18 +12,32 @@ from services.gateway.settings import GatewaySettings
 
 INGESTION = {"400", "413", "415", "422", "429", "500", "503"}
 SEGMENT = INGESTION | {"401", "404"}
+# An access key missing or unknown (401), without the scope (403), or not checkable (503).
+KEYED = {"401", "403", "503"}
 STATUSES = {
-    ("post", "/v1/events"): {"202"} | INGESTION,
-    ("put", "/v1/items"): {"200"} | INGESTION,
+    ("post", "/v1/events"): {"202"} | INGESTION | KEYED,
+    ("put", "/v1/items"): {"200"} | INGESTION | KEYED,
     ("post", "/segment/v1/batch"): {"200"} | SEGMENT,
     ("post", "/segment/v1/{call}"): {"200"} | SEGMENT,
-    ("get", "/v1/members/{member_id}/recommendations"): {"200", "422"},
-    ("get", "/v1/members/{member_id}/profile"): {"200", "404", "422", "503"},
-    ("get", "/v1/members/{member_id}/offers"): {"200", "422"},
-    ("get", "/v1/items/{item_id}/similar"): {"200", "422"},
+    ("get", "/v1/members/{member_id}/recommendations"): {"200", "422"} | KEYED,
+    ("get", "/v1/members/{member_id}/profile"): {"200", "404", "422"} | KEYED,
+    ("get", "/v1/members/{member_id}/offers"): {"200", "422"} | KEYED,
+    ("put", "/v1/members/{member_id}/tags/{tag}"): {"200", "404", "409", "422"} | KEYED,
+    ("delete", "/v1/members/{member_id}/tags/{tag}"): {"200", "404", "409", "422"} | KEYED,
+    ("get", "/v1/items/{item_id}/similar"): {"200", "422"} | KEYED,
     ("get", "/healthz"): {"200"},
     ("get", "/readyz"): {"200", "503"},
     ("get", "/metrics"): {"200"},
+}
+SCOPES = {
+    ("post", "/v1/events"): "events:write",
+    ("put", "/v1/items"): "events:write",
+    ("get", "/v1/members/{member_id}/recommendations"): "recommendations:read",
+    ("get", "/v1/members/{member_id}/profile"): "profiles:read",
+    ("get", "/v1/members/{member_id}/offers"): "recommendations:read",
+    ("put", "/v1/members/{member_id}/tags/{tag}"): "segments:write",
+    ("delete", "/v1/members/{member_id}/tags/{tag}"): "segments:write",
+    ("get", "/v1/items/{item_id}/similar"): "recommendations:read",
 }
 
 
@@ -136,3 +150,29 @@ def test_native_bodies_are_documented_with_the_event_and_item_models(document):
     body = operations(document)[("post", "/v1/events")]["requestBody"]["content"]
     refs = [s.get("$ref") for s in body["application/json"]["schema"]["anyOf"]]
     assert "#/components/schemas/Event" in refs
+
+
+def test_every_keyed_operation_declares_both_key_schemes_and_its_scope(document):
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["accessKey"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": schemes["accessKey"]["description"],
+    }
+    assert (schemes["accessKeyHeader"]["in"], schemes["accessKeyHeader"]["name"]) == (
+        "header",
+        "X-API-Key",
+    )
+    for key, operation in operations(document).items():
+        if key not in SCOPES:
+            # Open (health, readiness, metrics) or on the Segment write key.
+            assert "accessKey" not in str(operation.get("security", [])), key
+            continue
+        assert operation["security"] == [{"accessKey": []}, {"accessKeyHeader": []}], key
+        assert f"`{SCOPES[key]}`" in operation["description"], key
+        for status in ("401", "403"):
+            response = operation["responses"][status]
+            assert "WWW-Authenticate" in response["headers"], (key, status)
+            schema = response["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (key, status)
+        assert SCOPES[key] in operation["responses"]["403"]["description"]

@@ -6,17 +6,23 @@ and on PostgreSQL (production), through the `engine` fixture of tests/unit/conft
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from services.common.events import CatalogItem, Event
-from services.profiles.domain import MemberProfile, Rfm
+from services.profiles.domain import CategoryStat, ManualTag, MemberProfile, Rfm
 from services.profiles.settings import ProfilesSettings
-from services.profiles.store import SqlProfileStore
+from services.profiles.store import (
+    OutdatedStore,
+    SqlProfileStore,
+    TooManyTags,
+    member_categories,
+)
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -249,3 +255,169 @@ def test_an_unknown_member_has_no_profile(store: SqlProfileStore) -> None:
     store.apply_events([ev("view", "m-1", item_id="a")])
 
     assert store.get("m-404") is None
+
+
+# --- portraits: what the store keeps for them, scoring, manual tags ----------------------
+
+
+def test_portrait_figures_survive_the_store(store: SqlProfileStore) -> None:
+    first, second = NOW - timedelta(days=40), NOW - timedelta(days=2)
+    store.apply_events(
+        [
+            ev(
+                "purchase",
+                at=first,
+                order_id="o-1",
+                items=[_line("lamp", "lighting", price=20.0, quantity=2)],
+                context={"channel": "web", "coupon": "WELCOME10"},
+            ),
+            ev("view", at=second, items=[_line("rake", "garden")], context={"channel": "app"}),
+            ev(
+                "purchase",
+                at=second,
+                order_id="o-2",
+                items=[_line("bulb", "lighting", price=2.5)],
+                context={"channel": "app"},
+            ),
+        ]
+    )
+
+    profile = _get(store)
+
+    assert (profile.first_order_at, profile.last_order_at) == (first, second)
+    assert profile.discounted_orders == 1
+    assert profile.channels == {"web": 1, "app": 2}
+    lighting = profile.categories["lighting"]
+    assert (lighting.paid_units, lighting.paid_amount) == (3, 42.5)
+    assert lighting.last_purchase_at == second
+    assert lighting.affinity_at == second
+    # 5 for the first order, halved... 38 days of a 90-day half-life, then 5 more
+    assert lighting.affinity == pytest.approx(5 * 0.5 ** (38 / 90) + 5)
+    assert profile.categories["garden"].last_purchase_at is None
+
+
+def _members_with_orders(store: SqlProfileStore, orders: dict[str, list[float]]) -> None:
+    """Members who placed orders of these values, the last one `days` ago."""
+    events = []
+    for member, values in orders.items():
+        for n, value in enumerate(values):
+            events.append(
+                ev(
+                    "purchase",
+                    member,
+                    at=NOW - timedelta(days=len(values) - n),
+                    order_id=f"{member}-{n}",
+                    item_id="a",
+                    revenue=value,
+                )
+            )
+    store.apply_events(events)
+
+
+def test_scores_are_quintiles_of_the_members_who_ordered_in_the_window(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store(scoring_window_days=30)
+    # m-1 .. m-10 placed 1 .. 10 orders of 10 each; the last one 1 day ago.
+    _members_with_orders(store, {f"m-{n}": [10.0] * n for n in range(1, 11)})
+    store.apply_events(
+        [
+            # outside the window: not in the population, still scored against it
+            ev("purchase", "old", at=NOW - timedelta(days=400), item_id="a", revenue=10_000),
+            ev("view", "browser", item_id="a"),
+        ]
+    )
+
+    scoring = store.recompute_scoring(NOW)
+
+    assert scoring.population == 10
+    assert scoring.frequency == (2, 4, 6, 8)
+    assert scoring.monetary == (20, 40, 60, 80)
+    assert scoring.recency == (1, 1, 1, 1)
+    assert store.scoring() == scoring
+    # Another store object (a replica, a restart) reads the same boundaries.
+    assert make_store().scoring() == scoring
+
+
+def test_price_distributions_come_from_the_catalog(store: SqlProfileStore) -> None:
+    store.save_catalog(
+        [CatalogItem(item_id=f"pan-{n}", category="kitchen", price=float(n)) for n in range(1, 11)]
+        + [CatalogItem(item_id="hose", category="garden", price=3.0)]
+    )
+    store.apply_events(
+        [
+            ev(
+                "purchase",
+                f"m-{n}",
+                item_id="a",
+                revenue=1,
+                items=[_line("rake", "garden", price=p)],
+            )
+            for n, p in enumerate([2.0, 4.0, 6.0, 8.0, 10.0])
+        ]
+    )
+
+    scoring = store.recompute_scoring(NOW)
+
+    assert scoring.price_sources == {"kitchen": "catalog", "garden": "paid"}
+    assert (scoring.prices["kitchen"][0], scoring.prices["kitchen"][-1]) == (1.0, 10.0)
+    assert (scoring.prices["garden"][0], scoring.prices["garden"][-1]) == (2.0, 10.0)
+
+
+def test_no_scoring_before_the_first_computation(store: SqlProfileStore) -> None:
+    assert store.scoring() is None
+    assert store.recompute_scoring(NOW).population == 0
+
+
+def test_new_orders_are_counted_for_the_schedule(store: SqlProfileStore) -> None:
+    store.apply_events(_shopping_trip())
+    store.apply_events([ev("purchase", item_id="a", order_id="o-1", revenue=1)])  # same order
+
+    assert store.orders_applied == 1
+
+
+def test_manual_tags_are_set_once_and_removed(store: SqlProfileStore) -> None:
+    store.apply_events([ev("view", item_id="a")])
+    first = NOW - timedelta(hours=1)
+
+    assert store.set_manual_tag("m-1", "vip", first) == [ManualTag("vip", first)]
+    assert store.set_manual_tag("m-1", "vip", NOW) == [ManualTag("vip", first)]
+    assert [t.tag for t in store.set_manual_tag("m-1", "press", NOW) or []] == ["press", "vip"]
+    assert _get(store).manual_tags == [ManualTag("press", NOW), ManualTag("vip", first)]
+    assert store.remove_manual_tag("m-1", "vip") == [ManualTag("press", NOW)]
+    assert store.remove_manual_tag("m-1", "never-set") == [ManualTag("press", NOW)]
+
+
+def test_manual_tags_need_a_known_member_and_are_capped(make_store: StoreFactory) -> None:
+    store = make_store(max_manual_tags=2)
+    store.apply_events([ev("view", item_id="a")])
+
+    assert store.set_manual_tag("m-404", "vip", NOW) is None
+    assert store.remove_manual_tag("m-404", "vip") is None
+    store.set_manual_tag("m-1", "a", NOW)
+    store.set_manual_tag("m-1", "b", NOW)
+    with pytest.raises(TooManyTags):
+        store.set_manual_tag("m-1", "c", NOW)
+    assert len(store.set_manual_tag("m-1", "b", NOW) or []) == 2  # setting again is fine
+
+
+def test_a_store_made_before_portraits_is_refused_with_what_to_do(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TABLE members (member_id VARCHAR(128) PRIMARY KEY, first_seen TIMESTAMP, "
+                "last_seen TIMESTAMP, last_order_at TIMESTAMP, orders INTEGER, spend FLOAT, "
+                "events INTEGER, recent TEXT)"
+            )
+        )
+
+    with pytest.raises(OutdatedStore, match="lacks first_order_at, discounted_orders, channels"):
+        SqlProfileStore(engine, ProfilesSettings())
+
+
+def test_category_rows_are_read_in_the_order_of_category_stats() -> None:
+    # _load_members builds CategoryStat from a row's columns by position.
+    columns = [column.name for column in member_categories.columns]
+
+    assert columns[:2] == ["member_id", "category"]
+    assert columns[2:] == [field.name for field in dataclasses.fields(CategoryStat)]

@@ -10,6 +10,7 @@ import grpc
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
+from services.gateway.auth import require
 from services.gateway.bodies import ACCEPTED, check_media_type, read_body
 from services.gateway.deps import ClientsDep, LimiterDep, SettingsDep
 from services.gateway.limits import RateLimiter
@@ -77,14 +78,20 @@ def raw_json_body(description: str, schema: dict[str, Any], example: Any) -> dic
 
 
 def client_key(request: Request, write_key: str | None = None) -> str:
-    """Whom a rate limit applies to: a verified write key when there is one, else the address.
+    """Whom a rate limit applies to: a verified Segment write key when there is one, else the
+    verified access key, else the address.
 
-    Only verified credentials may choose a bucket: an unverified header (`X-API-Key`, say)
-    would give a caller a fresh bucket per value. The address is the TCP peer's, or what a
-    trusted proxy forwarded (`RECOFLEET_GATEWAY_TRUSTED_PROXIES`).
+    Only verified credentials may choose a bucket: an unverified header (an `X-API-Key` the
+    gateway does not know, say) would give a caller a fresh bucket per value. The access key
+    is the one `require` verified (`request.state.access_key`), counted by its public id. The
+    address is the TCP peer's, or what a trusted proxy forwarded
+    (`RECOFLEET_GATEWAY_TRUSTED_PROXIES`).
     """
     if write_key:
         return f"write-key:{hashlib.sha256(write_key.encode()).hexdigest()[:16]}"
+    access_key = getattr(request.state, "access_key", None)
+    if access_key is not None:
+        return f"access-key:{access_key.id}"
     return f"ip:{request.client.host if request.client else 'unknown'}"
 
 
@@ -161,6 +168,7 @@ async def publish(
 @router.post(
     "/events",
     operation_id="post_events",
+    dependencies=[require("events:write")],
     status_code=202,
     summary="Send one event or a batch {'events': [...]}, natively or in a shop's format",
     response_model=EventsAccepted,
@@ -205,6 +213,7 @@ async def post_events(
 @router.put(
     "/items",
     operation_id="put_items",
+    dependencies=[require("events:write")],
     summary="Insert or replace catalog items: one item or {'items': [...]}",
     response_model=ItemsAccepted,
     responses={

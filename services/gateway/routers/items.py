@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
+from services.gateway.auth import require
 from services.gateway.deps import ComposerDep, SettingsDep, checked_limit
 from services.gateway.responses import errors
 from services.gateway.schemas import SimilarOut
@@ -16,6 +17,7 @@ router = APIRouter(prefix="/v1/items", tags=["items"])
 @router.get(
     "/{item_id}/similar",
     operation_id="get_similar_items",
+    dependencies=[require("recommendations:read")],
     response_model=SimilarOut,
     responses={
         200: {

@@ -6,11 +6,21 @@ from typing import Annotated, Literal
 
 import grpc
 from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi.routing import APIRoute
+from starlette.types import Receive, Scope, Send
 
+from services.gateway.auth import require
 from services.gateway.deps import ClientsDep, ComposerDep, SettingsDep, checked_limit
 from services.gateway.responses import errors
-from services.gateway.schemas import OfferOut, OffersOut, ProfileOut, RecommendationsOut
+from services.gateway.schemas import (
+    MemberTagsOut,
+    OfferOut,
+    OffersOut,
+    ProfileOut,
+    RecommendationsOut,
+)
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2
+from services.profiles.tags import TAG_PATTERN
 
 router = APIRouter(prefix="/v1/members", tags=["members"])
 
@@ -43,6 +53,7 @@ def _exclusions(raw: str | None) -> list[str]:
 @router.get(
     "/{member_id}/recommendations",
     operation_id="get_recommendations",
+    dependencies=[require("recommendations:read")],
     response_model=RecommendationsOut,
     responses={
         200: {
@@ -81,6 +92,7 @@ async def recommendations(
 @router.get(
     "/{member_id}/profile",
     operation_id="get_profile",
+    dependencies=[require("profiles:read")],
     response_model=ProfileOut,
     responses={
         200: {
@@ -109,7 +121,7 @@ async def profile(member_id: MemberId, composer: ComposerDep) -> ProfileOut:
     try:
         found = await composer.profile(member_id)
     except grpc.aio.AioRpcError as exc:
-        raise HTTPException(503, f"profiles unavailable ({exc.code().name}); retry") from exc
+        raise _profiles_unavailable(exc) from exc
     if not found.known:
         raise HTTPException(404, f"no events seen for member '{member_id}'")
     return ProfileOut.of(found)
@@ -118,6 +130,7 @@ async def profile(member_id: MemberId, composer: ComposerDep) -> ProfileOut:
 @router.get(
     "/{member_id}/offers",
     operation_id="get_offers",
+    dependencies=[require("recommendations:read")],
     response_model=OffersOut,
     responses={
         200: {
@@ -151,4 +164,109 @@ async def offers(
         channel=channel,
         offers=[OfferOut.of(o) for o in reply.offers],
         degraded=False,
+    )
+
+
+# Manual tags: set and removed by the shop's marketers; rule tags come from configuration.
+Tag = Annotated[
+    str,
+    Path(
+        pattern=TAG_PATTERN,
+        max_length=64,
+        description="1 to 64 lower-case letters, digits, '-' or '_', starting with a letter "
+        "or digit.",
+    ),
+]
+TAG_ERRORS = errors(
+    404,
+    409,
+    422,
+    503,
+    descriptions={
+        404: "No events seen for this member.",
+        409: "The member has as many manual tags as allowed "
+        "(`RECOFLEET_PROFILES_MAX_MANUAL_TAGS`).",
+        422: "The member id or the tag name is invalid.",
+        503: "The profiles service is unavailable: nothing was changed, retry.",
+    },
+)
+TAGS_ANSWER = {
+    "description": "The member's manual tags after the change.",
+    "links": {
+        "profile": MEMBER_LINKS["profile"],
+        "remove": {
+            "operationId": "remove_manual_tag",
+            "parameters": {"member_id": "$response.body#/member_id", "tag": "$request.path.tag"},
+        },
+    },
+}
+
+
+class TagRoute(APIRoute):
+    """A tag route whose 405 lists both methods a tag's path serves: Starlette's lists only
+    those of the first route whose path matched (PUT's)."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.methods and scope["method"] not in self.methods:
+            served = {
+                method
+                for route in tag_routes.routes
+                if isinstance(route, APIRoute) and route.path_format == self.path_format
+                for method in route.methods or ()
+            }
+            raise HTTPException(405, "Method Not Allowed", {"Allow": ", ".join(sorted(served))})
+        await super().handle(scope, receive, send)
+
+
+tag_routes = APIRouter(route_class=TagRoute)
+
+
+@tag_routes.put(
+    "/{member_id}/tags/{tag}",
+    operation_id="set_manual_tag",
+    dependencies=[require("segments:write")],
+    response_model=MemberTagsOut,
+    responses={200: TAGS_ANSWER, **TAG_ERRORS},
+)
+async def set_manual_tag(member_id: MemberId, tag: Tag, composer: ComposerDep) -> MemberTagsOut:
+    """Tag a member by hand (again: nothing changes). The tag shows in the profile's `tags`
+    with `source: manual` until it is removed."""
+    return await _manual_tag(composer, member_id, tag, present=True)
+
+
+@tag_routes.delete(
+    "/{member_id}/tags/{tag}",
+    operation_id="remove_manual_tag",
+    dependencies=[require("segments:write")],
+    response_model=MemberTagsOut,
+    responses={200: TAGS_ANSWER, **TAG_ERRORS},
+)
+async def remove_manual_tag(member_id: MemberId, tag: Tag, composer: ComposerDep) -> MemberTagsOut:
+    """Remove a manual tag (one not set is fine); rule tags are not removed this way."""
+    return await _manual_tag(composer, member_id, tag, present=False)
+
+
+router.include_router(tag_routes)
+
+
+async def _manual_tag(
+    composer: ComposerDep, member_id: str, tag: str, *, present: bool
+) -> MemberTagsOut:
+    try:
+        reply = await composer.manual_tag(member_id, tag, present=present)
+    except grpc.aio.AioRpcError as exc:
+        status = {
+            grpc.StatusCode.NOT_FOUND: 404,
+            grpc.StatusCode.RESOURCE_EXHAUSTED: 409,
+            grpc.StatusCode.INVALID_ARGUMENT: 422,
+        }.get(exc.code())
+        if status is None:
+            raise _profiles_unavailable(exc) from exc
+        raise HTTPException(status, exc.details() or exc.code().name) from exc
+    return MemberTagsOut.of(reply)
+
+
+def _profiles_unavailable(exc: grpc.aio.AioRpcError) -> HTTPException:
+    return HTTPException(
+        503, f"profiles unavailable ({exc.code().name}); retry", headers={"Retry-After": "1"}
     )

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$recofleet/profiles/v1/profiles.proto\x12\x15recofleet.profiles.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"<\n\x11GetProfileRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x14\n\x0crecent_limit\x18\x02 \x01(\x05\"V\n\x03Rfm\x12\x19\n\x0crecency_days\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\tfrequency\x18\x02 \x01(\x03\x12\x10\n\x08monetary\x18\x03 \x01(\x01\x42\x0f\n\r_recency_days\"Y\n\nRecentItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\rCategoryCount\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x0e\n\x06\x65vents\x18\x03 \x01(\x03\"\x9c\x03\n\x07Profile\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\r\n\x05known\x18\x02 \x01(\x08\x12.\n\nfirst_seen\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\rlast_order_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x88\x01\x01\x12\x0e\n\x06\x65vents\x18\x06 \x01(\x03\x12\'\n\x03rfm\x18\x07 \x01(\x0b\x32\x1a.recofleet.profiles.v1.Rfm\x12\x37\n\x0crecent_items\x18\x08 \x03(\x0b\x32!.recofleet.profiles.v1.RecentItem\x12\x38\n\ncategories\x18\t \x03(\x0b\x32$.recofleet.profiles.v1.CategoryCount\x12\x1a\n\x12purchased_item_ids\x18\n \x03(\tB\x10\n\x0e_last_order_at\"E\n\x12GetProfileResponse\x12/\n\x07profile\x18\x01 \x01(\x0b\x32\x1e.recofleet.profiles.v1.Profile2t\n\x0fProfilesService\x12\x61\n\nGetProfile\x12(.recofleet.profiles.v1.GetProfileRequest\x1a).recofleet.profiles.v1.GetProfileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$recofleet/profiles/v1/profiles.proto\x12\x15recofleet.profiles.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"<\n\x11GetProfileRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x14\n\x0crecent_limit\x18\x02 \x01(\x05\"\xbc\x01\n\x03Rfm\x12\x19\n\x0crecency_days\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\tfrequency\x18\x02 \x01(\x03\x12\x10\n\x08monetary\x18\x03 \x01(\x01\x12\x14\n\x07r_score\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x14\n\x07\x66_score\x18\x05 \x01(\x05H\x02\x88\x01\x01\x12\x14\n\x07m_score\x18\x06 \x01(\x05H\x03\x88\x01\x01\x42\x0f\n\r_recency_daysB\n\n\x08_r_scoreB\n\n\x08_f_scoreB\n\n\x08_m_score\"Y\n\nRecentItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\rCategoryCount\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x0e\n\x06\x65vents\x18\x03 \x01(\x03\"\x93\x01\n\x10\x43\x61tegoryAffinity\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\r\n\x05share\x18\x02 \x01(\x01\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x39\n\x10last_purchase_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x88\x01\x01\x42\x13\n\x11_last_purchase_at\"\xb7\x01\n\x0cPriceProfile\x12\x0c\n\x04\x62\x61nd\x18\x01 \x01(\t\x12\x17\n\npercentile\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rtypical_price\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x0bsensitivity\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x19\n\x11\x64iscounted_orders\x18\x05 \x01(\x03\x42\r\n\x0b_percentileB\x10\n\x0e_typical_priceB\x0e\n\x0c_sensitivity\"^\n\x03Tag\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12/\n\x06set_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x88\x01\x01\x42\t\n\x07_set_at\"\xdc\x05\n\x07Profile\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\r\n\x05known\x18\x02 \x01(\x08\x12.\n\nfirst_seen\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\rlast_order_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x88\x01\x01\x12\x0e\n\x06\x65vents\x18\x06 \x01(\x03\x12\'\n\x03rfm\x18\x07 \x01(\x0b\x32\x1a.recofleet.profiles.v1.Rfm\x12\x37\n\x0crecent_items\x18\x08 \x03(\x0b\x32!.recofleet.profiles.v1.RecentItem\x12\x38\n\ncategories\x18\t \x03(\x0b\x32$.recofleet.profiles.v1.CategoryCount\x12\x1a\n\x12purchased_item_ids\x18\n \x03(\t\x12\x11\n\tlifecycle\x18\x0b \x01(\t\x12;\n\naffinities\x18\x0c \x03(\x0b\x32\'.recofleet.profiles.v1.CategoryAffinity\x12\x32\n\x05price\x18\r \x01(\x0b\x32#.recofleet.profiles.v1.PriceProfile\x12\x19\n\x11preferred_channel\x18\x0e \x01(\t\x12(\n\x04tags\x18\x0f \x03(\x0b\x32\x1a.recofleet.profiles.v1.Tag\x12\x37\n\x0e\x66irst_order_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x01\x88\x01\x01\x12)\n\x05\x61s_of\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x10\n\x0e_last_order_atB\x11\n\x0f_first_order_at\"E\n\x12GetProfileResponse\x12/\n\x07profile\x18\x01 \x01(\x0b\x32\x1e.recofleet.profiles.v1.Profile\"\x18\n\x16RecomputeScoresRequest\"\xb9\x01\n\x07Scoring\x12/\n\x0b\x63omputed_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bwindow_days\x18\x02 \x01(\x01\x12\x12\n\npopulation\x18\x03 \x01(\x03\x12\x14\n\x0crecency_days\x18\x04 \x03(\x01\x12\x11\n\tfrequency\x18\x05 \x03(\x01\x12\x10\n\x08monetary\x18\x06 \x03(\x01\x12\x19\n\x11priced_categories\x18\x07 \x03(\t\"J\n\x17RecomputeScoresResponse\x12/\n\x07scoring\x18\x01 \x01(\x0b\x32\x1e.recofleet.profiles.v1.Scoring\"2\n\x10ManualTagRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\"Q\n\x12ManualTagsResponse\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12(\n\x04tags\x18\x02 \x03(\x0b\x32\x1a.recofleet.profiles.v1.Tag2\xb1\x03\n\x0fProfilesService\x12\x61\n\nGetProfile\x12(.recofleet.profiles.v1.GetProfileRequest\x1a).recofleet.profiles.v1.GetProfileResponse\x12p\n\x0fRecomputeScores\x12-.recofleet.profiles.v1.RecomputeScoresRequest\x1a..recofleet.profiles.v1.RecomputeScoresResponse\x12\x62\n\x0cSetManualTag\x12\'.recofleet.profiles.v1.ManualTagRequest\x1a).recofleet.profiles.v1.ManualTagsResponse\x12\x65\n\x0fRemoveManualTag\x12\'.recofleet.profiles.v1.ManualTagRequest\x1a).recofleet.profiles.v1.ManualTagsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +34,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETPROFILEREQUEST']._serialized_start=96
   _globals['_GETPROFILEREQUEST']._serialized_end=156
-  _globals['_RFM']._serialized_start=158
-  _globals['_RFM']._serialized_end=244
-  _globals['_RECENTITEM']._serialized_start=246
-  _globals['_RECENTITEM']._serialized_end=335
-  _globals['_CATEGORYCOUNT']._serialized_start=337
-  _globals['_CATEGORYCOUNT']._serialized_end=402
-  _globals['_PROFILE']._serialized_start=405
-  _globals['_PROFILE']._serialized_end=817
-  _globals['_GETPROFILERESPONSE']._serialized_start=819
-  _globals['_GETPROFILERESPONSE']._serialized_end=888
-  _globals['_PROFILESSERVICE']._serialized_start=890
-  _globals['_PROFILESSERVICE']._serialized_end=1006
+  _globals['_RFM']._serialized_start=159
+  _globals['_RFM']._serialized_end=347
+  _globals['_RECENTITEM']._serialized_start=349
+  _globals['_RECENTITEM']._serialized_end=438
+  _globals['_CATEGORYCOUNT']._serialized_start=440
+  _globals['_CATEGORYCOUNT']._serialized_end=505
+  _globals['_CATEGORYAFFINITY']._serialized_start=508
+  _globals['_CATEGORYAFFINITY']._serialized_end=655
+  _globals['_PRICEPROFILE']._serialized_start=658
+  _globals['_PRICEPROFILE']._serialized_end=841
+  _globals['_TAG']._serialized_start=843
+  _globals['_TAG']._serialized_end=937
+  _globals['_PROFILE']._serialized_start=940
+  _globals['_PROFILE']._serialized_end=1672
+  _globals['_GETPROFILERESPONSE']._serialized_start=1674
+  _globals['_GETPROFILERESPONSE']._serialized_end=1743
+  _globals['_RECOMPUTESCORESREQUEST']._serialized_start=1745
+  _globals['_RECOMPUTESCORESREQUEST']._serialized_end=1769
+  _globals['_SCORING']._serialized_start=1772
+  _globals['_SCORING']._serialized_end=1957
+  _globals['_RECOMPUTESCORESRESPONSE']._serialized_start=1959
+  _globals['_RECOMPUTESCORESRESPONSE']._serialized_end=2033
+  _globals['_MANUALTAGREQUEST']._serialized_start=2035
+  _globals['_MANUALTAGREQUEST']._serialized_end=2085
+  _globals['_MANUALTAGSRESPONSE']._serialized_start=2087
+  _globals['_MANUALTAGSRESPONSE']._serialized_end=2168
+  _globals['_PROFILESSERVICE']._serialized_start=2171
+  _globals['_PROFILESSERVICE']._serialized_end=2604
 # @@protoc_insertion_point(module_scope)

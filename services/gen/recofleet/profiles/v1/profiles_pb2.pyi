@@ -49,25 +49,50 @@ class Rfm(_message.Message):
     RECENCY_DAYS_FIELD_NUMBER: _builtins.int
     FREQUENCY_FIELD_NUMBER: _builtins.int
     MONETARY_FIELD_NUMBER: _builtins.int
+    R_SCORE_FIELD_NUMBER: _builtins.int
+    F_SCORE_FIELD_NUMBER: _builtins.int
+    M_SCORE_FIELD_NUMBER: _builtins.int
     recency_days: _builtins.float
     """Days since the last order; unset when the member never ordered."""
     frequency: _builtins.int
     """Distinct orders placed."""
     monetary: _builtins.float
     """Total spend (order values minus refunds)."""
+    r_score: _builtins.int
+    """1-5 against the quintiles of the members who ordered within the scoring window (R: 5 is
+    the most recent); unset when the member never ordered or no boundaries exist yet.
+    """
+    f_score: _builtins.int
+    m_score: _builtins.int
     def __init__(
         self,
         *,
         recency_days: _builtins.float | None = ...,
         frequency: _builtins.int = ...,
         monetary: _builtins.float = ...,
+        r_score: _builtins.int | None = ...,
+        f_score: _builtins.int | None = ...,
+        m_score: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_recency_days", b"_recency_days", "recency_days", b"recency_days"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_f_score", b"_f_score", "_m_score", b"_m_score", "_r_score", b"_r_score", "_recency_days", b"_recency_days", "f_score", b"f_score", "m_score", b"m_score", "r_score", b"r_score", "recency_days", b"recency_days"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_recency_days", b"_recency_days", "frequency", b"frequency", "monetary", b"monetary", "recency_days", b"recency_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_f_score", b"_f_score", "_m_score", b"_m_score", "_r_score", b"_r_score", "_recency_days", b"_recency_days", "f_score", b"f_score", "frequency", b"frequency", "m_score", b"m_score", "monetary", b"monetary", "r_score", b"r_score", "recency_days", b"recency_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__f_score: _TypeAlias = _typing.Literal["f_score"]  # noqa: Y015
+    _WhichOneofArgType__f_score: _TypeAlias = _typing.Literal["_f_score", b"_f_score"]  # noqa: Y015
+    _WhichOneofReturnType__m_score: _TypeAlias = _typing.Literal["m_score"]  # noqa: Y015
+    _WhichOneofArgType__m_score: _TypeAlias = _typing.Literal["_m_score", b"_m_score"]  # noqa: Y015
+    _WhichOneofReturnType__r_score: _TypeAlias = _typing.Literal["r_score"]  # noqa: Y015
+    _WhichOneofArgType__r_score: _TypeAlias = _typing.Literal["_r_score", b"_r_score"]  # noqa: Y015
     _WhichOneofReturnType__recency_days: _TypeAlias = _typing.Literal["recency_days"]  # noqa: Y015
     _WhichOneofArgType__recency_days: _TypeAlias = _typing.Literal["_recency_days", b"_recency_days"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__f_score) -> _WhichOneofReturnType__f_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__m_score) -> _WhichOneofReturnType__m_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__r_score) -> _WhichOneofReturnType__r_score | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__recency_days) -> _WhichOneofReturnType__recency_days | None: ...
 
 Global___Rfm: _TypeAlias = Rfm  # noqa: Y015
@@ -125,6 +150,120 @@ class CategoryCount(_message.Message):
 Global___CategoryCount: _TypeAlias = CategoryCount  # noqa: Y015
 
 @_typing.final
+class CategoryAffinity(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    LAST_PURCHASE_AT_FIELD_NUMBER: _builtins.int
+    category: _builtins.str
+    share: _builtins.float
+    """This category's share of the member's decayed weight over every category, 0..1."""
+    weight: _builtins.float
+    """The weighted interactions, each decayed with the affinity half-life to `as_of`."""
+    @_builtins.property
+    def last_purchase_at(self) -> _timestamp_pb2.Timestamp:
+        """The member's latest purchase in the category; unset when they never bought in it."""
+
+    def __init__(
+        self,
+        *,
+        category: _builtins.str = ...,
+        share: _builtins.float = ...,
+        weight: _builtins.float = ...,
+        last_purchase_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_purchase_at", b"_last_purchase_at", "last_purchase_at", b"last_purchase_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_purchase_at", b"_last_purchase_at", "category", b"category", "last_purchase_at", b"last_purchase_at", "share", b"share", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__last_purchase_at: _TypeAlias = _typing.Literal["last_purchase_at"]  # noqa: Y015
+    _WhichOneofArgType__last_purchase_at: _TypeAlias = _typing.Literal["_last_purchase_at", b"_last_purchase_at"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_purchase_at) -> _WhichOneofReturnType__last_purchase_at | None: ...
+
+Global___CategoryAffinity: _TypeAlias = CategoryAffinity  # noqa: Y015
+
+@_typing.final
+class PriceProfile(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BAND_FIELD_NUMBER: _builtins.int
+    PERCENTILE_FIELD_NUMBER: _builtins.int
+    TYPICAL_PRICE_FIELD_NUMBER: _builtins.int
+    SENSITIVITY_FIELD_NUMBER: _builtins.int
+    DISCOUNTED_ORDERS_FIELD_NUMBER: _builtins.int
+    band: _builtins.str
+    """"low", "mid" or "high"; empty when unknown (no priced purchase in a category whose
+    price distribution is known).
+    """
+    percentile: _builtins.float
+    """Where the member's paid prices fall within their categories' price distributions, 0..1."""
+    typical_price: _builtins.float
+    """Quantity-weighted mean unit price of the member's priced purchase lines."""
+    sensitivity: _builtins.float
+    """Share of the member's orders with a discount or coupon; unset without an order."""
+    discounted_orders: _builtins.int
+    def __init__(
+        self,
+        *,
+        band: _builtins.str = ...,
+        percentile: _builtins.float | None = ...,
+        typical_price: _builtins.float | None = ...,
+        sensitivity: _builtins.float | None = ...,
+        discounted_orders: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_percentile", b"_percentile", "_sensitivity", b"_sensitivity", "_typical_price", b"_typical_price", "percentile", b"percentile", "sensitivity", b"sensitivity", "typical_price", b"typical_price"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_percentile", b"_percentile", "_sensitivity", b"_sensitivity", "_typical_price", b"_typical_price", "band", b"band", "discounted_orders", b"discounted_orders", "percentile", b"percentile", "sensitivity", b"sensitivity", "typical_price", b"typical_price"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__percentile: _TypeAlias = _typing.Literal["percentile"]  # noqa: Y015
+    _WhichOneofArgType__percentile: _TypeAlias = _typing.Literal["_percentile", b"_percentile"]  # noqa: Y015
+    _WhichOneofReturnType__sensitivity: _TypeAlias = _typing.Literal["sensitivity"]  # noqa: Y015
+    _WhichOneofArgType__sensitivity: _TypeAlias = _typing.Literal["_sensitivity", b"_sensitivity"]  # noqa: Y015
+    _WhichOneofReturnType__typical_price: _TypeAlias = _typing.Literal["typical_price"]  # noqa: Y015
+    _WhichOneofArgType__typical_price: _TypeAlias = _typing.Literal["_typical_price", b"_typical_price"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__percentile) -> _WhichOneofReturnType__percentile | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sensitivity) -> _WhichOneofReturnType__sensitivity | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__typical_price) -> _WhichOneofReturnType__typical_price | None: ...
+
+Global___PriceProfile: _TypeAlias = PriceProfile  # noqa: Y015
+
+@_typing.final
+class Tag(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SET_AT_FIELD_NUMBER: _builtins.int
+    tag: _builtins.str
+    source: _builtins.str
+    """"rule" (from the configured tag rules, evaluated on read) or "manual" (set through the API)."""
+    @_builtins.property
+    def set_at(self) -> _timestamp_pb2.Timestamp:
+        """When a manual tag was set; unset for rule tags."""
+
+    def __init__(
+        self,
+        *,
+        tag: _builtins.str = ...,
+        source: _builtins.str = ...,
+        set_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_set_at", b"_set_at", "set_at", b"set_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_set_at", b"_set_at", "set_at", b"set_at", "source", b"source", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__set_at: _TypeAlias = _typing.Literal["set_at"]  # noqa: Y015
+    _WhichOneofArgType__set_at: _TypeAlias = _typing.Literal["_set_at", b"_set_at"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__set_at) -> _WhichOneofReturnType__set_at | None: ...
+
+Global___Tag: _TypeAlias = Tag  # noqa: Y015
+
+@_typing.final
 class Profile(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -138,10 +277,21 @@ class Profile(_message.Message):
     RECENT_ITEMS_FIELD_NUMBER: _builtins.int
     CATEGORIES_FIELD_NUMBER: _builtins.int
     PURCHASED_ITEM_IDS_FIELD_NUMBER: _builtins.int
+    LIFECYCLE_FIELD_NUMBER: _builtins.int
+    AFFINITIES_FIELD_NUMBER: _builtins.int
+    PRICE_FIELD_NUMBER: _builtins.int
+    PREFERRED_CHANNEL_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    FIRST_ORDER_AT_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     known: _builtins.bool
     """False when no event of this member was ever seen."""
     events: _builtins.int
+    lifecycle: _builtins.str
+    """new, active, high-value, loyal, at-risk, churned or prospect."""
+    preferred_channel: _builtins.str
+    """The channel most of the member's events came through; empty when none said."""
     @_builtins.property
     def first_seen(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -158,6 +308,22 @@ class Profile(_message.Message):
     def purchased_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Every item the member bought (for "already purchased" filters)."""
 
+    @_builtins.property
+    def affinities(self) -> _containers.RepeatedCompositeFieldContainer[Global___CategoryAffinity]:
+        """By decayed weight, highest first."""
+
+    @_builtins.property
+    def price(self) -> Global___PriceProfile: ...
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tag]:
+        """Rule tags then manual tags, each by name."""
+
+    @_builtins.property
+    def first_order_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """The fleet clock's instant the portrait was drawn at (recency and decay are as of it)."""
+
     def __init__(
         self,
         *,
@@ -171,13 +337,25 @@ class Profile(_message.Message):
         recent_items: _abc.Iterable[Global___RecentItem] | None = ...,
         categories: _abc.Iterable[Global___CategoryCount] | None = ...,
         purchased_item_ids: _abc.Iterable[_builtins.str] | None = ...,
+        lifecycle: _builtins.str = ...,
+        affinities: _abc.Iterable[Global___CategoryAffinity] | None = ...,
+        price: Global___PriceProfile | None = ...,
+        preferred_channel: _builtins.str = ...,
+        tags: _abc.Iterable[Global___Tag] | None = ...,
+        first_order_at: _timestamp_pb2.Timestamp | None = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_order_at", b"_last_order_at", "first_seen", b"first_seen", "last_order_at", b"last_order_at", "last_seen", b"last_seen", "rfm", b"rfm"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_first_order_at", b"_first_order_at", "_last_order_at", b"_last_order_at", "as_of", b"as_of", "first_order_at", b"first_order_at", "first_seen", b"first_seen", "last_order_at", b"last_order_at", "last_seen", b"last_seen", "price", b"price", "rfm", b"rfm"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_order_at", b"_last_order_at", "categories", b"categories", "events", b"events", "first_seen", b"first_seen", "known", b"known", "last_order_at", b"last_order_at", "last_seen", b"last_seen", "member_id", b"member_id", "purchased_item_ids", b"purchased_item_ids", "recent_items", b"recent_items", "rfm", b"rfm"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_order_at", b"_first_order_at", "_last_order_at", b"_last_order_at", "affinities", b"affinities", "as_of", b"as_of", "categories", b"categories", "events", b"events", "first_order_at", b"first_order_at", "first_seen", b"first_seen", "known", b"known", "last_order_at", b"last_order_at", "last_seen", b"last_seen", "lifecycle", b"lifecycle", "member_id", b"member_id", "preferred_channel", b"preferred_channel", "price", b"price", "purchased_item_ids", b"purchased_item_ids", "recent_items", b"recent_items", "rfm", b"rfm", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__first_order_at: _TypeAlias = _typing.Literal["first_order_at"]  # noqa: Y015
+    _WhichOneofArgType__first_order_at: _TypeAlias = _typing.Literal["_first_order_at", b"_first_order_at"]  # noqa: Y015
     _WhichOneofReturnType__last_order_at: _TypeAlias = _typing.Literal["last_order_at"]  # noqa: Y015
     _WhichOneofArgType__last_order_at: _TypeAlias = _typing.Literal["_last_order_at", b"_last_order_at"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__first_order_at) -> _WhichOneofReturnType__first_order_at | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__last_order_at) -> _WhichOneofReturnType__last_order_at | None: ...
 
 Global___Profile: _TypeAlias = Profile  # noqa: Y015
@@ -201,3 +379,132 @@ class GetProfileResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetProfileResponse: _TypeAlias = GetProfileResponse  # noqa: Y015
+
+@_typing.final
+class RecomputeScoresRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecomputeScoresRequest: _TypeAlias = RecomputeScoresRequest  # noqa: Y015
+
+@_typing.final
+class Scoring(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPUTED_AT_FIELD_NUMBER: _builtins.int
+    WINDOW_DAYS_FIELD_NUMBER: _builtins.int
+    POPULATION_FIELD_NUMBER: _builtins.int
+    RECENCY_DAYS_FIELD_NUMBER: _builtins.int
+    FREQUENCY_FIELD_NUMBER: _builtins.int
+    MONETARY_FIELD_NUMBER: _builtins.int
+    PRICED_CATEGORIES_FIELD_NUMBER: _builtins.int
+    window_days: _builtins.float
+    population: _builtins.int
+    """Members whose last order is within the window."""
+    @_builtins.property
+    def computed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def recency_days(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The four quintile boundaries of each figure (empty below five members)."""
+
+    @_builtins.property
+    def frequency(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def monetary(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def priced_categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Categories with a known price distribution."""
+
+    def __init__(
+        self,
+        *,
+        computed_at: _timestamp_pb2.Timestamp | None = ...,
+        window_days: _builtins.float = ...,
+        population: _builtins.int = ...,
+        recency_days: _abc.Iterable[_builtins.float] | None = ...,
+        frequency: _abc.Iterable[_builtins.float] | None = ...,
+        monetary: _abc.Iterable[_builtins.float] | None = ...,
+        priced_categories: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at", "frequency", b"frequency", "monetary", b"monetary", "population", b"population", "priced_categories", b"priced_categories", "recency_days", b"recency_days", "window_days", b"window_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Scoring: _TypeAlias = Scoring  # noqa: Y015
+
+@_typing.final
+class RecomputeScoresResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCORING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def scoring(self) -> Global___Scoring: ...
+    def __init__(
+        self,
+        *,
+        scoring: Global___Scoring | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scoring", b"scoring"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scoring", b"scoring"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecomputeScoresResponse: _TypeAlias = RecomputeScoresResponse  # noqa: Y015
+
+@_typing.final
+class ManualTagRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    tag: _builtins.str
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        tag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManualTagRequest: _TypeAlias = ManualTagRequest  # noqa: Y015
+
+@_typing.final
+class ManualTagsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tag]:
+        """The member's manual tags after the change, by name."""
+
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        tags: _abc.Iterable[Global___Tag] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManualTagsResponse: _TypeAlias = ManualTagsResponse  # noqa: Y015

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class ProfilesServiceStub:
-    """Member profiles ("portraits") kept up to date from the event bus.
+    """Member profiles ("portraits") kept up to date from the event bus. Every definition of a
+    portrait's fields, with its defaults, is in docs/portraits.md.
     """
 
     def __init__(self, channel):
@@ -40,14 +41,54 @@ class ProfilesServiceStub:
                 request_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.GetProfileRequest.SerializeToString,
                 response_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.GetProfileResponse.FromString,
                 _registered_method=True)
+        self.RecomputeScores = channel.unary_unary(
+                '/recofleet.profiles.v1.ProfilesService/RecomputeScores',
+                request_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.RecomputeScoresRequest.SerializeToString,
+                response_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.RecomputeScoresResponse.FromString,
+                _registered_method=True)
+        self.SetManualTag = channel.unary_unary(
+                '/recofleet.profiles.v1.ProfilesService/SetManualTag',
+                request_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ManualTagRequest.SerializeToString,
+                response_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ManualTagsResponse.FromString,
+                _registered_method=True)
+        self.RemoveManualTag = channel.unary_unary(
+                '/recofleet.profiles.v1.ProfilesService/RemoveManualTag',
+                request_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ManualTagRequest.SerializeToString,
+                response_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ManualTagsResponse.FromString,
+                _registered_method=True)
 
 
 class ProfilesServiceServicer:
-    """Member profiles ("portraits") kept up to date from the event bus.
+    """Member profiles ("portraits") kept up to date from the event bus. Every definition of a
+    portrait's fields, with its defaults, is in docs/portraits.md.
     """
 
     def GetProfile(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecomputeScores(self, request, context):
+        """Recompute the RFM score boundaries and the price distributions now (the service also
+        does it on a schedule); answers what was computed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetManualTag(self, request, context):
+        """Set a manual tag on a member (setting it again changes nothing). NOT_FOUND for a member
+        with no events, INVALID_ARGUMENT for a tag name that is not one, RESOURCE_EXHAUSTED past
+        the manual tags a member may have.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveManualTag(self, request, context):
+        """Remove a manual tag (one not set is fine). NOT_FOUND for a member with no events.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -60,6 +101,21 @@ def add_ProfilesServiceServicer_to_server(servicer, server):
                     request_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.GetProfileRequest.FromString,
                     response_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.GetProfileResponse.SerializeToString,
             ),
+            'RecomputeScores': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecomputeScores,
+                    request_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.RecomputeScoresRequest.FromString,
+                    response_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.RecomputeScoresResponse.SerializeToString,
+            ),
+            'SetManualTag': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetManualTag,
+                    request_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ManualTagRequest.FromString,
+                    response_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ManualTagsResponse.SerializeToString,
+            ),
+            'RemoveManualTag': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveManualTag,
+                    request_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ManualTagRequest.FromString,
+                    response_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ManualTagsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'recofleet.profiles.v1.ProfilesService', rpc_method_handlers)
@@ -69,7 +125,8 @@ def add_ProfilesServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ProfilesService:
-    """Member profiles ("portraits") kept up to date from the event bus.
+    """Member profiles ("portraits") kept up to date from the event bus. Every definition of a
+    portrait's fields, with its defaults, is in docs/portraits.md.
     """
 
     @staticmethod
@@ -89,6 +146,87 @@ class ProfilesService:
             '/recofleet.profiles.v1.ProfilesService/GetProfile',
             recofleet_dot_profiles_dot_v1_dot_profiles__pb2.GetProfileRequest.SerializeToString,
             recofleet_dot_profiles_dot_v1_dot_profiles__pb2.GetProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecomputeScores(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.profiles.v1.ProfilesService/RecomputeScores',
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.RecomputeScoresRequest.SerializeToString,
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.RecomputeScoresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetManualTag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.profiles.v1.ProfilesService/SetManualTag',
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ManualTagRequest.SerializeToString,
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ManualTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveManualTag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.profiles.v1.ProfilesService/RemoveManualTag',
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ManualTagRequest.SerializeToString,
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ManualTagsResponse.FromString,
             options,
             channel_credentials,
             insecure,

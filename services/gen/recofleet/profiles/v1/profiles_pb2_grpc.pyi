@@ -27,23 +27,51 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ProfilesServiceStub:
-    """Member profiles ("portraits") kept up to date from the event bus."""
+    """Member profiles ("portraits") kept up to date from the event bus. Every definition of a
+    portrait's fields, with its defaults, is in docs/portraits.md.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ProfilesServiceAsyncStub: ...
     GetProfile: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.GetProfileRequest, _profiles_pb2.GetProfileResponse]
+    RecomputeScores: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.RecomputeScoresRequest, _profiles_pb2.RecomputeScoresResponse]
+    """Recompute the RFM score boundaries and the price distributions now (the service also
+    does it on a schedule); answers what was computed.
+    """
+    SetManualTag: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.ManualTagRequest, _profiles_pb2.ManualTagsResponse]
+    """Set a manual tag on a member (setting it again changes nothing). NOT_FOUND for a member
+    with no events, INVALID_ARGUMENT for a tag name that is not one, RESOURCE_EXHAUSTED past
+    the manual tags a member may have.
+    """
+    RemoveManualTag: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.ManualTagRequest, _profiles_pb2.ManualTagsResponse]
+    """Remove a manual tag (one not set is fine). NOT_FOUND for a member with no events."""
 
 @_typing.type_check_only
 class ProfilesServiceAsyncStub(ProfilesServiceStub):
-    """Member profiles ("portraits") kept up to date from the event bus."""
+    """Member profiles ("portraits") kept up to date from the event bus. Every definition of a
+    portrait's fields, with its defaults, is in docs/portraits.md.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetProfile: _aio.UnaryUnaryMultiCallable[_profiles_pb2.GetProfileRequest, _profiles_pb2.GetProfileResponse]  # type: ignore[assignment]
+    RecomputeScores: _aio.UnaryUnaryMultiCallable[_profiles_pb2.RecomputeScoresRequest, _profiles_pb2.RecomputeScoresResponse]  # type: ignore[assignment]
+    """Recompute the RFM score boundaries and the price distributions now (the service also
+    does it on a schedule); answers what was computed.
+    """
+    SetManualTag: _aio.UnaryUnaryMultiCallable[_profiles_pb2.ManualTagRequest, _profiles_pb2.ManualTagsResponse]  # type: ignore[assignment]
+    """Set a manual tag on a member (setting it again changes nothing). NOT_FOUND for a member
+    with no events, INVALID_ARGUMENT for a tag name that is not one, RESOURCE_EXHAUSTED past
+    the manual tags a member may have.
+    """
+    RemoveManualTag: _aio.UnaryUnaryMultiCallable[_profiles_pb2.ManualTagRequest, _profiles_pb2.ManualTagsResponse]  # type: ignore[assignment]
+    """Remove a manual tag (one not set is fine). NOT_FOUND for a member with no events."""
 
 class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Member profiles ("portraits") kept up to date from the event bus."""
+    """Member profiles ("portraits") kept up to date from the event bus. Every definition of a
+    portrait's fields, with its defaults, is in docs/portraits.md.
+    """
 
     @_abc_1.abstractmethod
     def GetProfile(
@@ -51,5 +79,34 @@ class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _profiles_pb2.GetProfileRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_profiles_pb2.GetProfileResponse, _abc.Awaitable[_profiles_pb2.GetProfileResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RecomputeScores(
+        self,
+        request: _profiles_pb2.RecomputeScoresRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.RecomputeScoresResponse, _abc.Awaitable[_profiles_pb2.RecomputeScoresResponse]]:
+        """Recompute the RFM score boundaries and the price distributions now (the service also
+        does it on a schedule); answers what was computed.
+        """
+
+    @_abc_1.abstractmethod
+    def SetManualTag(
+        self,
+        request: _profiles_pb2.ManualTagRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.ManualTagsResponse, _abc.Awaitable[_profiles_pb2.ManualTagsResponse]]:
+        """Set a manual tag on a member (setting it again changes nothing). NOT_FOUND for a member
+        with no events, INVALID_ARGUMENT for a tag name that is not one, RESOURCE_EXHAUSTED past
+        the manual tags a member may have.
+        """
+
+    @_abc_1.abstractmethod
+    def RemoveManualTag(
+        self,
+        request: _profiles_pb2.ManualTagRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.ManualTagsResponse, _abc.Awaitable[_profiles_pb2.ManualTagsResponse]]:
+        """Remove a manual tag (one not set is fine). NOT_FOUND for a member with no events."""
 
 def add_ProfilesServiceServicer_to_server(servicer: ProfilesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
