@@ -48,8 +48,8 @@ CHECKS = (
     "allow_header_conformance",
 )
 PHASES = ("examples", "coverage", "fuzzing", "stateful")
-# About 50 s of requests on 2 cores (plus ~20 s to start the fleet): 2,000 cases or so.
-MAX_EXAMPLES = 100
+# About a minute of requests on one worker (plus ~20 s to start the fleet).
+MAX_EXAMPLES = 80
 TIMEOUT_S = 240
 
 
@@ -95,8 +95,11 @@ def test_the_gateway_answers_as_its_openapi_document_says(
         ",".join(PHASES),
         "--max-examples",
         str(MAX_EXAMPLES),
+        # One worker: with two threads, CPython 3.11.7's compiler, which schemathesis drives
+        # while it builds cases, failed with "AST constructor recursion depth mismatch"
+        # (a SystemError inside the interpreter, not a finding about the gateway).
         "--workers",
-        "2",
+        "1",
         "--request-timeout",
         "10",
         "--generation-database",
