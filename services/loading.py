@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.events import CatalogItem, Event
-from services.datasets.online_retail import load_jsonl_gz, to_catalog_and_events, to_native
+from services.datasets.online_retail import to_native
 from services.ingestion.domain import Ingestor, Outcome, Rejected
 
 log = logging.getLogger(__name__)
@@ -49,13 +49,12 @@ def source_name(source: Path | None) -> str:
 
 
 def read_source(source: Path | None) -> tuple[list[CatalogItem], list[Event]]:
-    """Catalog and events of the source (the bundled sample when None)."""
-    if source is None:
-        catalog = load_jsonl_gz(SAMPLE_DIR / "catalog.jsonl.gz", CatalogItem)
-        return catalog, load_jsonl_gz(SAMPLE_DIR / "events.jsonl.gz", Event)
-    if not source.is_file():
-        raise FileNotFoundError(f"no Online Retail CSV at {source}")
-    return to_catalog_and_events(source)
+    """Catalog and events of the source (the bundled sample when None), validated."""
+    catalog, events = read_entries(source)
+    return (
+        [CatalogItem.model_validate(item) for item in catalog],
+        [Event.model_validate(event) for event in events],
+    )
 
 
 def read_entries(source: Path | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -534,19 +534,22 @@ def invoice_to_native(invoice: Invoice, categories: dict[str, str]) -> dict[str,
 def to_native(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The catalog and events of the CSV at `path` as native JSON objects, not validated."""
     data = load_source(path)
-    invoices = sorted(data.invoices, key=lambda i: (i.timestamp, i.invoice_no))
-    wanted = {line.item_id for invoice in invoices for line in invoice.lines}
-    categories = {item_id: data.category(item_id) for item_id in wanted}
+    invoices, categories = _chosen(data, None)
     events = [invoice_to_native(invoice, categories) for invoice in invoices]
-    return [_catalog_entry(data, item_id) for item_id in sorted(wanted)], events
+    return [_catalog_entry(data, item_id) for item_id in sorted(categories)], events
 
 
 def _events(data: SourceData, members: set[str] | None) -> list[Event]:
+    invoices, categories = _chosen(data, members)
+    return [invoice_to_event(invoice, categories) for invoice in invoices]
+
+
+def _chosen(data: SourceData, members: set[str] | None) -> tuple[list[Invoice], dict[str, str]]:
+    """The invoices of `members` (all when None) by time, and the category of each item in them."""
     chosen = [i for i in data.invoices if members is None or i.member_id in members]
     chosen.sort(key=lambda i: (i.timestamp, i.invoice_no))
     wanted = {line.item_id for invoice in chosen for line in invoice.lines}
-    categories = {item_id: data.category(item_id) for item_id in wanted}
-    return [invoice_to_event(invoice, categories) for invoice in chosen]
+    return chosen, {item_id: data.category(item_id) for item_id in wanted}
 
 
 def _catalog(data: SourceData, item_ids: set[str] | None) -> list[CatalogItem]:

@@ -70,6 +70,14 @@ def errors(
 BODY_MODELS: dict[str, type[BaseModel]] = {"Event": Event, "CatalogItem": CatalogItem}
 
 
+def similar_items_link(item_pointer: str) -> dict[str, Any]:
+    """An OpenAPI link to the similar items of the item at `item_pointer` in the answer."""
+    return {
+        "operationId": "get_similar_items",
+        "parameters": {"item_id": f"$response.body#{item_pointer}"},
+    }
+
+
 def raw_body_schema(model: str, batch_key: str) -> dict[str, Any]:
     """A body that is one `model`, `{batch_key: [model, ...]}`, or any JSON object or array."""
     ref = {"$ref": f"#/components/schemas/{model}"}

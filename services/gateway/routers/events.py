@@ -14,7 +14,7 @@ from services.gateway.auth import require
 from services.gateway.bodies import ACCEPTED, check_media_type, read_body
 from services.gateway.deps import ClientsDep, LimiterDep, SettingsDep
 from services.gateway.limits import RateLimiter
-from services.gateway.responses import errors, raw_body_schema
+from services.gateway.responses import errors, raw_body_schema, similar_items_link
 from services.gateway.schemas import (
     ErrorBody,
     EventsAccepted,
@@ -220,12 +220,7 @@ async def post_events(
         200: {
             "description": "The items accepted (each replaces what was known of it) and the "
             "ones rejected, with their reasons.",
-            "links": {
-                "similar": {
-                    "operationId": "get_similar_items",
-                    "parameters": {"item_id": "$response.body#/item_ids/0"},
-                }
-            },
+            "links": {"similar": similar_items_link("/item_ids/0")},
         },
         **INGESTION_ERRORS,
         **errors(

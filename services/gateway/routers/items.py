@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query
 
 from services.gateway.auth import require
 from services.gateway.deps import ComposerDep, SettingsDep, checked_limit
-from services.gateway.responses import errors
+from services.gateway.responses import errors, similar_items_link
 from services.gateway.schemas import SimilarOut
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
@@ -23,12 +23,7 @@ router = APIRouter(prefix="/v1/items", tags=["items"])
         200: {
             "description": "Items similar to this one, most similar first; `degraded` when "
             "retrieval was slow or down (popular items instead).",
-            "links": {
-                "similar": {
-                    "operationId": "get_similar_items",
-                    "parameters": {"item_id": "$response.body#/items/0/item_id"},
-                }
-            },
+            "links": {"similar": similar_items_link("/items/0/item_id")},
         },
         **errors(
             422,

@@ -11,7 +11,7 @@ from starlette.types import Receive, Scope, Send
 
 from services.gateway.auth import require
 from services.gateway.deps import ClientsDep, ComposerDep, SettingsDep, checked_limit
-from services.gateway.responses import errors
+from services.gateway.responses import errors, similar_items_link
 from services.gateway.schemas import (
     MemberTagsOut,
     OfferOut,
@@ -60,10 +60,7 @@ def _exclusions(raw: str | None) -> list[str]:
             "description": "Recommended items, best first; `degraded` when a service the "
             "answer needed was slow or down (popular items, local filters instead).",
             "links": {
-                "similar": {
-                    "operationId": "get_similar_items",
-                    "parameters": {"item_id": "$response.body#/items/0/item_id"},
-                },
+                "similar": similar_items_link("/items/0/item_id"),
                 "profile": MEMBER_LINKS["profile"],
             },
         },
@@ -100,10 +97,7 @@ async def recommendations(
             "links": {
                 "recommendations": MEMBER_LINKS["recommendations"],
                 "offers": MEMBER_LINKS["offers"],
-                "similar": {
-                    "operationId": "get_similar_items",
-                    "parameters": {"item_id": "$response.body#/recent_items/0/item_id"},
-                },
+                "similar": similar_items_link("/recent_items/0/item_id"),
             },
         },
         **errors(
