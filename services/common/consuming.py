@@ -9,19 +9,22 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import msgspec
 from pydantic import ValidationError
 
 from services.common.bus import (
     CATALOG_TOPIC,
     DEAD_LETTERS_TOPIC,
     EVENTS_TOPIC,
+    MEMBERS_TOPIC,
     EventBus,
     Record,
 )
 from services.common.dead_letters import encode
 from services.common.events import AnyEvent, CatalogItem, describe_error, read_events
+from services.common.members import MemberCommand, read_command
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +147,13 @@ class Decoded:
     events: list[AnyEvent]
     items: list[CatalogItem]
     dead: list[DeadLetter]
+    # Members-topic commands, in bus order; a handler applies them before the events.
+    commands: list[MemberCommand] = field(default_factory=list)
 
 
 def decode(records: Sequence[Record]) -> Decoded:
-    """Split a polled batch into events and catalog items; what cannot be read is dead-lettered."""
+    """Split a polled batch into events, catalog items and member commands; what cannot
+    be read is dead-lettered."""
     out = Decoded([], [], [])
     for record in records:
         try:
@@ -155,8 +161,12 @@ def decode(records: Sequence[Record]) -> Decoded:
                 out.events.extend(read_events(record.value))
             elif record.topic == CATALOG_TOPIC:
                 out.items.append(CatalogItem.from_bytes(record.value))
+            elif record.topic == MEMBERS_TOPIC:
+                out.commands.append(read_command(record.value))
             else:
                 out.dead.append(DeadLetter(record, f"unexpected topic {record.topic}"))
         except ValidationError as exc:
             out.dead.append(DeadLetter(record, f"unreadable record: {describe_error(exc)}"))
+        except msgspec.ValidationError as exc:
+            out.dead.append(DeadLetter(record, f"unreadable command: {exc}"))
     return out

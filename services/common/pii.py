@@ -20,6 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from services.common.settings import FleetSettings
+
 TOKEN_PREFIX = "pii:"
 EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 # A phone number written as people write them: a "+" prefix or separators between digit
@@ -219,3 +221,16 @@ def _normalise(value: str) -> str:
         return value.lower()
     digits = "".join(c for c in value if c.isdigit())
     return f"+{digits}" if value.startswith("+") else digits
+
+
+def pii_secret(fleet: FleetSettings) -> bytes:
+    """The secret PII is hashed with: from settings, or made once for a one-machine fleet.
+
+    Every ingestion replica, and every loader, must hash alike (and every service keys its
+    erasure tombstones with it), so a fleet on Kafka must be given one.
+    """
+    if fleet.pii_secret is not None:
+        return check_secret(fleet.pii_secret.get_secret_value())
+    if fleet.bus != "local":
+        raise SystemExit("RECOFLEET_PII_SECRET must be set when events go to a shared bus")
+    return local_secret(fleet.data_dir / "secrets" / "pii.key")

@@ -24,7 +24,7 @@ from services.common.events import (
     parse_event,
     split_batch,
 )
-from services.common.pii import PiiScrubber, check_secret, local_secret
+from services.common.pii import PiiScrubber, pii_secret
 from services.common.settings import FleetSettings
 from services.ingestion import formats
 from services.ingestion.formats import Translated
@@ -53,19 +53,6 @@ class Outcome:
     accepted: list[str] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     ignored: int = 0
-
-
-def pii_secret(fleet: FleetSettings) -> bytes:
-    """The secret PII is hashed with: from settings, or made once for a one-machine fleet.
-
-    Every ingestion replica, and every loader, must hash alike, so a fleet on Kafka must be
-    given one.
-    """
-    if fleet.pii_secret is not None:
-        return check_secret(fleet.pii_secret.get_secret_value())
-    if fleet.bus != "local":
-        raise SystemExit("RECOFLEET_PII_SECRET must be set when events go to a shared bus")
-    return local_secret(fleet.data_dir / "secrets" / "pii.key")
 
 
 def open_ingestor(fleet: FleetSettings, bus: EventBus, settings: IngestionSettings) -> Ingestor:

@@ -8,6 +8,7 @@ from services.common.bus.base import (
     CATALOG_TOPIC,
     DEAD_LETTERS_TOPIC,
     EVENTS_TOPIC,
+    MEMBERS_TOPIC,
     BusError,
     Consumer,
     EventBus,
@@ -19,7 +20,7 @@ from services.common.settings import FleetSettings
 if TYPE_CHECKING:
     from services.common.bus.kafka import KafkaSettings
 
-ALL_TOPICS = (EVENTS_TOPIC, CATALOG_TOPIC, DEAD_LETTERS_TOPIC)
+ALL_TOPICS = (EVENTS_TOPIC, CATALOG_TOPIC, DEAD_LETTERS_TOPIC, MEMBERS_TOPIC)
 
 
 def open_bus(fleet: FleetSettings, kafka: KafkaSettings | None = None) -> EventBus:
@@ -53,6 +54,7 @@ __all__ = [
     "CATALOG_TOPIC",
     "DEAD_LETTERS_TOPIC",
     "EVENTS_TOPIC",
+    "MEMBERS_TOPIC",
     "BusError",
     "Consumer",
     "EventBus",

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 EVENTS_TOPIC = "recofleet.events"
 CATALOG_TOPIC = "recofleet.catalog"
 DEAD_LETTERS_TOPIC = "recofleet.dead-letters"
+# Erasures, identity links, consent changes (services/common/members.py).
+MEMBERS_TOPIC = "recofleet.members"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,24 +22,29 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from services.gen.recofleet.common.v1 import common_pb2 as recofleet_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&recofleet/ingestion/v1/ingestion.proto\x12\x16recofleet.ingestion.v1\x1a recofleet/common/v1/common.proto\"7\n\x14PublishEventsRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"v\n\x15PublishEventsResponse\x12\x1a\n\x12\x61\x63\x63\x65pted_event_ids\x18\x01 \x03(\t\x12\x30\n\x08rejected\x18\x02 \x03(\x0b\x32\x1e.recofleet.common.v1.Rejection\x12\x0f\n\x07ignored\x18\x03 \x01(\x05\"%\n\x12UpsertItemsRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"b\n\x13UpsertItemsResponse\x12\x19\n\x11\x61\x63\x63\x65pted_item_ids\x18\x01 \x03(\t\x12\x30\n\x08rejected\x18\x02 \x03(\x0b\x32\x1e.recofleet.common.v1.Rejection2\xe8\x01\n\x10IngestionService\x12l\n\rPublishEvents\x12,.recofleet.ingestion.v1.PublishEventsRequest\x1a-.recofleet.ingestion.v1.PublishEventsResponse\x12\x66\n\x0bUpsertItems\x12*.recofleet.ingestion.v1.UpsertItemsRequest\x1a+.recofleet.ingestion.v1.UpsertItemsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&recofleet/ingestion/v1/ingestion.proto\x12\x16recofleet.ingestion.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a recofleet/common/v1/common.proto\"7\n\x14PublishEventsRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"v\n\x15PublishEventsResponse\x12\x1a\n\x12\x61\x63\x63\x65pted_event_ids\x18\x01 \x03(\t\x12\x30\n\x08rejected\x18\x02 \x03(\x0b\x32\x1e.recofleet.common.v1.Rejection\x12\x0f\n\x07ignored\x18\x03 \x01(\x05\"%\n\x12UpsertItemsRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"b\n\x13UpsertItemsResponse\x12\x19\n\x11\x61\x63\x63\x65pted_item_ids\x18\x01 \x03(\t\x12\x30\n\x08rejected\x18\x02 \x03(\x0b\x32\x1e.recofleet.common.v1.Rejection\"\'\n\x12\x45raseMemberRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\"[\n\x13\x45raseMemberResponse\x12\x12\n\nerasure_id\x18\x01 \x01(\t\x12\x30\n\x0crequested_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xd0\x02\n\x10IngestionService\x12l\n\rPublishEvents\x12,.recofleet.ingestion.v1.PublishEventsRequest\x1a-.recofleet.ingestion.v1.PublishEventsResponse\x12\x66\n\x0bUpsertItems\x12*.recofleet.ingestion.v1.UpsertItemsRequest\x1a+.recofleet.ingestion.v1.UpsertItemsResponse\x12\x66\n\x0b\x45raseMember\x12*.recofleet.ingestion.v1.EraseMemberRequest\x1a+.recofleet.ingestion.v1.EraseMemberResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recofleet.ingestion.v1.ingestion_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PUBLISHEVENTSREQUEST']._serialized_start=100
-  _globals['_PUBLISHEVENTSREQUEST']._serialized_end=155
-  _globals['_PUBLISHEVENTSRESPONSE']._serialized_start=157
-  _globals['_PUBLISHEVENTSRESPONSE']._serialized_end=275
-  _globals['_UPSERTITEMSREQUEST']._serialized_start=277
-  _globals['_UPSERTITEMSREQUEST']._serialized_end=314
-  _globals['_UPSERTITEMSRESPONSE']._serialized_start=316
-  _globals['_UPSERTITEMSRESPONSE']._serialized_end=414
-  _globals['_INGESTIONSERVICE']._serialized_start=417
-  _globals['_INGESTIONSERVICE']._serialized_end=649
+  _globals['_PUBLISHEVENTSREQUEST']._serialized_start=133
+  _globals['_PUBLISHEVENTSREQUEST']._serialized_end=188
+  _globals['_PUBLISHEVENTSRESPONSE']._serialized_start=190
+  _globals['_PUBLISHEVENTSRESPONSE']._serialized_end=308
+  _globals['_UPSERTITEMSREQUEST']._serialized_start=310
+  _globals['_UPSERTITEMSREQUEST']._serialized_end=347
+  _globals['_UPSERTITEMSRESPONSE']._serialized_start=349
+  _globals['_UPSERTITEMSRESPONSE']._serialized_end=447
+  _globals['_ERASEMEMBERREQUEST']._serialized_start=449
+  _globals['_ERASEMEMBERREQUEST']._serialized_end=488
+  _globals['_ERASEMEMBERRESPONSE']._serialized_start=490
+  _globals['_ERASEMEMBERRESPONSE']._serialized_end=581
+  _globals['_INGESTIONSERVICE']._serialized_start=584
+  _globals['_INGESTIONSERVICE']._serialized_end=920
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,11 @@ class IngestionServiceStub:
                 request_serializer=recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.UpsertItemsRequest.SerializeToString,
                 response_deserializer=recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.UpsertItemsResponse.FromString,
                 _registered_method=True)
+        self.EraseMember = channel.unary_unary(
+                '/recofleet.ingestion.v1.IngestionService/EraseMember',
+                request_serializer=recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.EraseMemberRequest.SerializeToString,
+                response_deserializer=recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.EraseMemberResponse.FromString,
+                _registered_method=True)
 
 
 class IngestionServiceServicer:
@@ -66,6 +71,15 @@ class IngestionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseMember(self, request, context):
+        """Erase a member everywhere: publishes an erasure on the members topic, which every
+        service applies to its own state (docs/erasure.md). INVALID_ARGUMENT: no member id;
+        UNAVAILABLE: the bus cannot take it now (nothing was erased, try again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +92,11 @@ def add_IngestionServiceServicer_to_server(servicer, server):
                     servicer.UpsertItems,
                     request_deserializer=recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.UpsertItemsRequest.FromString,
                     response_serializer=recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.UpsertItemsResponse.SerializeToString,
+            ),
+            'EraseMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseMember,
+                    request_deserializer=recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.EraseMemberRequest.FromString,
+                    response_serializer=recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.EraseMemberResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +154,33 @@ class IngestionService:
             '/recofleet.ingestion.v1.IngestionService/UpsertItems',
             recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.UpsertItemsRequest.SerializeToString,
             recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.UpsertItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.ingestion.v1.IngestionService/EraseMember',
+            recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.EraseMemberRequest.SerializeToString,
+            recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.EraseMemberResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,11 @@ class IngestionServiceStub:
     """
     UpsertItems: _grpc.UnaryUnaryMultiCallable[_ingestion_pb2.UpsertItemsRequest, _ingestion_pb2.UpsertItemsResponse]
     """Insert or replace catalog items (category, price, stock), published on the catalog topic."""
+    EraseMember: _grpc.UnaryUnaryMultiCallable[_ingestion_pb2.EraseMemberRequest, _ingestion_pb2.EraseMemberResponse]
+    """Erase a member everywhere: publishes an erasure on the members topic, which every
+    service applies to its own state (docs/erasure.md). INVALID_ARGUMENT: no member id;
+    UNAVAILABLE: the bus cannot take it now (nothing was erased, try again).
+    """
 
 @_typing.type_check_only
 class IngestionServiceAsyncStub(IngestionServiceStub):
@@ -51,6 +56,11 @@ class IngestionServiceAsyncStub(IngestionServiceStub):
     """
     UpsertItems: _aio.UnaryUnaryMultiCallable[_ingestion_pb2.UpsertItemsRequest, _ingestion_pb2.UpsertItemsResponse]  # type: ignore[assignment]
     """Insert or replace catalog items (category, price, stock), published on the catalog topic."""
+    EraseMember: _aio.UnaryUnaryMultiCallable[_ingestion_pb2.EraseMemberRequest, _ingestion_pb2.EraseMemberResponse]  # type: ignore[assignment]
+    """Erase a member everywhere: publishes an erasure on the members topic, which every
+    service applies to its own state (docs/erasure.md). INVALID_ARGUMENT: no member id;
+    UNAVAILABLE: the bus cannot take it now (nothing was erased, try again).
+    """
 
 class IngestionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Validates what shops send, gives every event an id and publishes it on the event bus."""
@@ -72,5 +82,16 @@ class IngestionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ingestion_pb2.UpsertItemsResponse, _abc.Awaitable[_ingestion_pb2.UpsertItemsResponse]]:
         """Insert or replace catalog items (category, price, stock), published on the catalog topic."""
+
+    @_abc_1.abstractmethod
+    def EraseMember(
+        self,
+        request: _ingestion_pb2.EraseMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingestion_pb2.EraseMemberResponse, _abc.Awaitable[_ingestion_pb2.EraseMemberResponse]]:
+        """Erase a member everywhere: publishes an erasure on the members topic, which every
+        service applies to its own state (docs/erasure.md). INVALID_ARGUMENT: no member id;
+        UNAVAILABLE: the bus cannot take it now (nothing was erased, try again).
+        """
 
 def add_IngestionServiceServicer_to_server(servicer: IngestionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
