@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.clock import Clock
@@ -26,6 +26,18 @@ class FleetSettings(BaseSettings):
     bus_partitions: int = Field(default=4, ge=1, le=256, description="Partitions per new topic.")
     bus_fsync: bool = Field(
         default=True, description="fsync the local log before acknowledging a publish."
+    )
+    bus_retention_hours: float = Field(
+        default=168,
+        gt=0,
+        description="How long the bus keeps records (the local log and new Kafka topics); "
+        "older ones are deleted, erased members' events included.",
+    )
+    processed_retention_hours: float = Field(
+        default=336,
+        gt=0,
+        description="How long stores remember the event ids they applied (idempotency). "
+        "Longer than bus_retention_hours, so that every redelivery is still recognised.",
     )
     log_level: str = "INFO"
     pii_secret: SecretStr | None = Field(
@@ -54,6 +66,15 @@ class FleetSettings(BaseSettings):
     campaigns_addr: str = "127.0.0.1:50055"
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
+
+    @model_validator(mode="after")
+    def _remember_past_the_bus(self) -> Self:
+        if self.processed_retention_hours <= self.bus_retention_hours:
+            raise ValueError(
+                "processed_retention_hours must be longer than bus_retention_hours: a store "
+                "that forgot an event id would apply a redelivered event twice"
+            )
+        return self
 
     def clock(self) -> Clock:
         """The fleet's clock: real time plus `clock_offset`."""
