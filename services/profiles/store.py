@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -64,6 +64,13 @@ class ProfileStore(abc.ABC):
     def get(self, member_id: str, recent_limit: int = 20) -> MemberProfile | None:
         """The member's profile (with manual tags), or None when no event of theirs was
         ever applied."""
+
+    @abc.abstractmethod
+    def iter_profiles(
+        self, after: str | None = None, batch: int = 500
+    ) -> Iterator[MemberProfile]:
+        """Every profile (with manual tags, without purchases), by member id, starting
+        after `after`; reads `batch` members at a time, so memory stays flat."""
 
     @abc.abstractmethod
     def recompute_scoring(self, now: datetime) -> Scoring:
@@ -239,6 +246,25 @@ class SqlProfileStore(ProfileStore):
             profile.manual_tags = _manual_tags(conn, member_id)
             return profile
 
+    def iter_profiles(
+        self, after: str | None = None, batch: int = 500
+    ) -> Iterator[MemberProfile]:
+        while True:
+            with self._engine.connect() as conn:
+                query = select(members.c.member_id).order_by(members.c.member_id).limit(batch)
+                if after is not None:
+                    query = query.where(members.c.member_id > after)
+                ids = list(conn.execute(query).scalars())
+                if not ids:
+                    return
+                profiles = _load_members(conn, ids)
+                tags = _manual_tags_of(conn, ids)
+            for member_id in ids:
+                profile = profiles[member_id]
+                profile.manual_tags = tags.get(member_id, [])
+                yield profile
+            after = ids[-1]
+
     @property
     def orders_applied(self) -> int:
         return self._orders_applied
@@ -340,6 +366,18 @@ def _manual_tags(conn: Connection, member_id: str) -> list[ManualTag]:
         .order_by(member_tags.c.tag)
     )
     return [ManualTag(tag, _utc(set_at)) for tag, set_at in rows]
+
+
+def _manual_tags_of(conn: Connection, member_ids: list[str]) -> dict[str, list[ManualTag]]:
+    found: dict[str, list[ManualTag]] = {}
+    rows = conn.execute(
+        select(member_tags.c.member_id, member_tags.c.tag, member_tags.c.set_at)
+        .where(member_tags.c.member_id.in_(member_ids))
+        .order_by(member_tags.c.member_id, member_tags.c.tag)
+    )
+    for member_id, tag, set_at in rows:
+        found.setdefault(member_id, []).append(ManualTag(tag, _utc(set_at)))
+    return found
 
 
 def _catalog_prices(conn: Connection) -> dict[str, list[float]]:
