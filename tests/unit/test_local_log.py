@@ -70,13 +70,16 @@ def test_a_new_bus_object_on_the_same_directory_sees_records_and_commits(root: P
         again.close()
 
 
+def _segment(root: Path, partition: int, base: int = 0, topic: str = TOPIC) -> Path:
+    return root / "topics" / topic / str(partition) / f"{base:020d}.log"
+
+
 def _valid_frame(bus: LocalLogBus, key: str, root: Path) -> bytes:
     """The bytes one publish of `key` appends, taken from a scratch bus."""
     scratch = LocalLogBus(root.parent / "scratch", partitions=4, fsync=False)
     scratch.publish(TOPIC, [Message(key, b"x" * 50)])
     scratch.close()
-    path = root.parent / "scratch" / "topics" / TOPIC / f"{partition_for(key, 4)}.log"
-    return path.read_bytes()
+    return _segment(root.parent / "scratch", partition_for(key, 4)).read_bytes()
 
 
 TORN_TAILS: dict[str, Callable[[bytes], bytes]] = {
@@ -94,7 +97,7 @@ def test_a_torn_tail_is_not_delivered_and_the_next_publish_cuts_it(
 ) -> None:
     key = "member-1"
     bus.publish(TOPIC, [Message(key, b"before")])
-    path = root / "topics" / TOPIC / f"{partition_for(key, 4)}.log"
+    path = _segment(root, partition_for(key, 4))
     good_size = path.stat().st_size
     with path.open("ab") as f:
         f.write(TORN_TAILS[tail](_valid_frame(bus, key, root)))

@@ -30,16 +30,26 @@ def open_bus(fleet: FleetSettings, kafka: KafkaSettings | None = None) -> EventB
     environment (RECOFLEET_KAFKA_*) here, the one place that picks the implementation.
     """
     bus: EventBus
+    retention_s = fleet.bus_retention_hours * 3600
     if fleet.bus == "kafka":
         # Imported here so that processes on the local bus never load kafka-python.
         from services.common.bus import kafka as kafka_bus
 
-        bus = kafka_bus.KafkaBus(kafka if kafka is not None else kafka_bus.KafkaSettings())
+        bus = kafka_bus.KafkaBus(
+            kafka if kafka is not None else kafka_bus.KafkaSettings(), retention_s=retention_s
+        )
     else:
-        from services.common.bus.local_log import LocalLogBus
+        from services.common.bus.local_log import DEFAULT_SEGMENT_ROLL_S, LocalLogBus
 
+        # The log keeps a record up to a roll interval past its retention, and stores must
+        # still know its event id until then to recognise it when it is delivered again.
+        remembered_longer_s = (fleet.processed_retention_hours - fleet.bus_retention_hours) * 3600
         bus = LocalLogBus(
-            fleet.data_dir / "bus", partitions=fleet.bus_partitions, fsync=fleet.bus_fsync
+            fleet.data_dir / "bus",
+            partitions=fleet.bus_partitions,
+            fsync=fleet.bus_fsync,
+            retention_s=retention_s,
+            segment_roll_s=min(DEFAULT_SEGMENT_ROLL_S, retention_s, remembered_longer_s),
         )
     try:
         bus.ensure_topics(ALL_TOPICS)

@@ -3,8 +3,12 @@
 Mapping onto the model in base.py:
 
 * a topic is a Kafka topic; `ensure_topics` creates the missing ones with CreateTopics
-  (`partitions`, `replication_factor` capped at the number of brokers) and, on a broker
-  without CreateTopics, by auto-creation through a metadata request;
+  (`partitions`, `replication_factor` capped at the number of brokers, and `retention.ms`
+  from the bus's retention) and, on a broker without CreateTopics, by auto-creation through
+  a metadata request (the broker's defaults then apply, retention included). Topics that
+  already exist keep their configuration: kafka-python 2.3 has only the AlterConfigs
+  request, which replaces every dynamic setting of a topic, so the operator sets
+  `retention.ms` on existing topics (kafka-configs.sh --alter --add-config);
 * `publish` keys every record by its member key (utf-8) and leaves placement to Kafka's
   default partitioner (murmur2 of the key over all partitions, like the Java client), so
   one key always lands on one partition while the partition count stays the same;
@@ -233,13 +237,18 @@ def _reason(exc: BaseException) -> str:
 class KafkaBus(EventBus):
     """EventBus on a Kafka cluster. Thread-safe; each Consumer is used by one thread."""
 
-    def __init__(self, settings: KafkaSettings) -> None:
+    def __init__(self, settings: KafkaSettings, retention_s: float | None = None) -> None:
+        """`retention_s` becomes `retention.ms` of the topics this bus creates (None: the
+        broker's default)."""
+        if retention_s is not None and not retention_s > 0:
+            raise BusError(f"retention_s must be positive, not {retention_s}")
         if settings.compression_type not in available_codecs():
             raise BusError(
                 f"Kafka compression {settings.compression_type!r} needs a library that is not "
                 f"installed; available here: {', '.join(available_codecs())}"
             )
         self.settings = settings
+        self.retention_s = retention_s
         self._where = ",".join(settings.servers())
         self._lock = threading.RLock()  # guards the lazily opened clients below
         self._meta_lock = threading.Lock()  # metadata client and offsets consumer
@@ -340,6 +349,13 @@ class KafkaBus(EventBus):
 
     def location(self) -> str:
         return f"kafka {self._where}"
+
+    def new_topic(self, topic: str, replicas: int) -> NewTopic:
+        """What CreateTopics asks for a topic this bus creates."""
+        configs: dict[str, str] = {}
+        if self.retention_s is not None:
+            configs["retention.ms"] = str(max(1, round(self.retention_s * 1000)))
+        return NewTopic(topic, self.settings.partitions, replicas, topic_configs=configs)
 
     def healthy(self) -> bool:
         """Open, and a broker answered a metadata request within the last couple of seconds."""
@@ -491,6 +507,13 @@ class KafkaBus(EventBus):
                 self._create_topics_supported = False
         # Brokers without CreateTopics (e.g. librdkafka's mock cluster) create a topic on the
         # first metadata request that allows it, with the broker's default partition count.
+        if self.retention_s is not None:
+            log.warning(
+                "Kafka at %s auto-creates %s with its own defaults: set retention.ms=%d on them",
+                self._where,
+                ", ".join(topics),
+                round(self.retention_s * 1000),
+            )
         producer = self._get_producer()
         for topic in topics:
             try:
@@ -518,9 +541,7 @@ class KafkaBus(EventBus):
         for topic in topics:
             try:
                 with self._meta_lock:
-                    admin.create_topics(
-                        [NewTopic(topic, self.settings.partitions, replicas)], timeout_ms=timeout_ms
-                    )
+                    admin.create_topics([self.new_topic(topic, replicas)], timeout_ms=timeout_ms)
             except kafka_errors.TopicAlreadyExistsError:
                 continue
             except kafka_errors.IncompatibleBrokerVersion:
