@@ -5,6 +5,7 @@ recofleet train         catch retrieval up with the bus, train ALS + FAISS, publ
 recofleet run           start every service and the gateway, until Ctrl-C
 recofleet up            all three, in order (what `make run` does)
 recofleet keys          create, list and revoke the gateway's access keys
+recofleet segments      discover segments: members clustered on their portraits
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -23,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from services.common import dead_letters
 from services.common.bus import BusError, open_bus
 from services.common.grpc_server import configure_logging
+from services.common.migrations import OutdatedSchema
 from services.common.settings import FleetSettings
 from services.gateway.access_keys import (
     ENV_KEY_ID,
@@ -41,6 +43,10 @@ from services.gateway.settings import GatewaySettings
 from services.ingestion.domain import open_ingestor
 from services.ingestion.settings import IngestionSettings
 from services.loading import example_member, load
+from services.profiles import discovery
+from services.profiles.portrait import Portraitist
+from services.profiles.settings import ProfilesSettings
+from services.profiles.store import SqlProfileStore
 from services.retrieval.server import interaction_worker, open_models, open_store
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.training import NotEnoughData, train
@@ -182,6 +188,43 @@ def _columns(headers: list[str], rows: list[list[str]]) -> str:
     )
 
 
+def cmd_segments_discover(fleet: FleetSettings, k: int, top_categories: int, as_json: bool) -> int:
+    """Cluster the profiles store's members (read only): each cluster a ready segment."""
+    settings = ProfilesSettings()
+    if settings.database_url is None and not (fleet.data_dir / "profiles.db").is_file():
+        print(
+            f"recofleet segments: no profiles store in {fleet.data_dir}: load data and let the "
+            "fleet's profiles service read it first (recofleet up)",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        store = SqlProfileStore.from_url(
+            settings.database_url or fleet.sqlite_url("profiles"), settings
+        )
+        try:
+            now, portraitist = fleet.clock().now(), Portraitist(settings)
+            scoring = store.scoring()
+            found = discovery.discover(
+                (portraitist.draw(p, scoring, now) for p in store.iter_profiles()),
+                k,
+                top_categories,
+            )
+        finally:
+            store.close()
+    except (discovery.NotEnoughMembers, OutdatedSchema) as exc:
+        print(f"recofleet segments: {exc}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        print(f"recofleet segments: the profiles store failed: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(found.definitions(), indent=2, ensure_ascii=False))
+    else:
+        print(discovery.report(found))
+    return 0
+
+
 def _seed_keys(fleet: FleetSettings) -> Seeded:
     """RECOFLEET_ADMIN_KEY into the store, or a first admin key on a new install."""
     gateway = GatewaySettings()
@@ -286,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="load-sample, train, run")
     up.add_argument("--source", type=Path, help="Online Retail CSV (default: bundled sample)")
     _keys_parser(commands)
+    _segments_parser(commands)
     args = parser.parse_args(argv)
 
     fleet = FleetSettings()
@@ -310,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                 getattr(args, "name", ""),
                 getattr(args, "key_id", ""),
             )
+        if args.command == "segments":
+            return cmd_segments_discover(fleet, args.k, args.top_categories, args.json)
         if args.command in ("run", "up"):
             return cmd_run(fleet)
     except (BusError, FileNotFoundError, NotEnoughData, AccessKeyError) as exc:
@@ -346,6 +392,57 @@ def _keys_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     actions.add_parser("list", help="every key: id, name, scopes, created, revoked")
     revoke = actions.add_parser("revoke", help="refuse a key from now on (within a second)")
     revoke.add_argument("key_id", help="the key's id (recofleet keys list)")
+
+
+def _segments_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    segments = commands.add_parser(
+        "segments",
+        help="discover segments among the members",
+        description="Segments found in the profiles store (see docs/segment-discovery.md).",
+    )
+    actions = segments.add_subparsers(dest="segments_command", required=True)
+    found = actions.add_parser(
+        "discover",
+        help="k-means over member portraits: each cluster described, with a condition",
+        description="Cluster the members who ordered on their RFM scores and top category "
+        "affinities (k-means on standardised features); print each cluster with a plain "
+        "description, its size and a segment definition that approximates it, with the "
+        "definition's precision and recall against the cluster.",
+    )
+    found.add_argument(
+        "--k",
+        type=_within(discovery.MIN_K, discovery.MAX_K),
+        default=5,
+        metavar="N",
+        help=f"clusters, {discovery.MIN_K} to {discovery.MAX_K} (default 5)",
+    )
+    found.add_argument(
+        "--top-categories",
+        type=_within(0, discovery.MAX_TOP_CATEGORIES),
+        default=discovery.DEFAULT_TOP_CATEGORIES,
+        metavar="M",
+        help="category affinity shares among the features: the M categories with the most "
+        f"affinity (0 to {discovery.MAX_TOP_CATEGORIES}, default "
+        f"{discovery.DEFAULT_TOP_CATEGORIES})",
+    )
+    found.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list of segment definitions, each ready to POST to /v1/segments",
+    )
+
+
+def _within(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{low} to {high}, not {value}")
+        return value
+
+    return parse
 
 
 if __name__ == "__main__":

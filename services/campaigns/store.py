@@ -10,6 +10,7 @@ from sqlalchemy import Engine, MetaData
 from services.common.catalog import catalog_table, load_items, save_items
 from services.common.db import make_engine
 from services.common.events import CatalogItem
+from services.common.migrations import upgrade
 
 
 class CatalogStore(abc.ABC):
@@ -31,7 +32,7 @@ catalog = catalog_table(metadata)
 class SqlCatalogStore(CatalogStore):
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        metadata.create_all(engine)
+        upgrade(engine, "campaigns")
 
     @classmethod
     def from_url(cls, url: str) -> SqlCatalogStore:

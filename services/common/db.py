@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,25 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # Deleted content is overwritten with zeros, so an erased member's rows are not left
+    # readable in free pages of the file.
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
+
+
+def scrub_freed(engine: Engine) -> None:
+    """After deleting personal data: on SQLite, checkpoint and truncate the write-ahead log,
+    which still holds the pages as they were before (PostgreSQL: nothing to do here)."""
+    if engine.dialect.name != "sqlite":
+        return
+    # A reader in another thread can hold the checkpoint back (busy): readers are short,
+    # so a few tries get through.
+    for attempt in range(20):
+        with engine.connect() as conn:
+            busy, _, _ = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+        if not busy:
+            return
+        time.sleep(0.05 * (attempt + 1))
 
 
 def unseen(conn: Connection, column: Column[str], keys: Sequence[str]) -> list[str]:

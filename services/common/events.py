@@ -6,6 +6,7 @@ that the gateway, ingestion and loaders reject the same things for the same reas
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -34,6 +35,18 @@ MAX_AMOUNT = 1_000_000_000.0
 MAX_CONTEXT_DEPTH = 16
 # Ids are stored as text everywhere (PostgreSQL refuses NUL in text): no control characters.
 NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_member_id(member_id: str, field: str = "member_id") -> str | None:
+    """Why `member_id` cannot be a member id (the bounds events have), or None."""
+    if not member_id:
+        return f"{field} is required"
+    if len(member_id) > MAX_ID_LENGTH:
+        return f"{field} is at most {MAX_ID_LENGTH} characters"
+    if _CONTROL.search(member_id):
+        return f"{field} must not contain control characters"
+    return None
 
 
 class EventType(StrEnum):

@@ -147,7 +147,7 @@ def resolve_links(conn: Connection, table: Table, member_ids: Iterable[str]) -> 
                 table.c.anonymous_id.in_(wanted[start : start + 500])
             )
         )
-        found.update(rows.tuples())
+        found.update((visitor, member) for visitor, member in rows)
     return found
 
 
@@ -172,10 +172,13 @@ def relabel(events: Sequence[AnyEvent], links: Mapping[str, str]) -> list[AnyEve
     """The events with each linked visitor's id replaced by its member's."""
     if not links:
         return list(events)
-    return [
-        e.model_copy(update={"member_id": links[e.member_id]}) if e.member_id in links else e
-        for e in events
-    ]
+    return [_as_member(e, links[e.member_id]) if e.member_id in links else e for e in events]
+
+
+def _as_member(event: AnyEvent, member_id: str) -> AnyEvent:
+    if isinstance(event, msgspec.Struct):
+        return msgspec.structs.replace(event, member_id=member_id)
+    return event.model_copy(update={"member_id": member_id})
 
 
 def unerased(

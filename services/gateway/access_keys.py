@@ -28,6 +28,7 @@ from sqlalchemy import Column, DateTime, Engine, MetaData, Row, String, Table, s
 from sqlalchemy.exc import IntegrityError
 
 from services.common.db import make_engine
+from services.common.migrations import upgrade
 
 if TYPE_CHECKING:
     from services.common.settings import FleetSettings
@@ -174,7 +175,7 @@ access_keys = Table(
 class SqlAccessKeyStore(AccessKeyStore):
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        metadata.create_all(engine)
+        upgrade(engine, "gateway")
 
     @classmethod
     def from_url(cls, url: str) -> SqlAccessKeyStore:

@@ -22,7 +22,7 @@ from services.gateway.clients import FleetClients
 from services.gateway.compose import Composer
 from services.gateway.limits import RateLimiter
 from services.gateway.responses import complete
-from services.gateway.routers import events, items, members, ops, segment
+from services.gateway.routers import events, items, members, ops, segment, segments
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ def create_app(
         description="Events in, member profiles, recommendations and offers out.",
         lifespan=lifespan,
     )
-    for router in (events.router, segment.router, members.router, items.router, ops.router):
+    routers = (events, segment, members, segments, items, ops)
+    for router in (module.router for module in routers):
         app.include_router(router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.middleware("http")(_measure)

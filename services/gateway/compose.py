@@ -52,6 +52,15 @@ class Recommendation:
     variant: str = "default"
     degraded: bool = False
     degraded_services: list[str] = field(default_factory=list)
+    personalized: bool = True
+
+
+def personalizable(profile: profiles_pb2.Profile | None) -> bool:
+    """Whether the member's data may shape what they see: they did not withdraw consent,
+    and it could be checked (a profiles service too old to say counts as consent)."""
+    if profile is None:
+        return False
+    return not profile.HasField("consent") or profile.consent.personalization
 
 
 class PopularCache:
@@ -106,7 +115,12 @@ class Composer:
     ) -> Recommendation:
         degraded: list[str] = []
         profile = await self._guard("profiles", degraded, self.profile(member_id))
-        purchased = list(profile.purchased_item_ids) if profile else []
+        if not personalizable(profile):
+            return await self._impersonal(
+                member_id, placement, limit, context_item, exclude, degraded
+            )
+        assert profile is not None
+        purchased = list(profile.purchased_item_ids)
         wanted = limit * self._s.candidate_factor
         candidates, version = await self._candidates(
             member_id, context_item, wanted, exclude + purchased, degraded
@@ -121,6 +135,32 @@ class Composer:
             model=f"{ranker}+als@{version}" if version else ranker,
             degraded=bool(degraded),
             degraded_services=degraded,
+        )
+
+    async def _impersonal(
+        self,
+        member_id: str,
+        placement: str,
+        limit: int,
+        context_item: str | None,
+        exclude: list[str],
+        degraded: list[str],
+    ) -> Recommendation:
+        """What anyone would get here: the item in view's neighbours or the shop's popular
+        items, nothing of the member's (no consent, or none could be checked)."""
+        wanted = limit * self._s.candidate_factor
+        candidates, version = await self._candidates(None, context_item, wanted, exclude, degraded)
+        kept = await self._rules("", placement, candidates, [], exclude, degraded)
+        items = [_entry(c) for c in sorted(kept, key=lambda c: -c.score)[:limit]]
+        return Recommendation(
+            recommendation_id=f"r-{uuid.uuid4()}",
+            member_id=member_id,
+            placement=placement,
+            items=items,
+            model=f"non-personalized+als@{version}" if version else "non-personalized",
+            degraded=bool(degraded),
+            degraded_services=degraded,
+            personalized=False,
         )
 
     async def similar(self, item_id: str, limit: int) -> Recommendation:
@@ -149,6 +189,7 @@ class Composer:
         degraded: list[str],
     ) -> tuple[list[Candidate], str]:
         retrieval = self._c.retrieval
+        call: Awaitable[retrieval_pb2.CandidatesResponse]
         if context_item:
             call = retrieval.GetSimilarItems(
                 retrieval_pb2.GetSimilarItemsRequest(
@@ -156,10 +197,15 @@ class Composer:
                 ),
                 timeout=self._d.retrieval,
             )
+        elif member_id is None:
+            call = retrieval.GetPopularItems(
+                retrieval_pb2.GetPopularItemsRequest(limit=wanted, exclude_item_ids=exclude),
+                timeout=self._d.retrieval,
+            )
         else:
             call = retrieval.GetCandidates(
                 retrieval_pb2.GetCandidatesRequest(
-                    member_id=member_id or "", limit=wanted, exclude_item_ids=exclude
+                    member_id=member_id, limit=wanted, exclude_item_ids=exclude
                 ),
                 timeout=self._d.retrieval,
             )

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Literal, get_args
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.gateway.compose import RankedEntry, Recommendation
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2
@@ -37,6 +37,10 @@ class RecommendationsOut(BaseModel):
     model: str
     variant: str
     degraded: bool
+    personalized: bool = Field(
+        description="False when nothing of the member's shaped the answer: they withdrew "
+        "personalization consent, or the profiles service could not say."
+    )
 
     @classmethod
     def of(cls, rec: Recommendation) -> RecommendationsOut:
@@ -48,6 +52,7 @@ class RecommendationsOut(BaseModel):
             model=rec.model,
             variant=rec.variant,
             degraded=rec.degraded,
+            personalized=rec.personalized,
         )
 
 
@@ -129,6 +134,50 @@ class TagOut(BaseModel):
 Lifecycle = Literal["new", "active", "high-value", "loyal", "at-risk", "churned", "prospect"]
 
 
+class ConsentOut(BaseModel):
+    """What the member allows now, the configured defaults filled in (docs/consent.md)."""
+
+    personalization: bool = Field(description="Portrait-driven recommendations and targeting.")
+    email: bool
+    sms: bool
+    push: bool
+    onsite: bool
+    updated_at: datetime | None = Field(
+        description="When the member last changed any of it; null while all are defaults."
+    )
+
+    @classmethod
+    def of(cls, c: profiles_pb2.Consent) -> ConsentOut:
+        return cls(
+            personalization=c.personalization,
+            email=c.email,
+            sms=c.sms,
+            push=c.push,
+            onsite=c.onsite,
+            updated_at=_time(c.updated_at) if c.HasField("updated_at") else None,
+        )
+
+
+class ConsentIn(BaseModel):
+    """A partial change: only the keys sent change."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    personalization: bool | None = None
+    email: bool | None = None
+    sms: bool | None = None
+    push: bool | None = None
+    onsite: bool | None = None
+
+    def changes(self) -> dict[str, bool]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class MemberConsentOut(BaseModel):
+    member_id: str
+    consent: ConsentOut
+
+
 class ProfileOut(BaseModel):
     """A member's portrait as of the fleet's clock (`as_of`); fields: docs/portraits.md."""
 
@@ -150,6 +199,10 @@ class ProfileOut(BaseModel):
     recent_items: list[RecentItemOut]
     categories: list[CategoryOut]
     purchased_item_ids: list[str]
+    consent: ConsentOut
+    segments: list[str] = Field(
+        description="The segments the member is in (none without personalization consent)."
+    )
     as_of: datetime
 
     @classmethod
@@ -200,8 +253,116 @@ class ProfileOut(BaseModel):
                 for c in p.categories
             ],
             purchased_item_ids=list(p.purchased_item_ids),
+            consent=ConsentOut.of(p.consent),
+            segments=list(p.segments),
             as_of=_time(p.as_of),
         )
+
+
+SEGMENT_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class SegmentDefinitionIn(BaseModel):
+    """A segment's condition over portrait fields (docs/segments.md) and what it is for."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    condition: str = Field(
+        min_length=1,
+        max_length=2000,
+        examples=["days_since_purchase.garden <= 90 and m_score >= 4 and 'email' in consent"],
+    )
+    description: str = Field(default="", max_length=500)
+
+
+class SegmentIn(SegmentDefinitionIn):
+    name: str = Field(
+        pattern=SEGMENT_NAME,
+        max_length=64,
+        description="1 to 64 lower-case letters, digits, '-' or '_'.",
+        examples=["garden-big-spenders"],
+    )
+
+
+class SegmentOut(BaseModel):
+    name: str
+    condition: str
+    description: str
+    kind: Literal["lifecycle", "custom"] = Field(
+        description="`lifecycle`: built in, read only; `custom`: defined through the API."
+    )
+    size: int = Field(description="Members in it as of `as_of`.")
+    created_at: datetime | None
+    updated_at: datetime | None
+
+    @classmethod
+    def of(cls, s: profiles_pb2.Segment) -> SegmentOut:
+        return cls(
+            name=s.name,
+            condition=s.condition,
+            description=s.description,
+            kind="lifecycle" if s.kind == "lifecycle" else "custom",
+            size=s.size,
+            created_at=_time(s.created_at) if s.HasField("created_at") else None,
+            updated_at=_time(s.updated_at) if s.HasField("updated_at") else None,
+        )
+
+
+class SegmentAnswer(SegmentOut):
+    as_of: datetime
+
+
+class SegmentsOut(BaseModel):
+    segments: list[SegmentOut]
+    members: int = Field(description="Members looked at to count the sizes.")
+    as_of: datetime = Field(description="The fleet clock's instant the sizes were counted at.")
+
+
+class SegmentMemberOut(BaseModel):
+    member_id: str
+    lifecycle: str
+    recency_days: float | None
+    frequency: int
+    monetary: float
+    r_score: int | None
+    f_score: int | None
+    m_score: int | None
+    top_category: str | None
+    tags: list[str]
+    consent: ConsentOut
+
+    @classmethod
+    def of(cls, m: profiles_pb2.SegmentMember) -> SegmentMemberOut:
+        return cls(
+            member_id=m.member_id,
+            lifecycle=m.lifecycle,
+            recency_days=m.recency_days if m.HasField("recency_days") else None,
+            frequency=m.frequency,
+            monetary=m.monetary,
+            r_score=m.r_score if m.HasField("r_score") else None,
+            f_score=m.f_score if m.HasField("f_score") else None,
+            m_score=m.m_score if m.HasField("m_score") else None,
+            top_category=m.top_category or None,
+            tags=list(m.tags),
+            consent=ConsentOut.of(m.consent),
+        )
+
+
+class SegmentMembersOut(BaseModel):
+    segment: str
+    members: list[SegmentMemberOut]
+    next_after: str | None = Field(
+        description="Pass as `after` for the next page; null on the last page."
+    )
+
+
+class ErasureOut(BaseModel):
+    member_id: str
+    erasure_id: str = Field(description="Names the erasure in every service's audit entries.")
+    requested_at: datetime
+    status: Literal["accepted"] = Field(
+        description="Every service erases the member within seconds (docs/erasure.md)."
+    )
 
 
 class MemberTagsOut(BaseModel):

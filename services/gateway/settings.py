@@ -15,6 +15,8 @@ class Deadlines(BaseSettings):
     ranking: float = Field(default=0.25, gt=0)
     campaigns: float = Field(default=0.25, gt=0)
     ingestion: float = Field(default=5.0, gt=0)
+    # Counting a segment reads every member: seconds on a large store, not a hot path.
+    segments: float = Field(default=120.0, gt=0)
 
 
 class GatewaySettings(BaseSettings):

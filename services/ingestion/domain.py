@@ -4,25 +4,41 @@ For events: decode the body, scrub emails and phone numbers into keyed hashes, t
 the shop's format to native events, validate each event on its own and against the
 request (timestamps within bounds, ids unique), publish the valid ones keyed by member.
 Every path onto the events topic (the gateway, the loaders) goes through `publish_events`.
+
+What the source events say about their senders (an anonymous visitor seen with a member id,
+a consent change) goes on the members topic as `Link` and `Consent` commands, before the
+request's events, so that a consumer meets the link before the events it relabels. An
+erasure request goes there too (`erase_member`): every service applies it to its own state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from services.common.bus import CATALOG_TOPIC, EVENTS_TOPIC, EventBus, Message
+from services.common.bus import CATALOG_TOPIC, EVENTS_TOPIC, MEMBERS_TOPIC, EventBus, Message
 from services.common.events import (
+    MAX_ID_LENGTH,
     CatalogItem,
     Event,
+    check_member_id,
     describe_error,
     event_records,
     parse_event,
     split_batch,
+)
+from services.common.members import (
+    CONSENT_KEYS,
+    Consent,
+    Erase,
+    Link,
+    MemberCommand,
+    command_message,
 )
 from services.common.pii import PiiScrubber, pii_secret
 from services.common.settings import FleetSettings
@@ -41,6 +57,10 @@ class TooManyEvents(BadPayload):
     """More events in one request than the settings allow."""
 
 
+class BadMemberId(BadPayload):
+    """A member id that no event could carry (empty, too long, control characters)."""
+
+
 @dataclass(frozen=True)
 class Rejected:
     index: int
@@ -56,8 +76,8 @@ class Outcome:
 
 
 def open_ingestor(fleet: FleetSettings, bus: EventBus, settings: IngestionSettings) -> Ingestor:
-    """The ingestor of this fleet: its PII secret, its limits, onto `bus`."""
-    return Ingestor(bus, PiiScrubber(pii_secret(fleet)), settings)
+    """The ingestor of this fleet: its PII secret, its limits, its clock, onto `bus`."""
+    return Ingestor(bus, PiiScrubber(pii_secret(fleet)), settings, clock=fleet.clock().now)
 
 
 class Ingestor:
@@ -77,6 +97,29 @@ class Ingestor:
     def max_batch(self) -> int:
         """Entries per request a loader should send: the limit, or a thousand at most."""
         return min(1000, self._settings.max_batch_events)
+
+    def erase_member(self, member_id: str) -> Erase:
+        """Publish the erasure of a member on the members topic; the command published.
+
+        The id goes through the scrubbing its events went through (a member known by email
+        is erased under its token) and is validated like an event's member id. The erasure
+        is dated by the fleet's clock: the member's events from before it are never applied
+        again, by any service. Raises `BadMemberId`, or `BusError` when nothing was published.
+        """
+        command = Erase(
+            member_id=self._member_id(member_id), erasure_id=str(uuid.uuid4()), at=self._clock()
+        )
+        self._bus.publish(MEMBERS_TOPIC, [command_message(command)])
+        return command
+
+    def _member_id(self, raw: str) -> str:
+        if len(raw) > _MAX_RAW_ID:  # spare the scrubber's patterns a huge string
+            raise BadMemberId(f"member_id is at most {MAX_ID_LENGTH} characters")
+        member_id = str(self._scrubber.scrub(raw, "member_id"))
+        problem = check_member_id(member_id)
+        if problem is not None:
+            raise BadMemberId(problem)
+        return member_id
 
     def personal(self, member_id: str) -> bool:
         """True when `member_id` is an email or phone number (it goes on the bus as a token)."""
@@ -100,10 +143,51 @@ class Ingestor:
         except ValueError as exc:
             raise BadPayload(str(exc)) from exc
         self._check_size(len(translated), "events")
+        commands = self._member_commands(translated, formats.canonical(fmt))
         outcome, parsed = Outcome(), list[tuple[int, Event]]()
         for source in translated:
             parsed.extend((source.index, e) for e in self._events_of(source, outcome))
-        return self._admit(parsed, outcome)
+        return self._admit(parsed, outcome, commands)
+
+    def _member_commands(self, translated: Sequence[Translated], fmt: str) -> list[MemberCommand]:
+        """The links and consent changes the source events carry, once each per request.
+
+        Their ids come from the scrubbed body, as the events' member ids do, so a link
+        names a member exactly as the member's events do. An id no event could carry is
+        left out (the event itself says why, when it has one).
+        """
+        commands: list[MemberCommand] = []
+        seen: set[tuple[object, ...]] = set()
+        for source in translated:
+            identity = source.identity
+            if identity is None or not _valid_id(identity.member_id):
+                continue
+            at = self._moment(identity.timestamp)
+            for anonymous_id in identity.anonymous_ids:
+                link = ("link", anonymous_id, identity.member_id)
+                if _valid_id(anonymous_id) and link not in seen:
+                    seen.add(link)
+                    commands.append(Link(anonymous_id, identity.member_id, at, fmt))
+            changes = {k: v for k, v in identity.consent.items() if k in CONSENT_KEYS}
+            consent = ("consent", identity.member_id, tuple(sorted(changes.items())))
+            if changes and consent not in seen:
+                seen.add(consent)
+                commands.append(Consent(identity.member_id, at, changes))
+        return commands
+
+    def _moment(self, timestamp: str | None) -> datetime:
+        """When the source dated it, if within the accepted bounds; else now."""
+        now = self._clock()
+        if timestamp is None:
+            return now
+        try:
+            moment = datetime.fromisoformat(timestamp)
+        except ValueError:
+            return now
+        moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+        if _time_problem(moment, self._settings.earliest_timestamp, self._latest()) is not None:
+            return now
+        return moment
 
     def _events_of(self, source: Translated, outcome: Outcome) -> list[Event]:
         if source.ignored:
@@ -121,8 +205,14 @@ class Ingestor:
         outcome.rejected.append(Rejected(source.index, _raw_id(source), reason))
         return []
 
-    def _admit(self, indexed: list[tuple[int, Event]], outcome: Outcome) -> Outcome:
+    def _admit(
+        self,
+        indexed: list[tuple[int, Event]],
+        outcome: Outcome,
+        commands: Sequence[MemberCommand] = (),
+    ) -> Outcome:
         """Publish the events that pass the request-wide checks; say why the others did not.
+        The request's member commands go first, on their own topic.
 
         Consumers apply an event id once, so a second event with the same id in one request
         would be dropped silently downstream: it is refused here, where the client hears it.
@@ -144,6 +234,8 @@ class Ingestor:
             first_index[event.event_id] = index
             events.append(event)
         outcome.rejected.sort(key=lambda rejected: rejected.index)
+        if commands:
+            self._bus.publish(MEMBERS_TOPIC, [command_message(c) for c in commands])
         self._bus.publish(EVENTS_TOPIC, event_records(events))
         outcome.accepted = [e.event_id for e in events]
         return outcome
@@ -182,6 +274,15 @@ def _time_problem(moment: datetime, earliest: datetime, latest: datetime) -> str
             f"{latest.isoformat()} is accepted)"
         )
     return None
+
+
+# No id this long fits the bound even once its emails become tokens (an address has at
+# most 254 characters, a token 36): refused unread.
+_MAX_RAW_ID = 16 * MAX_ID_LENGTH
+
+
+def _valid_id(value: str) -> bool:
+    return check_member_id(value) is None
 
 
 class _Batch(BaseModel):

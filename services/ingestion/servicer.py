@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.bus import BusError
 from services.gen.recofleet.common.v1 import common_pb2
@@ -42,12 +43,22 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             accepted_item_ids=outcome.accepted, rejected=_rejections(outcome)
         )
 
+    async def EraseMember(
+        self, request: ingestion_pb2.EraseMemberRequest, context: grpc.aio.ServicerContext
+    ) -> ingestion_pb2.EraseMemberResponse:
+        command = await _run(context, self._ingestor.erase_member, request.member_id)
+        requested_at = Timestamp()
+        requested_at.FromDatetime(command.at)
+        return ingestion_pb2.EraseMemberResponse(
+            erasure_id=command.erasure_id, requested_at=requested_at
+        )
+
 
 async def _run(context: grpc.aio.ServicerContext, call: Callable[..., T], *args: object) -> T:
     """`call(*args)` off the event loop (publishing blocks on disk or network); its failures
     become the status that tells the gateway what to tell the client.
 
-    A bad payload is the client's to fix (no retry helps); a bus that cannot take the
+    A bad payload (or member id) is the client's to fix (no retry helps); a bus that cannot take the
     events is worth a retry (UNAVAILABLE); anything else is a fault of ours (INTERNAL),
     logged with its traceback, which a retry of the same request would only repeat.
     """

@@ -2,6 +2,7 @@
 
     monetary >= 1000 and lifecycle in ('active', 'loyal')
     not (r_score <= 2) or 'vip' in tags
+    days_since_purchase.garden <= 90 and m_score >= 4 and 'email' in consent
     affinity.kitchen >= 0.3 and days_since_purchase['home-decor'] <= 30
 
 Grammar (keywords in lower case; strings in single or double quotes, without escapes):
@@ -11,7 +12,7 @@ Grammar (keywords in lower case; strings in single or double quotes, without esc
     unary      := "not" unary | "(" condition ")" | comparison
     comparison := field op literal
                 | field "in" "(" literal ("," literal)* ")"
-                | string "in" field                        (a set field: `tags`)
+                | string "in" field             (a set field: `tags`, `consent`)
     op         := "==" | "!=" | "<" | "<=" | ">" | ">="
     field      := name | family "." category | family "[" string "]"
     literal    := number | string
@@ -73,7 +74,10 @@ FIELDS: dict[str, FieldSpec] = {
     "days_since_first_seen": FieldSpec("number", "days since the first event"),
     "days_since_last_seen": FieldSpec("number", "days since the latest event"),
     "days_since_first_order": FieldSpec("number", "days since the first order"),
-    "tags": FieldSpec("set", "manual tags"),
+    "tags": FieldSpec("set", "tags: manual ones (in segments, rule tags too)"),
+    "consent": FieldSpec(
+        "set", "what the member consents to: personalization, email, sms, push, onsite"
+    ),
 }
 # Fields per category: `affinity.kitchen`, `days_since_purchase['home-decor']`.
 FAMILIES: dict[str, tuple[FieldSpec, float | None]] = {
@@ -223,7 +227,9 @@ class _Parser:
                 )
             key, spec, _ = self.field()
             if spec.kind != "set":
-                raise ConditionError(f"'{key}' is not a set: `'x' in {key}` needs one (tags)")
+                raise ConditionError(
+                    f"'{key}' is not a set: `'x' in {key}` needs one (tags, consent)"
+                )
             return lambda values: needle in (values.get(key) or ())
         key, spec, default = self.field()
         if spec.kind == "set":

@@ -7,7 +7,7 @@ portrait (services/profiles/portrait.py) is what they say as of the fleet's cloc
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -78,6 +78,26 @@ class CategoryStat:
         if self.last_purchase_at_s is None or at_s > self.last_purchase_at_s:
             self.last_purchase_at_s = at_s
 
+    def merge(self, other: CategoryStat, half_life_s: float) -> None:
+        """Add another member's figures in the category (a visitor's, when they log in)."""
+        self.weight += other.weight
+        self.events += other.events
+        self.paid_units += other.paid_units
+        self.paid_amount += other.paid_amount
+        if other.last_purchase_at_s is not None:
+            self.bought(other.last_purchase_at_s)
+        if other.affinity_at_s is None:
+            return
+        if self.affinity_at_s is None:
+            self.affinity, self.affinity_at_s = other.affinity, other.affinity_at_s
+            return
+        # Both decayed to the later of the two instants, then added.
+        at_s = max(self.affinity_at_s, other.affinity_at_s)
+        self.affinity = self.affinity * decay(at_s - self.affinity_at_s, half_life_s) + (
+            other.affinity * decay(at_s - other.affinity_at_s, half_life_s)
+        )
+        self.affinity_at_s = at_s
+
     def affinity_as_of(self, now: datetime, half_life_s: float) -> float:
         if self.affinity_at_s is None:
             return 0.0
@@ -125,6 +145,10 @@ class MemberProfile:
     channels: dict[str, int] = field(default_factory=dict)
     # Read with the profile, never on the ingest path (set through the API).
     manual_tags: list[ManualTag] = field(default_factory=list)
+    # The member's own consent choices (the defaults fill the rest), and when they last
+    # changed any; read with the profile.
+    consent: dict[str, bool] = field(default_factory=dict)
+    consent_at: datetime | None = None
 
     def rfm(self, now: datetime) -> Rfm:
         recency = None
@@ -134,6 +158,39 @@ class MemberProfile:
 
     def category_weights(self) -> dict[str, float]:
         return {name: stat.weight for name, stat in self.categories.items()}
+
+
+def merge_profiles(
+    member: MemberProfile, visitor: MemberProfile, *, keep_recent: int, half_life_s: float
+) -> None:
+    """Fold an anonymous visitor's profile into the member's they turned out to be."""
+    member.first_seen = min(member.first_seen, visitor.first_seen)
+    member.last_seen = max(member.last_seen, visitor.last_seen)
+    member.last_order_at = _latest(member.last_order_at, visitor.last_order_at, max)
+    member.first_order_at = _latest(member.first_order_at, visitor.first_order_at, min)
+    member.orders += visitor.orders
+    member.spend = round(member.spend + visitor.spend, 2)
+    member.events += visitor.events
+    member.discounted_orders += visitor.discounted_orders
+    for channel, count in visitor.channels.items():
+        if channel in member.channels or len(member.channels) < MAX_CHANNELS:
+            member.channels[channel] = member.channels.get(channel, 0) + count
+    for name, stat in visitor.categories.items():
+        mine = member.categories.get(name)
+        if mine is None:
+            member.categories[name] = stat
+        else:
+            mine.merge(stat, half_life_s)
+    recent = sorted(member.recent + visitor.recent, key=lambda r: r.at, reverse=True)
+    member.recent = recent[:keep_recent]
+
+
+def _latest(
+    a: datetime | None, b: datetime | None, pick: Callable[[datetime, datetime], datetime]
+) -> datetime | None:
+    if a is None or b is None:
+        return a or b
+    return pick(a, b)
 
 
 def new_profile(event: AnyEvent) -> MemberProfile:

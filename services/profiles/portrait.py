@@ -50,6 +50,11 @@ class Portrait:
     preferred_channel: str | None
     rule_tags: list[str]
     manual_tags: list[ManualTag]
+    # Every consent key (services/common/members.CONSENT_KEYS) -> allowed.
+    consent: Mapping[str, bool]
+    # What conditions read (`values(self)`), kept from drawing the rule tags: segments
+    # read them again for every member they look at.
+    fields: Mapping[str, Any] | None = None
 
 
 def lifecycle(
@@ -160,6 +165,7 @@ def values(portrait: Portrait) -> dict[str, Any]:
         "days_since_last_seen": _days(now, p.last_seen),
         "days_since_first_order": _days(now, p.first_order_at) if p.first_order_at else None,
         "tags": frozenset(t.tag for t in portrait.manual_tags),
+        "consent": frozenset(key for key, allowed in portrait.consent.items() if allowed),
     }
     for affinity in portrait.affinities:
         found[f"affinity.{affinity.category}"] = affinity.share
@@ -171,6 +177,19 @@ def values(portrait: Portrait) -> dict[str, Any]:
     return found
 
 
+def segment_values(portrait: Portrait) -> Mapping[str, Any]:
+    """What segment conditions read: the portrait's values with the rule tags among `tags`."""
+    found = portrait.fields if portrait.fields is not None else values(portrait)
+    if portrait.rule_tags:
+        return {**found, "tags": found["tags"] | frozenset(portrait.rule_tags)}
+    return found
+
+
+def consent_of(defaults: Mapping[str, bool], choices: Mapping[str, bool]) -> dict[str, bool]:
+    """The member's consent: their choices over the configured defaults."""
+    return {key: bool(choices.get(key, default)) for key, default in defaults.items()}
+
+
 class Portraitist:
     """Draws portraits with one service's settings: its lifecycle rules and tag rules."""
 
@@ -180,6 +199,7 @@ class Portraitist:
         self.tag_rules: dict[str, Condition] = {
             tag: parse(rule) for tag, rule in sorted(settings.tag_rules.items())
         }
+        self.consent_defaults: dict[str, bool] = settings.consent_defaults.model_dump()
 
     def draw(self, profile: MemberProfile, scoring: Scoring | None, now: datetime) -> Portrait:
         rfm = profile.rfm(now)
@@ -195,10 +215,13 @@ class Portraitist:
             preferred_channel=preferred_channel(profile.channels),
             rule_tags=[],
             manual_tags=sorted(profile.manual_tags, key=lambda t: t.tag),
+            consent=consent_of(self.consent_defaults, profile.consent),
         )
         seen = values(portrait)
         return replace(
-            portrait, rule_tags=[tag for tag, rule in self.tag_rules.items() if rule(seen)]
+            portrait,
+            rule_tags=[tag for tag, rule in self.tag_rules.items() if rule(seen)],
+            fields=seen,
         )
 
 

@@ -5,24 +5,37 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 import grpc
 
-from services.common.bus import CATALOG_TOPIC, EVENTS_TOPIC, EventBus, Record, open_bus
+from services.common.bus import (
+    CATALOG_TOPIC,
+    EVENTS_TOPIC,
+    MEMBERS_TOPIC,
+    EventBus,
+    Record,
+    open_bus,
+)
 from services.common.clock import Clock
 from services.common.consuming import BusWorker, DeadLetter, decode
 from services.common.grpc_server import configure_logging, serve
+from services.common.migrations import OutdatedSchema
+from services.common.pii import pii_secret
 from services.common.settings import FleetSettings
 from services.gen.recofleet.profiles.v1 import profiles_pb2_grpc
 from services.profiles.portrait import Portraitist
 from services.profiles.scoring import ScoreSchedule
+from services.profiles.segmenting import Segmenter
 from services.profiles.servicer import ProfilesServicer
 from services.profiles.settings import ProfilesSettings
-from services.profiles.store import OutdatedStore, ProfileStore, SqlProfileStore
+from services.profiles.store import ProfileStore, SqlProfileStore
 
 SERVICE_NAME = "recofleet.profiles.v1.ProfilesService"
 # How often the service looks whether the score boundaries are due for a recomputation.
 SCORES_CHECK_S = 5.0
+# How often the service forgets the processed event ids past the retention window.
+PRUNE_EVERY_S = 600.0
 log = logging.getLogger(__name__)
 
 
@@ -33,11 +46,16 @@ def profile_worker(bus: EventBus, store: ProfileStore, settings: ProfilesSetting
         decoded = decode(records)
         if decoded.items:
             store.save_catalog(decoded.items)
+        # Commands first: a link or an erasure polled with events applies to them too.
+        if decoded.commands:
+            store.apply_commands(decoded.commands)
         if decoded.events:
             store.apply_events(decoded.events)
         return decoded.dead
 
-    return BusWorker(bus, settings.consumer_group, [CATALOG_TOPIC, EVENTS_TOPIC], handle)
+    return BusWorker(
+        bus, settings.consumer_group, [CATALOG_TOPIC, MEMBERS_TOPIC, EVENTS_TOPIC], handle
+    )
 
 
 async def keep_scores_fresh(
@@ -58,26 +76,48 @@ async def keep_scores_fresh(
         await asyncio.sleep(check_s)
 
 
+async def keep_processed_pruned(
+    store: ProfileStore, retention: timedelta, every_s: float = PRUNE_EVERY_S
+) -> None:
+    """Forget the ids of events applied longer than `retention` ago, every `every_s`."""
+    while True:
+        try:
+            # Wall-clock time, as the ids were stamped and as the bus's retention counts.
+            before = datetime.now(UTC) - retention
+            pruned = await asyncio.to_thread(store.prune_processed, before)
+            if pruned:
+                log.info("forgot %d processed event ids from before %s", pruned, before)
+        except Exception:
+            # The next round tries again; the ids are only kept a little longer.
+            log.exception("pruning processed event ids failed")
+        await asyncio.sleep(every_s)
+
+
 async def run(fleet: FleetSettings, settings: ProfilesSettings) -> None:
     bus = open_bus(fleet)
     try:
         store = SqlProfileStore.from_url(
-            settings.database_url or fleet.sqlite_url("profiles"), settings
+            settings.database_url or fleet.sqlite_url("profiles"), settings, pii_secret(fleet)
         )
-    except OutdatedStore as exc:
+    except OutdatedSchema as exc:
         raise SystemExit(str(exc)) from None
     clock = fleet.clock()
     worker = profile_worker(bus, store, settings)
     worker.start()
-    servicer = ProfilesServicer(store, settings.recent_items, Portraitist(settings), clock)
+    portraitist = Portraitist(settings)
+    segmenter = Segmenter(store, portraitist, clock, settings.segment_sizes_ttl_s)
+    servicer = ProfilesServicer(store, settings.recent_items, portraitist, clock, segmenter)
     schedule = ScoreSchedule(settings.scores_interval_s, settings.scores_stale_share)
     scores = asyncio.create_task(keep_scores_fresh(store, schedule, clock))
+    retention = timedelta(hours=fleet.processed_retention_hours)
+    pruning = asyncio.create_task(keep_processed_pruned(store, retention))
 
     def register(server: grpc.aio.Server) -> None:
         profiles_pb2_grpc.add_ProfilesServiceServicer_to_server(servicer, server)
 
     async def close() -> None:
         scores.cancel()
+        pruning.cancel()
         await asyncio.to_thread(worker.stop)
         store.close()
         bus.close()

@@ -3,28 +3,44 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.clock import Clock
+from services.common.events import check_member_id
+from services.common.members import CHANNELS, CONSENT_KEYS
 from services.gen.recofleet.profiles.v1 import profiles_pb2, profiles_pb2_grpc
 from services.profiles.domain import ManualTag
-from services.profiles.portrait import Portrait, Portraitist
+from services.profiles.portrait import Portrait, Portraitist, consent_of
 from services.profiles.scoring import Scoring
-from services.profiles.store import ProfileStore, TooManyTags
+from services.profiles.segmenting import Segmenter, UnknownSegment
+from services.profiles.segments import BuiltinSegment, DefinitionError, SegmentDefinition
+from services.profiles.store import (
+    ProfileStore,
+    SegmentExists,
+    TooManySegments,
+    TooManyTags,
+)
 from services.profiles.tags import check_tag
 
 
 class ProfilesServicer(profiles_pb2_grpc.ProfilesServiceServicer):
     def __init__(
-        self, store: ProfileStore, default_recent: int, portraitist: Portraitist, clock: Clock
+        self,
+        store: ProfileStore,
+        default_recent: int,
+        portraitist: Portraitist,
+        clock: Clock,
+        segmenter: Segmenter,
     ) -> None:
         self._store = store
         self._default_recent = default_recent
         self._portraitist = portraitist
         self._clock = clock
+        self._segmenter = segmenter
 
     async def GetProfile(
         self, request: profiles_pb2.GetProfileRequest, context: grpc.aio.ServicerContext
@@ -34,12 +50,126 @@ class ProfilesServicer(profiles_pb2_grpc.ProfilesServiceServicer):
         limit = request.recent_limit or self._default_recent
         profile = await asyncio.to_thread(self._store.get, request.member_id, limit)
         if profile is None:
+            choices, at = await asyncio.to_thread(self._store.consent_choices, request.member_id)
+            consent = consent_of(self._portraitist.consent_defaults, choices)
             return profiles_pb2.GetProfileResponse(
-                profile=profiles_pb2.Profile(member_id=request.member_id, known=False)
+                profile=profiles_pb2.Profile(
+                    member_id=request.member_id, known=False, consent=consent_proto(consent, at)
+                )
             )
         scoring = await asyncio.to_thread(self._store.scoring)
         portrait = self._portraitist.draw(profile, scoring, self._clock.now())
-        return profiles_pb2.GetProfileResponse(profile=to_proto(portrait))
+        segments = await asyncio.to_thread(self._segmenter.member_of, portrait)
+        return profiles_pb2.GetProfileResponse(profile=to_proto(portrait, segments))
+
+    async def SetConsent(
+        self, request: profiles_pb2.SetConsentRequest, context: grpc.aio.ServicerContext
+    ) -> profiles_pb2.SetConsentResponse:
+        problem = check_member_id(request.member_id)
+        unknown = sorted(set(request.changes) - set(CONSENT_KEYS))
+        if problem is None and not request.changes:
+            problem = f"no change: give one or more of {', '.join(CONSENT_KEYS)}"
+        if problem is None and unknown:
+            problem = f"unknown consent {', '.join(unknown)}; known: {', '.join(CONSENT_KEYS)}"
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        choices, at = await asyncio.to_thread(
+            self._store.set_consent, request.member_id, dict(request.changes), self._clock.now()
+        )
+        consent = consent_of(self._portraitist.consent_defaults, choices)
+        return profiles_pb2.SetConsentResponse(
+            member_id=request.member_id, consent=consent_proto(consent, at)
+        )
+
+    async def ListSegments(
+        self, request: profiles_pb2.ListSegmentsRequest, context: grpc.aio.ServicerContext
+    ) -> profiles_pb2.ListSegmentsResponse:
+        sizes = await asyncio.to_thread(self._segmenter.sizes)
+        book = await asyncio.to_thread(self._segmenter.book)
+        return profiles_pb2.ListSegmentsResponse(
+            segments=[segment_proto(d, sizes.sizes.get(d.name, 0)) for d in book.definitions],
+            as_of=_ts(sizes.as_of),
+            members=sizes.members,
+        )
+
+    async def GetSegment(
+        self, request: profiles_pb2.GetSegmentRequest, context: grpc.aio.ServicerContext
+    ) -> profiles_pb2.SegmentResponse:
+        definition = await self._definition(request.name, context)
+        size, at = await asyncio.to_thread(self._segmenter.size_of, definition)
+        return profiles_pb2.SegmentResponse(segment=segment_proto(definition, size), as_of=_ts(at))
+
+    async def PutSegment(
+        self, request: profiles_pb2.PutSegmentRequest, context: grpc.aio.ServicerContext
+    ) -> profiles_pb2.SegmentResponse:
+        try:
+            saved, size, at = await asyncio.to_thread(
+                self._segmenter.put,
+                request.name,
+                request.condition,
+                request.description,
+                request.create_only,
+            )
+        except DefinitionError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except BuiltinSegment as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except SegmentExists as exc:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except TooManySegments as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        return profiles_pb2.SegmentResponse(segment=segment_proto(saved, size), as_of=_ts(at))
+
+    async def DeleteSegment(
+        self, request: profiles_pb2.GetSegmentRequest, context: grpc.aio.ServicerContext
+    ) -> profiles_pb2.DeleteSegmentResponse:
+        try:
+            await asyncio.to_thread(self._segmenter.delete, request.name)
+        except BuiltinSegment as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except UnknownSegment:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no segment named '{request.name}'")
+        return profiles_pb2.DeleteSegmentResponse()
+
+    async def SegmentMembers(
+        self, request: profiles_pb2.SegmentMembersRequest, context: grpc.aio.ServicerContext
+    ) -> profiles_pb2.SegmentMembersResponse:
+        await self._definition(request.name, context)
+        await self._check_channel(request.channel, context)
+        found, next_after = await asyncio.to_thread(
+            self._segmenter.page,
+            request.name,
+            request.channel or None,
+            request.after or None,
+            request.limit or 100,
+        )
+        return profiles_pb2.SegmentMembersResponse(
+            members=[member_proto(p) for p in found], next_after=next_after or ""
+        )
+
+    async def ExportSegment(
+        self, request: profiles_pb2.SegmentMembersRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[profiles_pb2.SegmentMembersResponse]:
+        await self._definition(request.name, context)
+        await self._check_channel(request.channel, context)
+        pages = self._segmenter.export(request.name, request.channel or None)
+        while page := await asyncio.to_thread(next, pages, None):
+            yield profiles_pb2.SegmentMembersResponse(members=[member_proto(p) for p in page])
+
+    async def _definition(self, name: str, context: grpc.aio.ServicerContext) -> SegmentDefinition:
+        try:
+            return await asyncio.to_thread(self._segmenter.definition, name)
+        except UnknownSegment:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no segment named '{name}'")
+            raise
+
+    @staticmethod
+    async def _check_channel(channel: str, context: grpc.aio.ServicerContext) -> None:
+        if channel and channel not in CHANNELS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"channel: one of {', '.join(CHANNELS)}; not '{channel}'",
+            )
 
     async def RecomputeScores(
         self, request: profiles_pb2.RecomputeScoresRequest, context: grpc.aio.ServicerContext
@@ -101,7 +231,53 @@ def _manual(tag: ManualTag) -> profiles_pb2.Tag:
     return profiles_pb2.Tag(tag=tag.tag, source="manual", set_at=_ts(tag.set_at))
 
 
-def to_proto(portrait: Portrait) -> profiles_pb2.Profile:
+def consent_proto(consent: Mapping[str, bool], at: datetime | None) -> profiles_pb2.Consent:
+    message = profiles_pb2.Consent(
+        personalization=consent["personalization"],
+        email=consent["email"],
+        sms=consent["sms"],
+        push=consent["push"],
+        onsite=consent["onsite"],
+    )
+    if at is not None:
+        message.updated_at.CopyFrom(_ts(at))
+    return message
+
+
+def segment_proto(definition: SegmentDefinition, size: int) -> profiles_pb2.Segment:
+    message = profiles_pb2.Segment(
+        name=definition.name,
+        condition=definition.condition,
+        description=definition.description,
+        kind=definition.kind,
+        size=size,
+    )
+    if definition.created_at is not None:
+        message.created_at.CopyFrom(_ts(definition.created_at))
+    if definition.updated_at is not None:
+        message.updated_at.CopyFrom(_ts(definition.updated_at))
+    return message
+
+
+def member_proto(portrait: Portrait) -> profiles_pb2.SegmentMember:
+    rfm, scores = portrait.rfm, portrait.scores
+    message = profiles_pb2.SegmentMember(
+        member_id=portrait.profile.member_id,
+        lifecycle=portrait.lifecycle,
+        frequency=rfm.frequency,
+        monetary=rfm.monetary,
+        top_category=portrait.affinities[0].category if portrait.affinities else "",
+        tags=sorted({*portrait.rule_tags, *(t.tag for t in portrait.manual_tags)}),
+        consent=consent_proto(portrait.consent, portrait.profile.consent_at),
+    )
+    if rfm.recency_days is not None:
+        message.recency_days = rfm.recency_days
+    if scores is not None:
+        message.r_score, message.f_score, message.m_score = scores.r, scores.f, scores.m
+    return message
+
+
+def to_proto(portrait: Portrait, segments: Sequence[str] = ()) -> profiles_pb2.Profile:
     profile, rfm = portrait.profile, portrait.rfm
     message = profiles_pb2.Profile(
         member_id=profile.member_id,
@@ -143,6 +319,8 @@ def to_proto(portrait: Portrait) -> profiles_pb2.Profile:
         tags=[profiles_pb2.Tag(tag=t, source="rule") for t in portrait.rule_tags]
         + [_manual(t) for t in portrait.manual_tags],
         as_of=_ts(portrait.as_of),
+        consent=consent_proto(portrait.consent, profile.consent_at),
+        segments=list(segments),
     )
     if rfm.recency_days is not None:
         message.rfm.recency_days = rfm.recency_days

@@ -43,6 +43,18 @@ class LifecycleSettings(BaseModel):
         return self
 
 
+class ConsentDefaults(BaseModel):
+    """What a member allows until they say otherwise (docs/consent.md)."""
+
+    personalization: bool = Field(
+        default=True, description="Portrait-driven recommendations and targeting."
+    )
+    email: bool = Field(default=False, description="Marketing by email (opt-in by default).")
+    sms: bool = Field(default=False, description="Marketing by SMS (opt-in by default).")
+    push: bool = Field(default=False, description="Push notifications (opt-in by default).")
+    onsite: bool = Field(default=True, description="Offers shown on the shop's own pages.")
+
+
 class ProfilesSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RECOFLEET_PROFILES_", env_nested_delimiter="__", extra="ignore"
@@ -75,6 +87,14 @@ class ProfilesSettings(BaseSettings):
         description="JSON: tag -> condition over portrait fields (docs/portraits.md).",
     )
     max_manual_tags: int = Field(default=100, ge=1, description="Manual tags per member.")
+    consent_defaults: ConsentDefaults = Field(default_factory=ConsentDefaults)
+    max_segments: int = Field(default=200, ge=1, description="Custom segments a fleet may define.")
+    segment_sizes_ttl_s: float = Field(
+        default=10,
+        ge=0,
+        description="GET /v1/segments counts sizes at most this often (one pass over every "
+        "member); defining or changing a segment counts it at once.",
+    )
 
     @field_validator("tag_rules")
     @classmethod

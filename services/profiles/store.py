@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import abc
+import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import msgspec
 from sqlalchemy import (
+    Boolean,
     Column,
     Connection,
     DateTime,
     Engine,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -22,13 +26,29 @@ from sqlalchemy import (
     Text,
     delete,
     func,
-    inspect,
     select,
 )
 
 from services.common.catalog import catalog_table, load_items, save_items
-from services.common.db import insert_ignore, make_engine, unseen, upsert
+from services.common.db import insert_ignore, make_engine, scrub_freed, unseen, upsert
 from services.common.events import AnyEvent, CatalogItem, EventType
+from services.common.members import (
+    CONSENT_KEYS,
+    Erase,
+    Link,
+    MemberCommand,
+    erased_since,
+    erasures_table,
+    forget_links,
+    links_table,
+    member_digest,
+    record_erasure,
+    relabel,
+    resolve_links,
+    save_link,
+    unerased,
+)
+from services.common.migrations import upgrade
 from services.profiles import scoring
 from services.profiles.domain import (
     CategoryStat,
@@ -36,9 +56,11 @@ from services.profiles.domain import (
     MemberProfile,
     RecentItem,
     apply_event,
+    merge_profiles,
     new_profile,
 )
 from services.profiles.scoring import Scoring
+from services.profiles.segments import SegmentDefinition
 from services.profiles.settings import ProfilesSettings
 
 # How long a store trusts the scoring it last read: another replica may have recomputed.
@@ -66,9 +88,7 @@ class ProfileStore(abc.ABC):
         ever applied."""
 
     @abc.abstractmethod
-    def iter_profiles(
-        self, after: str | None = None, batch: int = 500
-    ) -> Iterator[MemberProfile]:
+    def iter_profiles(self, after: str | None = None, batch: int = 500) -> Iterator[MemberProfile]:
         """Every profile (with manual tags, without purchases), by member id, starting
         after `after`; reads `batch` members at a time, so memory stays flat."""
 
@@ -96,7 +116,53 @@ class ProfileStore(abc.ABC):
         member with no events."""
 
     @abc.abstractmethod
+    def apply_commands(self, commands: Sequence[MemberCommand]) -> None:
+        """Apply members-topic commands in order: erase (everything keyed by the member and
+        their linked visitors goes; a tombstone stays), link (a visitor's profile merges
+        into the member's, once), consent. Applying one again changes nothing."""
+
+    @abc.abstractmethod
+    def set_consent(
+        self, member_id: str, changes: Mapping[str, bool], at: datetime
+    ) -> tuple[dict[str, bool], datetime]:
+        """Record consent choices (known member or not); all the member's choices after,
+        and when they changed."""
+
+    @abc.abstractmethod
+    def consent_choices(self, member_id: str) -> tuple[dict[str, bool], datetime | None]:
+        """The member's own choices (no defaults) and when they last changed."""
+
+    @abc.abstractmethod
+    def segments(self) -> list[SegmentDefinition]:
+        """The custom segments, by name."""
+
+    @abc.abstractmethod
+    def put_segment(
+        self, definition: SegmentDefinition, at: datetime, create_only: bool = False
+    ) -> SegmentDefinition:
+        """Create or replace a custom segment; as saved. SegmentExists when `create_only`
+        and the name is taken; TooManySegments past the limit."""
+
+    @abc.abstractmethod
+    def delete_segment(self, name: str) -> bool:
+        """Remove a custom segment; whether it existed."""
+
+    @abc.abstractmethod
+    def prune_processed(self, before: datetime) -> int:
+        """Forget the ids of events applied before `before` (wall-clock time): an event
+        of theirs delivered again would then be applied again, so `before` must leave
+        more than the bus's retention. Returns how many were forgotten."""
+
+    @abc.abstractmethod
     def close(self) -> None: ...
+
+
+class SegmentExists(ValueError):
+    """A segment of that name exists already."""
+
+
+class TooManySegments(ValueError):
+    """As many custom segments as the settings allow exist already."""
 
 
 metadata = MetaData()
@@ -162,39 +228,96 @@ member_orders = Table(
     Column("member_id", String(128), primary_key=True),
     Column("order_id", String(128), primary_key=True),
 )
+# Ids of the events applied, for idempotency: pruned past FleetSettings'
+# processed_retention_hours (longer than the bus keeps records, so that a redelivery is
+# still recognised) by prune_processed.
 processed_events = Table(
-    "processed_events", metadata, Column("event_id", String(128), primary_key=True)
+    "processed_events",
+    metadata,
+    Column("event_id", String(128), primary_key=True),
+    Column("processed_at", DateTime(timezone=True), nullable=False),
+    Index("ix_processed_events_processed_at", "processed_at"),
 )
 catalog = catalog_table(metadata)
-
-
-class OutdatedStore(RuntimeError):
-    """The database was made by an earlier recofleet, without the columns this one needs."""
+# The member's own consent choices; NULL: the configured default.
+member_consent = Table(
+    "member_consent",
+    metadata,
+    Column("member_id", String(128), primary_key=True),
+    *(Column(key, Boolean) for key in CONSENT_KEYS),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+segment_definitions = Table(
+    "segment_definitions",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("condition", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+erasures = erasures_table(metadata)
+identity_links = links_table(metadata)
+# Every table keyed by member id: an erasure empties each of them of the member.
+MEMBER_TABLES = (
+    member_categories,
+    member_tags,
+    member_purchases,
+    member_orders,
+    member_consent,
+    members,
+)
 
 
 class SqlProfileStore(ProfileStore):
-    def __init__(self, engine: Engine, settings: ProfilesSettings) -> None:
+    def __init__(
+        self, engine: Engine, settings: ProfilesSettings, secret: bytes | None = None
+    ) -> None:
+        # `secret` keys the tombstones' member digests: the fleet's PII secret, so that
+        # they survive restarts (a random one otherwise, for tests that do not erase).
+        self._secret = secret if secret is not None else os.urandom(32)
         self._engine = engine
         self._settings = settings
         self._half_life_s = settings.affinity_half_life_days * 86400
         self._orders_applied = 0
         self._scoring: Scoring | None = None
         self._scoring_read = float("-inf")
-        _check_columns(engine)
-        metadata.create_all(engine)
+        upgrade(engine, "profiles")
 
     @classmethod
-    def from_url(cls, url: str, settings: ProfilesSettings) -> SqlProfileStore:
-        return cls(make_engine(url), settings)
+    def from_url(
+        cls, url: str, settings: ProfilesSettings, secret: bytes | None = None
+    ) -> SqlProfileStore:
+        return cls(make_engine(url), settings, secret)
 
     def apply_events(self, events: Sequence[AnyEvent]) -> int:
         with self._engine.begin() as conn:
             todo = _unapplied(conn, events)
             if not todo:
                 return 0
-            insert_ignore(conn, processed_events, [(e.event_id,) for e in todo])
-            self._apply(conn, todo)
+            # Wall-clock time, as the bus's retention counts it (not the fleet clock, which
+            # may be offset to replay a data set as of its own dates).
+            now = datetime.now(UTC)
+            insert_ignore(conn, processed_events, [(e.event_id, now) for e in todo])
+            todo = self._followed(conn, todo)
+            if todo:
+                self._apply(conn, todo)
         return len(todo)
+
+    def _followed(self, conn: Connection, events: list[AnyEvent]) -> list[AnyEvent]:
+        """The events with linked visitors relabelled, without those from before an
+        erasure of their member (or of the visitor they came as)."""
+        events = self._unerased(conn, events)
+        links = resolve_links(conn, identity_links, [e.member_id for e in events])
+        return self._unerased(conn, relabel(events, links)) if links else events
+
+    def _unerased(self, conn: Connection, events: list[AnyEvent]) -> list[AnyEvent]:
+        digests = {m: self._digest(m) for m in {e.member_id for e in events}}
+        tombstones = erased_since(conn, erasures, digests.values())
+        return unerased(events, tombstones, digests) if tombstones else events
+
+    def _digest(self, member_id: str) -> str:
+        return member_digest(self._secret, member_id)
 
     def _apply(self, conn: Connection, events: list[AnyEvent]) -> None:
         profiles = _load_members(conn, list(dict.fromkeys(e.member_id for e in events)))
@@ -244,11 +367,12 @@ class SqlProfileStore(ProfileStore):
                 ).scalars()
             )
             profile.manual_tags = _manual_tags(conn, member_id)
+            profile.consent, profile.consent_at = _consent_choices(conn, [member_id]).get(
+                member_id, ({}, None)
+            )
             return profile
 
-    def iter_profiles(
-        self, after: str | None = None, batch: int = 500
-    ) -> Iterator[MemberProfile]:
+    def iter_profiles(self, after: str | None = None, batch: int = 500) -> Iterator[MemberProfile]:
         while True:
             with self._engine.connect() as conn:
                 query = select(members.c.member_id).order_by(members.c.member_id).limit(batch)
@@ -259,9 +383,11 @@ class SqlProfileStore(ProfileStore):
                     return
                 profiles = _load_members(conn, ids)
                 tags = _manual_tags_of(conn, ids)
+                consent = _consent_choices(conn, ids)
             for member_id in ids:
                 profile = profiles[member_id]
                 profile.manual_tags = tags.get(member_id, [])
+                profile.consent, profile.consent_at = consent.get(member_id, ({}, None))
                 yield profile
             after = ids[-1]
 
@@ -333,25 +459,143 @@ class SqlProfileStore(ProfileStore):
             )
             return _manual_tags(conn, member_id)
 
+    def apply_commands(self, commands: Sequence[MemberCommand]) -> None:
+        erased = False
+        with self._engine.begin() as conn:
+            for command in commands:
+                if isinstance(command, Erase):
+                    self._erase(conn, command)
+                    erased = True
+                elif isinstance(command, Link):
+                    self._link(conn, command)
+                else:
+                    _save_consent(conn, command.member_id, command.changes, command.at)
+        if erased:
+            # Deleted rows are zeroed (secure_delete); the WAL still holds the pages as they
+            # were until a checkpoint, so checkpoint now: no file keeps the member.
+            scrub_freed(self._engine)
+
+    def _erase(self, conn: Connection, command: Erase) -> None:
+        visitors = forget_links(conn, identity_links, command.member_id)
+        ids = [command.member_id, *visitors]
+        removed = 0
+        for table in MEMBER_TABLES:
+            done = conn.execute(delete(table).where(table.c.member_id.in_(ids)))
+            removed += max(done.rowcount, 0)
+        now = datetime.now(UTC)
+        record_erasure(conn, erasures, command, self._digest(command.member_id), removed, now)
+        for number, visitor in enumerate(visitors, start=1):
+            as_visitor = Erase(visitor, f"{command.erasure_id}:{number}", command.at)
+            record_erasure(conn, erasures, as_visitor, self._digest(visitor), 0, now)
+
+    def _link(self, conn: Connection, link: Link) -> None:
+        if link.anonymous_id == link.member_id:
+            return
+        # One hop: a member id that is itself a linked visitor stands for its member.
+        target = resolve_links(conn, identity_links, [link.member_id]).get(
+            link.member_id, link.member_id
+        )
+        # A link from before an erasure of either side is as erased as the events.
+        digests = [self._digest(link.anonymous_id), self._digest(target)]
+        if any(link.at < at for at in erased_since(conn, erasures, digests).values()):
+            return
+        if not save_link(conn, identity_links, Link(link.anonymous_id, target, link.at)):
+            return
+        self._merge(conn, link.anonymous_id, target)
+
+    def _merge(self, conn: Connection, visitor_id: str, member_id: str) -> None:
+        """Move everything of the visitor onto the member (exactly once: the caller just
+        saved the link, in this transaction)."""
+        found = _load_members(conn, [visitor_id, member_id])
+        visitor = found.get(visitor_id)
+        if visitor is not None:
+            member = found.get(member_id)
+            if member is None:
+                member = MemberProfile(member_id, visitor.first_seen, visitor.last_seen)
+            merge_profiles(
+                member,
+                visitor,
+                keep_recent=self._settings.recent_items,
+                half_life_s=self._half_life_s,
+            )
+            _save_members(conn, [member], {(member_id, c) for c in member.categories})
+        _move_rows(conn, visitor_id, member_id)
+
+    def set_consent(
+        self, member_id: str, changes: Mapping[str, bool], at: datetime
+    ) -> tuple[dict[str, bool], datetime]:
+        with self._engine.begin() as conn:
+            _save_consent(conn, member_id, changes, at)
+            choices, when = _consent_choices(conn, [member_id]).get(member_id, ({}, at))
+        return choices, when
+
+    def consent_choices(self, member_id: str) -> tuple[dict[str, bool], datetime | None]:
+        with self._engine.connect() as conn:
+            return _consent_choices(conn, [member_id]).get(member_id, ({}, None))
+
+    def segments(self) -> list[SegmentDefinition]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(segment_definitions).order_by(segment_definitions.c.name))
+            return [
+                SegmentDefinition(
+                    name=row.name,
+                    condition=row.condition,
+                    description=row.description,
+                    created_at=_utc(row.created_at),
+                    updated_at=_utc(row.updated_at),
+                )
+                for row in rows
+            ]
+
+    def put_segment(
+        self, definition: SegmentDefinition, at: datetime, create_only: bool = False
+    ) -> SegmentDefinition:
+        with self._engine.begin() as conn:
+            table = segment_definitions
+            created = conn.execute(
+                select(table.c.created_at).where(table.c.name == definition.name)
+            ).scalar()
+            if created is not None and create_only:
+                raise SegmentExists(f"a segment named '{definition.name}' exists already")
+            if created is None:
+                count = conn.execute(select(func.count()).select_from(table)).scalar() or 0
+                if count >= self._settings.max_segments:
+                    raise TooManySegments(
+                        f"{count} segments exist, the most allowed "
+                        "(RECOFLEET_PROFILES_MAX_SEGMENTS)"
+                    )
+            first = _utc(created) if created is not None else at
+            row = (definition.name, definition.condition, definition.description, first, at)
+            upsert(conn, table, [row], keys=["name"])
+        return replace(definition, created_at=first, updated_at=at)
+
+    def delete_segment(self, name: str) -> bool:
+        with self._engine.begin() as conn:
+            done = conn.execute(
+                delete(segment_definitions).where(segment_definitions.c.name == name)
+            )
+            return bool(done.rowcount)
+
+    def prune_processed(self, before: datetime, batch: int = 10_000) -> int:
+        # A batch per transaction: the consumer's writes wait for one batch at most
+        # (SQLite has a single writer), however many ids are due.
+        due = (
+            select(processed_events.c.event_id)
+            .where(processed_events.c.processed_at < before.astimezone(UTC))
+            .limit(batch)
+        )
+        pruned = 0
+        while True:
+            with self._engine.begin() as conn:
+                done = conn.execute(
+                    delete(processed_events).where(processed_events.c.event_id.in_(due))
+                ).rowcount
+            pruned += done
+            if done < batch:
+                return pruned
+
     def close(self) -> None:
         self._engine.dispose()
-
-
-def _check_columns(engine: Engine) -> None:
-    """Refuse a database an earlier recofleet made: create_all adds tables, not columns."""
-    found = inspect(engine)
-    for table in (members, member_categories):
-        if not found.has_table(table.name):
-            continue
-        have = {column["name"] for column in found.get_columns(table.name)}
-        missing = [column.name for column in table.columns if column.name not in have]
-        if missing:
-            raise OutdatedStore(
-                f"the profiles store ({engine.url.render_as_string(hide_password=True)}) was "
-                f"made by an earlier recofleet: table {table.name} lacks {', '.join(missing)}. "
-                "Recreate the data dir (rm -rf var, or a new RECOFLEET_DATA_DIR) and load "
-                "again; schema migrations are not supported yet (docs/portraits.md)."
-            )
 
 
 def _known(conn: Connection, member_id: str) -> bool:
@@ -378,6 +622,55 @@ def _manual_tags_of(conn: Connection, member_ids: list[str]) -> dict[str, list[M
     for member_id, tag, set_at in rows:
         found.setdefault(member_id, []).append(ManualTag(tag, _utc(set_at)))
     return found
+
+
+def _save_consent(
+    conn: Connection, member_id: str, changes: Mapping[str, bool], at: datetime
+) -> None:
+    """Merge the changes into the member's choices (a change older than the last one kept
+    loses, so a delayed bus command cannot undo a newer choice made through the API)."""
+    known = {k: bool(v) for k, v in changes.items() if k in CONSENT_KEYS}
+    if not known:
+        return
+    found = _consent_choices(conn, [member_id]).get(member_id)
+    choices, when = found if found else ({}, None)
+    if when is not None and at < when:
+        known = {k: v for k, v in known.items() if k not in choices}
+        if not known:
+            return
+        at = when
+    merged = {**choices, **known}
+    row = (member_id, *(merged.get(k) for k in CONSENT_KEYS), at)
+    upsert(conn, member_consent, [row], keys=["member_id"])
+
+
+def _consent_choices(
+    conn: Connection, member_ids: list[str]
+) -> dict[str, tuple[dict[str, bool], datetime]]:
+    found: dict[str, tuple[dict[str, bool], datetime]] = {}
+    rows = conn.execute(select(member_consent).where(member_consent.c.member_id.in_(member_ids)))
+    for row in rows:
+        values = row._mapping
+        choices = {k: bool(values[k]) for k in CONSENT_KEYS if values[k] is not None}
+        found[row.member_id] = (choices, _utc(row.updated_at))
+    return found
+
+
+def _move_rows(conn: Connection, visitor_id: str, member_id: str) -> None:
+    """The visitor's purchases, orders, tags and consent become the member's; the visitor's
+    rows go."""
+    for table, key in ((member_purchases, "item_id"), (member_orders, "order_id")):
+        keys = conn.execute(select(table.c[key]).where(table.c.member_id == visitor_id))
+        insert_ignore(conn, table, [(member_id, k) for k in keys.scalars()])
+    tags = conn.execute(
+        select(member_tags.c.tag, member_tags.c.set_at).where(member_tags.c.member_id == visitor_id)
+    )
+    insert_ignore(conn, member_tags, [(member_id, tag, at) for tag, at in tags])
+    consent = _consent_choices(conn, [visitor_id]).get(visitor_id)
+    if consent:
+        _save_consent(conn, member_id, consent[0], consent[1])
+    for table in MEMBER_TABLES:
+        conn.execute(delete(table).where(table.c.member_id == visitor_id))
 
 
 def _catalog_prices(conn: Connection) -> dict[str, list[float]]:

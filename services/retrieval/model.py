@@ -2,7 +2,9 @@
 
 Members are placed by folding in their latest interactions against the fixed item
 factors (one small least-squares solve), so a member who arrived after training, or
-who acted since, gets recommendations that reflect it without retraining.
+who acted since, gets recommendations that reflect it without retraining. For the same
+reason the model files keep no member data (no user factors, no member ids): erasing a
+member touches the interaction store only (docs/erasure.md).
 """
 
 from __future__ import annotations

@@ -9,9 +9,18 @@ from collections.abc import Sequence
 import grpc
 from threadpoolctl import threadpool_limits
 
-from services.common.bus import CATALOG_TOPIC, EVENTS_TOPIC, EventBus, Record, open_bus
+from services.common.bus import (
+    CATALOG_TOPIC,
+    EVENTS_TOPIC,
+    MEMBERS_TOPIC,
+    EventBus,
+    Record,
+    open_bus,
+)
 from services.common.consuming import BusWorker, DeadLetter, decode
 from services.common.grpc_server import configure_logging, serve
+from services.common.members import Erase, Link
+from services.common.pii import pii_secret
 from services.common.settings import FleetSettings
 from services.gen.recofleet.retrieval.v1 import retrieval_pb2_grpc
 from services.retrieval.domain import Retriever
@@ -26,7 +35,9 @@ log = logging.getLogger(__name__)
 
 def open_store(fleet: FleetSettings, settings: RetrievalSettings) -> SqlInteractionStore:
     url = settings.database_url or fleet.sqlite_url("retrieval")
-    return SqlInteractionStore.from_url(url, settings.event_weights)
+    return SqlInteractionStore.from_url(
+        url, settings.event_weights, pii_secret(fleet), fleet.clock().now
+    )
 
 
 def open_models(fleet: FleetSettings, settings: RetrievalSettings) -> LocalModelStore:
@@ -36,17 +47,31 @@ def open_models(fleet: FleetSettings, settings: RetrievalSettings) -> LocalModel
 def interaction_worker(
     bus: EventBus, store: InteractionStore, settings: RetrievalSettings
 ) -> BusWorker:
-    """The consumer that records interactions (training data, member histories) and catalog."""
+    """The consumer that records interactions (training data, member histories) and catalog,
+    and follows the members topic: erasures and links apply before the batch's events, so
+    an event polled with its member's erasure or its visitor's link is judged by it."""
 
     def handle(records: Sequence[Record]) -> list[DeadLetter]:
         decoded = decode(records)
         if decoded.items:
             store.save_catalog(decoded.items)
+        # In bus order; the links between two erasures in one transaction. Consent is the
+        # profiles service's: retrieval keeps none of its own.
+        pending: list[Link] = []
+        for command in decoded.commands:
+            if isinstance(command, Link):
+                pending.append(command)
+            elif isinstance(command, Erase):
+                store.link_visitors(pending)
+                pending = []
+                store.erase_member(command)
+        store.link_visitors(pending)
         if decoded.events:
             store.apply_events(decoded.events)
         return decoded.dead
 
-    return BusWorker(bus, settings.consumer_group, [CATALOG_TOPIC, EVENTS_TOPIC], handle)
+    topics = [CATALOG_TOPIC, MEMBERS_TOPIC, EVENTS_TOPIC]
+    return BusWorker(bus, settings.consumer_group, topics, handle)
 
 
 async def _watch_models(retriever: Retriever, interval_s: float) -> None:

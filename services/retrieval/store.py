@@ -1,10 +1,18 @@
-"""Interactions retrieval learns from, kept from the event bus (interface and SQL store)."""
+"""Interactions retrieval learns from, kept from the event bus (interface and SQL store).
+
+The store also follows the members topic (services/common/members.py): an erasure removes
+the member's interactions and leaves a tombstone that keeps their older events out for
+good; a link moves an anonymous visitor's interactions to the member (docs/erasure.md,
+docs/identity.md).
+"""
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     Column,
@@ -17,13 +25,30 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    delete,
     func,
     select,
+    update,
 )
+from sqlalchemy.engine import Connection
 
 from services.common.catalog import catalog_table, load_items, save_items
 from services.common.db import insert_ignore, make_engine
 from services.common.events import AnyEvent, CatalogItem
+from services.common.members import (
+    Erase,
+    Link,
+    erased_since,
+    erasures_table,
+    forget_links,
+    links_table,
+    member_digest,
+    record_erasure,
+    resolve_links,
+    save_link,
+    unerased,
+)
+from services.common.migrations import upgrade
 
 
 @dataclass(frozen=True)
@@ -37,7 +62,26 @@ class InteractionStore(abc.ABC):
     @abc.abstractmethod
     def apply_events(self, events: Sequence[AnyEvent]) -> int:
         """Record the weighted interactions of events not recorded before; return how many
-        interactions were new."""
+        interactions were new.
+
+        An event of a linked visitor is recorded for the member it is linked to; an event
+        from before its member's (or visitor's) latest erasure is not recorded at all, be
+        it one still in flight or one met again on a replay of the log."""
+
+    @abc.abstractmethod
+    def erase_member(self, command: Erase) -> int:
+        """Apply an erasure, in one transaction: delete the interactions of the member and
+        of the visitors linked to them, forget those links, and keep a tombstone (a digest,
+        never the id, and the erasure's instant) with an audit entry for the member and for
+        each such visitor. Applying the same erasure again changes nothing, not even what
+        the member did after it. Returns the rows removed."""
+
+    @abc.abstractmethod
+    def link_visitors(self, commands: Sequence[Link]) -> int:
+        """Apply links, in order, in one transaction: the first link of a visitor is kept
+        and moves the visitor's interactions to the member, once; later events of the
+        visitor are recorded for the member. A link from before the member's or visitor's
+        erasure (met again on a replay) is not applied. Returns how many links were new."""
 
     @abc.abstractmethod
     def save_catalog(self, items: Sequence[CatalogItem]) -> None: ...
@@ -79,26 +123,115 @@ interactions = Table(
     Index("ix_interactions_member", "member_id", "id"),
 )
 catalog = catalog_table(metadata)
+erasures = erasures_table(metadata)
+links = links_table(metadata)
 # What a consumer writes: every column but the id the database numbers.
 _INTERACTION_COLUMNS = ("event_id", "line", "member_id", "item_id", "event_type", "weight", "at")
 
 
 class SqlInteractionStore(InteractionStore):
-    def __init__(self, engine: Engine, weights: Mapping[str, float]) -> None:
+    """On SQLite or PostgreSQL. `secret` is the fleet's PII secret (services.common.pii),
+    the key of the tombstones' digests: every service path passes it. A store made without
+    one (a benchmark's, say) records events and links but refuses erasures."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        weights: Mapping[str, float],
+        secret: bytes | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._engine = engine
         self._weights = dict(weights)
-        metadata.create_all(engine)
+        self._secret = secret
+        self._clock = clock
+        upgrade(engine, "retrieval")
 
     @classmethod
-    def from_url(cls, url: str, weights: Mapping[str, float]) -> SqlInteractionStore:
-        return cls(make_engine(url), weights)
+    def from_url(
+        cls,
+        url: str,
+        weights: Mapping[str, float],
+        secret: bytes | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> SqlInteractionStore:
+        return cls(make_engine(url), weights, secret, clock)
 
     def apply_events(self, events: Sequence[AnyEvent]) -> int:
-        rows = [row for event in events for row in self._rows(event)]
         with self._engine.begin() as conn:
+            owned = self._owners(conn, events)
+            rows = [row for member_id, event in owned for row in self._rows(member_id, event)]
             return insert_ignore(conn, interactions, rows, _INTERACTION_COLUMNS)
 
-    def _rows(self, event: AnyEvent) -> list[tuple[object, ...]]:
+    def _owners(self, conn: Connection, events: Sequence[AnyEvent]) -> list[tuple[str, AnyEvent]]:
+        """The events to record, each with the member it is recorded for: the one its
+        visitor is linked to, if any. An event from before the latest erasure of its own
+        member (or visitor) id is left out. (An erasure forgets the member's links, so a
+        visitor linked to an erased member is relabelled only by a link made later.)"""
+        ids = {e.member_id for e in events}
+        linked = resolve_links(conn, links, ids)
+        if self._secret is None:
+            kept = list(events)  # no tombstone can have been kept without a secret
+        else:
+            digest_of = {i: member_digest(self._secret, i) for i in ids}
+            tombstones = erased_since(conn, erasures, digest_of.values())
+            kept = unerased(events, tombstones, digest_of)
+        return [(linked.get(e.member_id, e.member_id), e) for e in kept]
+
+    def erase_member(self, command: Erase) -> int:
+        if self._secret is None:
+            raise RuntimeError("this interaction store has no PII secret: it cannot erase")
+        secret = self._secret
+        removed = 0
+        with self._engine.begin() as conn:
+            if _applied(conn, command):
+                # A redelivery, or a replay of the log: what the member did since (a new
+                # life, a new link) is not theirs to lose, and nothing older came back.
+                return 0
+            _overwrite_deleted(conn)
+            visitors = forget_links(conn, links, command.member_id)
+            for erased in [command, *(_visitor_erasure(command, v, secret) for v in visitors)]:
+                count = conn.execute(
+                    delete(interactions).where(interactions.c.member_id == erased.member_id)
+                ).rowcount
+                digest = member_digest(secret, erased.member_id)
+                record_erasure(conn, erasures, erased, digest, count, self._clock())
+                removed += count
+        _drop_old_pages(self._engine)
+        return removed
+
+    def link_visitors(self, commands: Sequence[Link]) -> int:
+        wanted = [c for c in commands if c.anonymous_id != c.member_id]
+        if not wanted:
+            return 0
+        applied = 0
+        with self._engine.begin() as conn:
+            # Most links repeat one already kept (a signed-in visitor's every request).
+            linked = resolve_links(conn, links, {c.anonymous_id for c in wanted})
+            wanted = [c for c in wanted if c.anonymous_id not in linked]
+            erased_at = self._erased_at(conn, [i for c in wanted for i in _ids(c)])
+            for command in wanted:
+                if any(command.at < erased_at[i] for i in _ids(command) if i in erased_at):
+                    continue  # from before an erasure: met again on a replay
+                if not save_link(conn, links, command):
+                    continue  # a visitor linked twice in this batch: the first wins
+                conn.execute(
+                    update(interactions)
+                    .where(interactions.c.member_id == command.anonymous_id)
+                    .values(member_id=command.member_id)
+                )
+                applied += 1
+        return applied
+
+    def _erased_at(self, conn: Connection, member_ids: Sequence[str]) -> dict[str, datetime]:
+        """Per id among `member_ids` with a tombstone, the instant of its latest erasure."""
+        if self._secret is None or not member_ids:
+            return {}
+        digest_of = {i: member_digest(self._secret, i) for i in member_ids}
+        tombstones = erased_since(conn, erasures, digest_of.values())
+        return {i: tombstones[d] for i, d in digest_of.items() if d in tombstones}
+
+    def _rows(self, member_id: str, event: AnyEvent) -> list[tuple[object, ...]]:
         weight = self._weights.get(event.type.value, 0.0)
         if weight <= 0:
             return []
@@ -106,7 +239,7 @@ class SqlInteractionStore(InteractionStore):
             (
                 event.event_id,
                 line_no,
-                event.member_id,
+                member_id,
                 line.item_id,
                 event.type.value,
                 weight,
@@ -153,3 +286,40 @@ class SqlInteractionStore(InteractionStore):
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def _applied(conn: Connection, command: Erase) -> bool:
+    found = conn.execute(
+        select(erasures.c.erasure_id).where(erasures.c.erasure_id == command.erasure_id)
+    ).first()
+    return found is not None
+
+
+def _ids(link: Link) -> tuple[str, str]:
+    return (link.anonymous_id, link.member_id)
+
+
+def _visitor_erasure(command: Erase, visitor_id: str, secret: bytes) -> Erase:
+    """The erasure of a visitor linked to the erased member: its own audit entry, under an
+    id derived from the member's erasure (the same on every replay, so applied once)."""
+    derived = uuid.uuid5(
+        uuid.NAMESPACE_URL, f"{command.erasure_id}/{member_digest(secret, visitor_id)}"
+    )
+    return Erase(member_id=visitor_id, erasure_id=str(derived), at=command.at)
+
+
+def _overwrite_deleted(conn: Connection) -> None:
+    """On SQLite, make this connection zero what it deletes: a deleted row would otherwise
+    stay readable in the file's free pages until they are reused. PostgreSQL frees dead
+    rows at its next vacuum (docs/erasure.md)."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("PRAGMA secure_delete = ON")
+
+
+def _drop_old_pages(engine: Engine) -> None:
+    """On SQLite, copy the write-ahead log into the database and empty it, so that the
+    pages from before an erasure are not left behind in the log file. Busy readers may
+    hold it back; the next checkpoint then does it."""
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")

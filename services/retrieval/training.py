@@ -114,7 +114,7 @@ def _fit_and_write(matrix: Matrix, settings: RetrievalSettings, folder: Path) ->
         )
         als.fit(matrix.weights, show_progress=False)
     item_factors = np.ascontiguousarray(als.item_factors, dtype=np.float32)
-    als.save(str(folder / ALS_FILE))
+    save_item_side(als, folder / ALS_FILE)
     (folder / ITEMS_FILE).write_text(json.dumps(matrix.item_ids))
     np.save(folder / POPULARITY_FILE, _popularity(matrix.weights))
     faiss.write_index(_index(item_factors), str(folder / IP_INDEX_FILE))
@@ -126,7 +126,22 @@ def _fit_and_write(matrix: Matrix, settings: RetrievalSettings, folder: Path) ->
         "interactions": int(matrix.weights.nnz),
         "factors": settings.factors,
         "recipe": recipe(settings),
+        # Members are folded in from their interactions when served: the model files hold
+        # item factors and item figures only, so erasing a member never touches a model.
+        "holds_member_data": False,
     }
+
+
+def save_item_side(als: AlternatingLeastSquares, path: Path) -> None:
+    """Save the model without its user factors (one row per member trained on): serving
+    recomputes a member's factors from their interactions (`recalculate_user`), which reads
+    the item factors and settings only. implicit saves no attribute that is None."""
+    user_factors = als.user_factors
+    als.user_factors = None
+    try:
+        als.save(str(path))
+    finally:
+        als.user_factors = user_factors
 
 
 def _popularity(weights: csr_matrix) -> np.ndarray:

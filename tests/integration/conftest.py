@@ -10,12 +10,14 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 
 from services.common.settings import FleetSettings
 from services.gateway.access_keys import SqlAccessKeyStore, create_key
@@ -38,6 +40,8 @@ class RunningFleet:
     data_dir: Path
     env: dict[str, str]
     runner: subprocess.Popen[bytes]
+    # service -> PostgreSQL schema, for a fleet on PostgreSQL; empty on SQLite.
+    schemas: dict[str, str] = field(default_factory=dict)
 
     @property
     def admin_key(self) -> str:
@@ -58,9 +62,10 @@ class RunningFleet:
 
     def new_key(self, *scopes: str, name: str = "integration tests") -> str:
         """A new access key, made through the store the gateway reads (as the CLI does)."""
-        store = SqlAccessKeyStore.from_url(
-            FleetSettings(data_dir=self.data_dir).sqlite_url("gateway")
-        )
+        url = self.env.get("RECOFLEET_GATEWAY_DATABASE_URL") or FleetSettings(
+            data_dir=self.data_dir
+        ).sqlite_url("gateway")
+        store = SqlAccessKeyStore.from_url(url)
         try:
             return create_key(store, scopes or ["admin"], name)[1]
         finally:
@@ -156,3 +161,51 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFleet]:
     data_dir = tmp_path_factory.mktemp("fleet")
     with running_fleet(fleet_env(data_dir), data_dir) as running:
         yield running
+
+
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+# Services with a database of their own: each gets a schema of its own on PostgreSQL.
+STORED = ("profiles", "retrieval", "campaigns", "gateway")
+
+
+@contextlib.contextmanager
+def postgres_schemas(prefix: str) -> Iterator[dict[str, str]]:
+    """A fresh schema per stored service (dropped afterwards): service -> schema name.
+    PostgreSQL at 127.0.0.1:5432 is required; without it this fails, never skips."""
+    admin = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 5})
+    schemas = {name: f"{prefix}_{name}" for name in STORED}
+    try:
+        with admin.begin() as conn:
+            for schema in schemas.values():
+                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        yield schemas
+    finally:
+        with admin.begin() as conn:
+            for schema in schemas.values():
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def schema_url(schema: str) -> str:
+    return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(scope="session")
+def postgres_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFleet]:
+    """The same fleet with every store on PostgreSQL (the production configuration)."""
+    data_dir = tmp_path_factory.mktemp("pgfleet")
+    with postgres_schemas(f"fleet_{uuid.uuid4().hex[:8]}") as schemas:
+        env = fleet_env(data_dir)
+        for name, schema in schemas.items():
+            env[f"RECOFLEET_{name.upper()}_DATABASE_URL"] = schema_url(schema)
+        with running_fleet(env, data_dir) as running:
+            running.schemas = schemas
+            yield running
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def any_fleet(request: pytest.FixtureRequest) -> RunningFleet:
+    """Runs a test on the SQLite fleet and on the PostgreSQL one."""
+    name = "fleet" if request.param == "sqlite" else "postgres_fleet"
+    running: RunningFleet = request.getfixturevalue(name)
+    return running

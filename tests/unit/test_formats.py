@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from services.common.events import Event, EventType, parse_event
-from services.ingestion.formats import FORMATS, Translated, translate
+from services.ingestion.formats import FORMATS, Identity, Translated, translate
 
 
 def _body(value: Any) -> bytes:
@@ -409,7 +409,18 @@ def test_segment_complete_track_call_prefers_user_id_and_keeps_its_envelope() ->
 def test_segment_complete_track_call_of_a_custom_event_is_ignored_by_name() -> None:
     [result] = translate("segment", _body(COMPLETE_TRACK))
 
-    assert result == Translated(0, "ajs-f8ca1e4de5024d9430b3928bd8ac6b96", [], "Course Clicked")
+    assert result == Translated(
+        0,
+        "ajs-f8ca1e4de5024d9430b3928bd8ac6b96",
+        [],
+        "Course Clicked",
+        # Ignored as an event, the call still links its anonymous visitor to its member.
+        identity=Identity(
+            "AiUGstSDIg",
+            ("23adfd82-aa0f-45a7-a756-24f2a7a4c895",),
+            timestamp="2015-12-12T19:11:01.249000Z",
+        ),
+    )
 
 
 def test_segment_anonymous_visitor_is_the_member() -> None:
@@ -466,7 +477,15 @@ def test_segment_mixed_batch_counts_what_it_ignored_and_maps_the_rest() -> None:
 
 def test_segment_identify_bodies_are_ignored_with_or_without_a_type() -> None:
     [typed] = translate("segment", _body(COMPLETE_IDENTIFY))
-    assert typed == Translated(0, "022bb90c-bbac-11e4-8dfc-aa07a5b093db", [], "identify")
+    assert typed == Translated(
+        0,
+        "022bb90c-bbac-11e4-8dfc-aa07a5b093db",
+        [],
+        "identify",
+        identity=Identity(
+            "97980cfea0067", ("507f191e810c19729de860ea",), timestamp="2015-02-23T22:28:55.111000Z"
+        ),
+    )
 
     # The HTTP API's example Identify call (POST /v1/identify) carries no `type`.
     http_identify = {
@@ -1232,3 +1251,85 @@ def test_full_refunds_without_items_refund_the_order_amount() -> None:
     )
     _, ga4 = _only("ga4", _mp(("refund", {k: v for k, v in REFUND.items() if k != "items"})))
     assert ga4.type == "refund" and ga4.items == [] and ga4.revenue == abs(REFUND["value"])
+
+
+# --- identity: links and consent ---------------------------------------------------------
+
+
+def _identities(fmt: str, body: Any) -> list[Identity | None]:
+    return [result.identity for result in translate(fmt, _body(body))]
+
+
+def test_segment_calls_with_a_user_and_an_anonymous_id_link_them_whatever_their_type() -> None:
+    calls = [
+        {"type": "identify", "userId": "u-1", "anonymousId": "a-1"},
+        {"type": "alias", "userId": "u-1", "previousId": "old-1"},
+        {"type": "page", "userId": "u-1", "anonymousId": "a-2", "name": "Home"},
+        {"type": "track", "event": "Custom Thing", "userId": "u-1", "anonymousId": "a-3"},
+        {"type": "identify", "userId": "u-2"},  # nothing to link
+        {"type": "identify", "anonymousId": "a-4"},
+        {"type": "identify", "userId": "u-3", "anonymousId": "u-3"},  # the same id
+    ]
+
+    found = _identities("segment", calls)
+
+    assert found == [
+        Identity("u-1", ("a-1",)),
+        Identity("u-1", ("old-1",)),
+        Identity("u-1", ("a-2",)),
+        Identity("u-1", ("a-3",)),
+        None,
+        None,
+        None,
+    ]
+
+
+def test_segment_consent_is_read_from_the_message_or_the_batch_context() -> None:
+    preferences = {"categoryPreferences": {"Personalisation": False, "On-Site Messaging": True}}
+    batch = {
+        "batch": [
+            {"type": "identify", "userId": "u-1"},
+            {
+                "type": "identify",
+                "userId": "u-2",
+                "context": {"consent": {"categoryPreferences": {"PUSH": True}}},
+            },
+        ],
+        "context": {"consent": preferences},
+    }
+
+    found = _identities("segment", batch)
+
+    assert found == [
+        Identity("u-1", (), {"personalization": False, "onsite": True}),
+        Identity("u-2", (), {"push": True}),
+    ]
+
+
+def test_ga4_ids_link_from_the_body_or_from_the_params_of_a_bare_event() -> None:
+    bare = [{"name": "page_view", "params": {"user_id": "u-1", "client_id": "c-1"}}]
+    app = {"app_instance_id": "app-1", "user_id": "u-2", "events": [{"name": "screen_view"}]}
+
+    assert _identities("ga4", bare) == [Identity("u-1", ("c-1",))]
+    assert _identities("ga4", app) == [Identity("u-2", ("app-1",))]
+    assert _identities("ga4", {"client_id": "c-1", "events": [{"name": "x"}]}) == [None]
+
+
+def test_ga4_consent_states_are_read_in_any_case() -> None:
+    body = {
+        "client_id": "c-1",
+        "consent": {"ad_personalization": "granted"},
+        "events": [{"name": "page_view"}],
+    }
+
+    assert _identities("ga4", body) == [Identity("c-1", (), {"personalization": True})]
+
+
+def test_retail_user_and_visitor_link_in_the_current_and_the_legacy_layout() -> None:
+    current = {"eventType": "home-page-view", "visitorId": "v-1", "userInfo": {"userId": "u-1"}}
+    legacy = {"eventType": "detail-page-view", "userInfo": {"visitorId": "v-2", "userId": "u-2"}}
+    anonymous = {"eventType": "home-page-view", "visitorId": "v-3"}
+
+    found = _identities("google_retail", [current, legacy, anonymous])
+
+    assert found == [Identity("u-1", ("v-1",)), Identity("u-2", ("v-2",)), None]

@@ -47,6 +47,7 @@ class FakeProfiles(Stub):
         super().__init__()
         self.purchased = list(purchased)
         self.categories = categories
+        self.personalization = True
 
     async def GetProfile(
         self, request: profiles_pb2.GetProfileRequest, timeout: float | None = None
@@ -62,6 +63,7 @@ class FakeProfiles(Stub):
                     for c, w in self.categories.items()
                 ],
                 purchased_item_ids=self.purchased,
+                consent=profiles_pb2.Consent(personalization=self.personalization),
             )
         )
 
@@ -305,7 +307,8 @@ async def test_campaigns_down_still_filters_purchased_and_excluded(fleet: Fleet)
     assert len(shown) == 8
 
 
-async def test_profiles_down_still_recommends(fleet: Fleet) -> None:
+async def test_profiles_down_still_recommends_without_the_members_data(fleet: Fleet) -> None:
+    # Consent cannot be checked: the answer uses nothing of the member's.
     fleet.profiles.failing.add("GetProfile")
 
     rec = await fleet.recommend(limit=3)
@@ -313,7 +316,33 @@ async def test_profiles_down_still_recommends(fleet: Fleet) -> None:
     assert rec.degraded
     assert rec.degraded_services == ["profiles"]
     assert len(rec.items) == 3
-    assert dict(fleet.ranking.requests["Rank"][0].member.category_weights) == {}
+    assert not rec.personalized
+    assert "GetCandidates" not in fleet.retrieval.requests
+    assert fleet.retrieval.requests["GetPopularItems"]
+    assert fleet.campaigns.requests["ApplyRules"][0].member_id == ""
+
+
+async def test_no_personalization_consent_gets_what_anyone_would(fleet: Fleet) -> None:
+    fleet.profiles.personalization = False
+
+    rec = await fleet.recommend(limit=3)
+
+    assert not rec.degraded
+    assert not rec.personalized
+    assert rec.model.startswith("non-personalized")
+    assert "GetCandidates" not in fleet.retrieval.requests
+    assert "Rank" not in fleet.ranking.requests
+    popular = [c.item_id for c in fleet.retrieval.popular]
+    assert item_ids(rec) == [i for i in popular if i in item_ids(rec)]
+    # Even what they bought is not used to filter: nothing of their portrait applies.
+    assert list(fleet.retrieval.requests["GetPopularItems"][0].exclude_item_ids) == []
+
+
+async def test_consenting_member_is_personalized(fleet: Fleet) -> None:
+    rec = await fleet.recommend(limit=3)
+
+    assert rec.personalized
+    assert fleet.retrieval.requests["GetCandidates"][0].member_id
 
 
 async def test_everything_down_never_raises(fleet: Fleet) -> None:
@@ -324,7 +353,9 @@ async def test_everything_down_never_raises(fleet: Fleet) -> None:
     rec = await fleet.recommend(limit=3, exclude=["toys-9"])
 
     assert rec.degraded
-    assert sorted(rec.degraded_services) == ["campaigns", "profiles", "ranking", "retrieval"]
+    # Without a profile nothing is personal, so ranking (which weighs the member's
+    # portrait) is not asked.
+    assert sorted(rec.degraded_services) == ["campaigns", "profiles", "retrieval"]
     # No profile, so nothing is known to be bought: popular items minus the exclusion.
     assert item_ids(rec) == ["bought-1", "unwanted-1", "garden-9"]
 

@@ -25,6 +25,15 @@ STATUSES = {
     ("put", "/v1/members/{member_id}/tags/{tag}"): {"200", "404", "409", "422"} | KEYED,
     ("delete", "/v1/members/{member_id}/tags/{tag}"): {"200", "404", "409", "422"} | KEYED,
     ("get", "/v1/items/{item_id}/similar"): {"200", "422"} | KEYED,
+    ("put", "/v1/members/{member_id}/consent"): {"200", "400", "413", "415", "422"} | KEYED,
+    ("delete", "/v1/members/{member_id}"): {"202", "422"} | KEYED,
+    ("get", "/v1/segments"): {"200"} | KEYED,
+    ("post", "/v1/segments"): {"201", "400", "409", "413", "415", "422"} | KEYED,
+    ("get", "/v1/segments/{name}"): {"200", "404", "422"} | KEYED,
+    ("put", "/v1/segments/{name}"): {"200", "400", "409", "413", "415", "422"} | KEYED,
+    ("delete", "/v1/segments/{name}"): {"204", "404", "409", "422"} | KEYED,
+    ("get", "/v1/segments/{name}/members"): {"200", "404", "422"} | KEYED,
+    ("get", "/v1/segments/{name}/export"): {"200", "404", "422"} | KEYED,
     ("get", "/healthz"): {"200"},
     ("get", "/readyz"): {"200", "503"},
     ("get", "/metrics"): {"200"},
@@ -38,6 +47,15 @@ SCOPES = {
     ("put", "/v1/members/{member_id}/tags/{tag}"): "segments:write",
     ("delete", "/v1/members/{member_id}/tags/{tag}"): "segments:write",
     ("get", "/v1/items/{item_id}/similar"): "recommendations:read",
+    ("put", "/v1/members/{member_id}/consent"): "events:write",
+    ("delete", "/v1/members/{member_id}"): "admin",
+    ("get", "/v1/segments"): "profiles:read",
+    ("post", "/v1/segments"): "segments:write",
+    ("get", "/v1/segments/{name}"): "profiles:read",
+    ("put", "/v1/segments/{name}"): "segments:write",
+    ("delete", "/v1/segments/{name}"): "segments:write",
+    ("get", "/v1/segments/{name}/members"): "profiles:read",
+    ("get", "/v1/segments/{name}/export"): "profiles:read",
 }
 
 
@@ -135,9 +153,11 @@ def test_links_point_at_operations_that_exist(document):
 
 def test_limit_parameters_say_the_configured_maximum():
     document = create_app(FleetSettings(), GatewaySettings(max_limit=42)).openapi()
+    # Segment member pages have their own bound (1000), not the recommendations' one.
     limits = [
         parameter["schema"]
-        for operation in operations(document).values()
+        for (_, path), operation in operations(document).items()
+        if not path.startswith("/v1/segments")
         for parameter in operation.get("parameters", [])
         if parameter["name"] == "limit"
     ]

@@ -15,10 +15,10 @@ import pytest
 from sqlalchemy import Engine, text
 
 from services.common.events import CatalogItem, Event
+from services.common.migrations import OutdatedSchema
 from services.profiles.domain import CategoryStat, ManualTag, MemberProfile, Rfm
 from services.profiles.settings import ProfilesSettings
 from services.profiles.store import (
-    OutdatedStore,
     SqlProfileStore,
     TooManyTags,
     member_categories,
@@ -411,7 +411,7 @@ def test_a_store_made_before_portraits_is_refused_with_what_to_do(engine: Engine
             )
         )
 
-    with pytest.raises(OutdatedStore, match="lacks first_order_at, discounted_orders, channels"):
+    with pytest.raises(OutdatedSchema, match="lacks first_order_at, discounted_orders, channels"):
         SqlProfileStore(engine, ProfilesSettings())
 
 

@@ -13,6 +13,7 @@ from services.common.clock import Clock
 from services.common.events import Event
 from services.gen.recofleet.profiles.v1 import profiles_pb2
 from services.profiles.portrait import Portraitist
+from services.profiles.segmenting import Segmenter
 from services.profiles.servicer import ProfilesServicer
 from services.profiles.settings import ProfilesSettings
 from services.profiles.store import SqlProfileStore
@@ -50,7 +51,9 @@ def service(tmp_path: Path) -> Iterator[ProfilesServicer]:
             for k in range(n)
         ]
     )
-    yield ProfilesServicer(store, 20, Portraitist(settings), Clock.fixed(NOW))
+    portraitist, clock = Portraitist(settings), Clock.fixed(NOW)
+    segmenter = Segmenter(store, portraitist, clock, sizes_ttl_s=0)
+    yield ProfilesServicer(store, 20, portraitist, clock, segmenter)
     store.close()
 
 
@@ -115,3 +118,124 @@ async def test_past_the_manual_tag_limit_is_resource_exhausted(service) -> None:
             profiles_pb2.ManualTagRequest(member_id="m-1", tag="b"), Context()
         )
     assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def scored(service: ProfilesServicer) -> None:
+    await service.RecomputeScores(profiles_pb2.RecomputeScoresRequest(), Context())
+
+
+async def test_lifecycle_segments_are_listed_with_their_sizes(service) -> None:
+    await scored(service)
+    reply = await service.ListSegments(profiles_pb2.ListSegmentsRequest(), Context())
+
+    sizes = {s.name: s.size for s in reply.segments}
+    assert reply.members == 10
+    assert set(sizes) == {"new", "active", "high-value", "loyal", "at-risk", "churned", "prospect"}
+    assert sum(sizes.values()) == 10  # every member is in exactly one lifecycle segment
+    assert all(s.kind == "lifecycle" for s in reply.segments)
+
+
+async def test_a_defined_segment_is_sized_at_once_and_paged(service) -> None:
+    await scored(service)
+    put = await service.PutSegment(
+        profiles_pb2.PutSegmentRequest(
+            name="kitchen-spenders", condition="affinity.kitchen > 0.5 and monetary >= 200"
+        ),
+        Context(),
+    )
+    # m-n spent 10·n per order over n orders: 10n² >= 200 for n >= 5.
+    assert put.segment.size == 6 and put.segment.kind == "custom"
+
+    first = await service.SegmentMembers(
+        profiles_pb2.SegmentMembersRequest(name="kitchen-spenders", limit=4), Context()
+    )
+    rest = await service.SegmentMembers(
+        profiles_pb2.SegmentMembersRequest(
+            name="kitchen-spenders", limit=4, after=first.next_after
+        ),
+        Context(),
+    )
+    ids = [m.member_id for m in [*first.members, *rest.members]]
+    assert ids == sorted(f"m-{n}" for n in range(5, 11))
+    assert first.next_after == ids[3] == "m-7" and rest.next_after == ""  # by id, as text
+    assert first.members[0].top_category == "kitchen"
+
+    profile = await service.GetProfile(profiles_pb2.GetProfileRequest(member_id="m-9"), Context())
+    assert "kitchen-spenders" in profile.profile.segments
+
+
+async def test_a_bad_definition_names_the_field(service) -> None:
+    with pytest.raises(Aborted) as bad:
+        await service.PutSegment(
+            profiles_pb2.PutSegmentRequest(name="x", condition="spend > 3"), Context()
+        )
+    assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert str(bad.value).startswith("INVALID_ARGUMENT: condition: unknown field 'spend'")
+    with pytest.raises(Aborted) as builtin:
+        await service.PutSegment(
+            profiles_pb2.PutSegmentRequest(name="churned", condition="frequency > 1"), Context()
+        )
+    assert builtin.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_withdrawn_consent_takes_a_member_out_of_every_segment_and_channel(service) -> None:
+    await scored(service)
+    await service.PutSegment(
+        profiles_pb2.PutSegmentRequest(name="all-buyers", condition="frequency >= 1"), Context()
+    )
+    await service.SetConsent(
+        profiles_pb2.SetConsentRequest(member_id="m-3", changes={"personalization": False}),
+        Context(),
+    )
+    await service.SetConsent(
+        profiles_pb2.SetConsentRequest(member_id="m-4", changes={"email": True}), Context()
+    )
+
+    everyone = await service.SegmentMembers(
+        profiles_pb2.SegmentMembersRequest(name="all-buyers", limit=100), Context()
+    )
+    by_email = await service.SegmentMembers(
+        profiles_pb2.SegmentMembersRequest(name="all-buyers", channel="email"), Context()
+    )
+    profile = await service.GetProfile(profiles_pb2.GetProfileRequest(member_id="m-3"), Context())
+
+    assert "m-3" not in [m.member_id for m in everyone.members]
+    assert len(everyone.members) == 9
+    assert [m.member_id for m in by_email.members] == ["m-4"]
+    assert not profile.profile.consent.personalization and list(profile.profile.segments) == []
+
+
+async def test_consent_of_an_unknown_member_is_kept_and_shown(service) -> None:
+    reply = await service.SetConsent(
+        profiles_pb2.SetConsentRequest(member_id="visitor-1", changes={"sms": True}), Context()
+    )
+    assert reply.consent.sms and reply.consent.personalization and not reply.consent.email
+    profile = await service.GetProfile(
+        profiles_pb2.GetProfileRequest(member_id="visitor-1"), Context()
+    )
+    assert not profile.profile.known and profile.profile.consent.sms
+    with pytest.raises(Aborted) as bad:
+        await service.SetConsent(
+            profiles_pb2.SetConsentRequest(member_id="m-1", changes={"fax": True}), Context()
+        )
+    assert "unknown consent fax" in str(bad.value)
+
+
+async def test_an_export_streams_every_member_in_pages(service) -> None:
+    await service.PutSegment(
+        profiles_pb2.PutSegmentRequest(name="all-buyers", condition="frequency >= 1"), Context()
+    )
+    streamed = [
+        m.member_id
+        async for page in service.ExportSegment(
+            profiles_pb2.SegmentMembersRequest(name="all-buyers"), Context()
+        )
+        for m in page.members
+    ]
+    assert streamed == sorted(f"m-{n}" for n in range(1, 11))
+    with pytest.raises(Aborted) as missing:
+        async for _ in service.ExportSegment(
+            profiles_pb2.SegmentMembersRequest(name="nope"), Context()
+        ):
+            pass
+    assert missing.value.code == grpc.StatusCode.NOT_FOUND

@@ -8,17 +8,22 @@ those lines.
 from __future__ import annotations
 
 import random
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
+from implicit.cpu.als import AlternatingLeastSquares
 from sqlalchemy import Engine
 
 from services.common.candidates import Candidate
 from services.common.events import CatalogItem, Event
+from services.retrieval import training
 from services.retrieval.domain import Retriever
+from services.retrieval.model import ALS_FILE, RetrievalModel
 from services.retrieval.model_store import LocalModelStore
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import SqlInteractionStore
@@ -313,3 +318,50 @@ def test_events_that_say_nothing_about_taste_are_not_interactions(
 
     assert store.member_history("m-1", 100) == {}
     assert list(store.interactions()) == []
+
+
+def test_model_files_hold_no_member_data(store: SqlInteractionStore, tmp_path: Path) -> None:
+    renamed = {m: f"member-{m}-q7z" for m in MEMBERS}
+    store.apply_events(
+        [e.model_copy(update={"member_id": renamed[e.member_id]}) for e in shop_events()]
+    )
+    models = LocalModelStore(tmp_path / "models")
+
+    version = train(store, models, SETTINGS).version
+
+    folder = models.path(version)
+    assert models.meta(version)["holds_member_data"] is False
+    with np.load(folder / ALS_FILE) as saved:
+        assert "user_factors" not in saved.files
+        assert all(saved[key].shape[0] != len(MEMBERS) for key in saved.files if saved[key].ndim)
+    content = b"".join(
+        path.read_bytes() for path in (tmp_path / "models").rglob("*") if path.is_file()
+    )
+    assert not [m for m in renamed.values() if m.encode() in content]
+
+
+def test_recommendations_are_the_same_without_the_user_factors(
+    store: SqlInteractionStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.apply_events(shop_events())
+    fitted: list[AlternatingLeastSquares] = []
+    saving = training.save_item_side
+
+    def keep(als: AlternatingLeastSquares, path: Path) -> None:
+        fitted.append(als)
+        saving(als, path)
+
+    monkeypatch.setattr(training, "save_item_side", keep)
+    models = LocalModelStore(tmp_path / "models")
+    version = train(store, models, SETTINGS).version
+    # The same model as implicit saves it whole, user factors and all.
+    whole = tmp_path / "whole"
+    shutil.copytree(models.path(version), whole)
+    fitted[0].save(str(whole / ALS_FILE))
+    assert fitted[0].user_factors is not None
+
+    served, before = RetrievalModel.load(models.path(version)), RetrievalModel.load(whole)
+
+    for member in MEMBERS:
+        history = store.member_history(member, SETTINGS.history_limit)
+        assert served.for_member(history, 10, set()) == before.for_member(history, 10, set())

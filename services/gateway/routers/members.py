@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Annotated, Literal
 
 import grpc
-from fastapi import APIRouter, HTTPException, Path, Query
-from fastapi.routing import APIRoute
-from starlette.types import Receive, Scope, Send
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 
 from services.gateway.auth import require
+from services.gateway.bodies import model_body, read_model
 from services.gateway.deps import ClientsDep, ComposerDep, SettingsDep, checked_limit
 from services.gateway.responses import errors, similar_items_link
+from services.gateway.routing import AllowingRoute
 from services.gateway.schemas import (
+    ConsentIn,
+    ConsentOut,
+    ErasureOut,
+    MemberConsentOut,
     MemberTagsOut,
     OfferOut,
     OffersOut,
@@ -20,9 +25,11 @@ from services.gateway.schemas import (
     RecommendationsOut,
 )
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2
+from services.gen.recofleet.ingestion.v1 import ingestion_pb2
+from services.gen.recofleet.profiles.v1 import profiles_pb2
 from services.profiles.tags import TAG_PATTERN
 
-router = APIRouter(prefix="/v1/members", tags=["members"])
+router = APIRouter(prefix="/v1/members", tags=["members"], route_class=AllowingRoute)
 
 MemberId = Annotated[str, Path(min_length=1, max_length=128, description="The shop's member id")]
 Placement = Literal["home", "product", "cart", "email", "search", "category"]
@@ -196,23 +203,7 @@ TAGS_ANSWER = {
 }
 
 
-class TagRoute(APIRoute):
-    """A tag route whose 405 lists both methods a tag's path serves: Starlette's lists only
-    those of the first route whose path matched (PUT's)."""
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.methods and scope["method"] not in self.methods:
-            served = {
-                method
-                for route in tag_routes.routes
-                if isinstance(route, APIRoute) and route.path_format == self.path_format
-                for method in route.methods or ()
-            }
-            raise HTTPException(405, "Method Not Allowed", {"Allow": ", ".join(sorted(served))})
-        await super().handle(scope, receive, send)
-
-
-tag_routes = APIRouter(route_class=TagRoute)
+tag_routes = APIRouter(route_class=AllowingRoute)
 
 
 @tag_routes.put(
@@ -241,6 +232,101 @@ async def remove_manual_tag(member_id: MemberId, tag: Tag, composer: ComposerDep
 
 
 router.include_router(tag_routes)
+
+
+@router.put(
+    "/{member_id}/consent",
+    operation_id="set_consent",
+    dependencies=[require("events:write")],
+    response_model=MemberConsentOut,
+    responses={
+        200: {
+            "description": "The member's consent after the change (defaults filled in); "
+            "it holds for every answer from now on.",
+            "links": {"profile": MEMBER_LINKS["profile"]},
+        },
+        **errors(
+            400,
+            413,
+            415,
+            422,
+            503,
+            descriptions={
+                422: "An unknown key, a value that is not true or false, or no key at all.",
+                503: "The profiles service is unavailable: nothing was changed, retry.",
+            },
+        ),
+    },
+    openapi_extra=model_body(
+        ConsentIn,
+        'Only the keys sent change, e.g. `{"personalization": false, "email": true}`.',
+    ),
+)
+async def set_consent(
+    member_id: MemberId, request: Request, clients: ClientsDep, settings: SettingsDep
+) -> MemberConsentOut:
+    """Record what the member allows (a member not seen yet too: a visitor may choose
+    before any event). Without personalization the member gets non-personalized
+    recommendations and is in no segment; without a channel, in no export for it."""
+    body = await read_model(request, ConsentIn)
+    changes = body.changes()
+    if not changes:
+        raise HTTPException(
+            422, "body: give one or more of personalization, email, sms, push, onsite"
+        )
+    try:
+        reply = await clients.profiles.SetConsent(
+            profiles_pb2.SetConsentRequest(member_id=member_id, changes=changes),
+            timeout=settings.deadlines.profiles,
+        )
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            raise HTTPException(422, exc.details()) from exc
+        raise _profiles_unavailable(exc) from exc
+    return MemberConsentOut(member_id=reply.member_id, consent=ConsentOut.of(reply.consent))
+
+
+@router.delete(
+    "/{member_id}",
+    operation_id="erase_member",
+    dependencies=[require("admin")],
+    status_code=202,
+    response_model=ErasureOut,
+    responses={
+        202: {
+            "description": "Erasure accepted: every service removes the member (portrait, "
+            "events, interactions, identity links, anything keyed by them) within seconds, "
+            "and never applies their earlier events again (docs/erasure.md)."
+        },
+        **errors(
+            422,
+            503,
+            descriptions={503: "The bus cannot take the erasure now: nothing was done, retry."},
+        ),
+    },
+)
+async def erase_member(
+    member_id: MemberId, clients: ClientsDep, settings: SettingsDep
+) -> ErasureOut:
+    """Forget the member everywhere. Answers at once; the audit entries each service keeps
+    name the erasure id and hold no personal data."""
+    try:
+        reply = await clients.ingestion.EraseMember(
+            ingestion_pb2.EraseMemberRequest(member_id=member_id),
+            timeout=settings.deadlines.ingestion,
+        )
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            raise HTTPException(422, exc.details()) from exc
+        raise HTTPException(
+            503, f"erasure not accepted ({exc.code().name}); retry", headers={"Retry-After": "1"}
+        ) from exc
+    return ErasureOut(
+        member_id=member_id,
+        erasure_id=reply.erasure_id,
+        requested_at=reply.requested_at.ToDatetime(tzinfo=UTC),
+        status="accepted",
+    )
 
 
 async def _manual_tag(

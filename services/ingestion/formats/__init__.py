@@ -12,6 +12,12 @@ Formats (see each module for its mapping table and what it ignores on purpose):
 - `ga4`: GA4 ecommerce events (Measurement Protocol bodies, or bare gtag-style events);
 - `google_retail`: Google Cloud Retail user events (one, `{"userEvents": [...]}`, or NDJSON).
 
+Source events also say who their sender is (`Translated.identity`): a known member seen
+with an anonymous id (Segment identify/alias or any call with both ids, GA4 user_id with
+client_id, Retail userInfo.userId with visitorId), and consent where the format carries it
+(Segment Consent Management, GA4 `consent`); ingestion turns them into member commands
+(docs/identity.md), also for source events it ignores or rejects as events.
+
 Every native event made from another format carries a deterministic `event_id` (the source's
 own id when it has one, else a hash of the source event), so a retried delivery dedupes.
 Each source event becomes at most one native event (with `items[]` for several products).
@@ -26,9 +32,18 @@ from typing import Any
 
 from services.common.events import entries_of
 from services.ingestion.formats import ga4, google_retail, segment
-from services.ingestion.formats.common import MappingError, Translated, decode_json
+from services.ingestion.formats.common import Identity, MappingError, Translated, decode_json
 
-__all__ = ["FORMATS", "MappingError", "Translated", "read", "translate", "translate_body"]
+__all__ = [
+    "FORMATS",
+    "Identity",
+    "MappingError",
+    "Translated",
+    "canonical",
+    "read",
+    "translate",
+    "translate_body",
+]
 
 FORMATS = ("native", "segment", "ga4", "google_retail")
 
@@ -58,9 +73,13 @@ def translate(fmt: str, payload: bytes) -> list[Translated]:
     return translate_body(fmt, read(fmt, payload))
 
 
+def canonical(fmt: str) -> str:
+    """The name of format `fmt` as `FORMATS` spells it (case and `-` aside; empty is native)."""
+    return (fmt or "native").strip().lower().replace("-", "_")
+
+
 def _format(fmt: str) -> tuple[Callable[[bytes], Any], Callable[[Any], list[Translated]]]:
-    name = (fmt or "native").strip().lower().replace("-", "_")
-    handlers = _FORMATS.get(name)
+    handlers = _FORMATS.get(canonical(fmt))
     if handlers is None:
         raise ValueError(f"unknown event format '{fmt}'; supported: {', '.join(FORMATS)}")
     return handlers

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +19,25 @@ from services.common import jsonbody
 from services.common.events import MAX_ID_LENGTH
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a source event says its sender is, and what they consented to: the facts as the
+    format carries them, which ingestion validates into member commands (links, consent).
+    """
+
+    # The id the event's native events land on: the known member when the source names one
+    # (Segment userId, GA4 user_id, Retail userInfo.userId), else the anonymous visitor.
+    member_id: str
+    # Anonymous ids the same person was seen under (Segment anonymousId and an alias's
+    # previousId, GA4 client_id / app_instance_id, Retail visitorId): each links to
+    # `member_id`. Empty when the source names no known member.
+    anonymous_ids: tuple[str, ...] = ()
+    # A partial consent change of `member_id` (keys of services.common.members.CONSENT_KEYS).
+    consent: dict[str, bool] = field(default_factory=dict)
+    # When the source dates the event (ISO 8601 UTC text), else None.
+    timestamp: str | None = None
 
 
 @dataclass(frozen=True)
@@ -30,6 +49,9 @@ class Translated:
     events: list[dict[str, Any]]  # native event dicts (empty when ignored or on error)
     ignored: str | None = None  # the source event name, when recofleet ignores it on purpose
     error: str | None = None  # why this source event cannot be mapped
+    # Links and consent the source event carries, whatever became of the event itself (an
+    # identify call is ignored as an event, yet links a visitor to a member).
+    identity: Identity | None = None
 
 
 class MappingError(Exception):
@@ -230,6 +252,22 @@ def compact(fields: dict[str, Any]) -> dict[str, Any]:
 def source_context(fmt: str, kept: dict[str, Any]) -> dict[str, Any]:
     """The native `context`: what the shop sent beyond the mapped fields, under `source`."""
     return {"source": {"format": fmt, **compact(kept)}}
+
+
+def identity_of(
+    member_id: str | None,
+    anonymous_ids: tuple[str | None, ...],
+    consent: dict[str, bool],
+    timestamp: str | None,
+) -> Identity | None:
+    """The identity facts of one source event, or None when it says nothing worth a command
+    (no known member with an anonymous id, no consent)."""
+    if member_id is None:
+        return None
+    others = tuple(dict.fromkeys(a for a in anonymous_ids if a is not None and a != member_id))
+    if not others and not consent:
+        return None
+    return Identity(member_id, others, consent, timestamp)
 
 
 def object_or_empty(value: Any, where: str) -> dict[str, Any]:

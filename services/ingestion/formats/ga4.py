@@ -39,6 +39,12 @@ Mapping:
 - `context.source`: the event's `params` (whole) and the body's other fields (`client_id`,
   `user_properties`, `consent`, `user_data`, ...), minus `events` and any `api_secret`.
 
+Identity (`Translated.identity`, of every event whatever its name, docs/identity.md):
+- links: `client_id` -> `user_id`, and `app_instance_id` -> `user_id`, when both are set;
+- consent: the body's `consent.ad_personalization` ("GRANTED" / "DENIED", any case) is
+  consent to personalization; `ad_user_data` has no recofleet counterpart and is left alone.
+  The consent is the member's (`user_id`, else `client_id`, else `app_instance_id`).
+
 Ignored on purpose: every other event (page_view, view_cart, begin_checkout,
 add_shipping_info, add_payment_info, select_promotion, generate_lead, ...), and
 view_item_list / view_promotion whose items are not all identified.
@@ -46,10 +52,12 @@ view_item_list / view_promotion whose items are not all identified.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from services.ingestion.formats.common import (
     EVENT_FAILURES,
+    Identity,
     IdMinter,
     MappingError,
     Translated,
@@ -58,6 +66,7 @@ from services.ingestion.formats.common import (
     currency,
     decode_json,
     failed,
+    identity_of,
     line,
     micros_timestamp,
     number,
@@ -107,7 +116,51 @@ def translate(body: Any) -> list[Translated]:
             'a list of {"name", "params"} events or one such event'
         )
     minter = IdMinter("ga4")
-    return [_translate_event(index, event, envelope, minter) for index, event in enumerate(events)]
+    consent = _consent(envelope.get("consent"))
+    results = []
+    for index, event in enumerate(events):
+        result = _translate_event(index, event, envelope, minter)
+        found = _identity(event, envelope, consent)
+        results.append(replace(result, identity=found) if found else result)
+    return results
+
+
+def _identity(event: Any, envelope: dict[str, Any], consent: dict[str, bool]) -> Identity | None:
+    """The links and consent of one event, whatever its name: a page_view of a signed-in
+    visitor links its client_id to its user_id as well as a purchase does."""
+    if not isinstance(event, dict):
+        return None
+    try:
+        params = object_or_empty(event.get("params"), "params")
+        user_id = _id(envelope, params, "user_id")
+        client_id = _id(envelope, params, "client_id")
+        app_instance_id = _id(envelope, params, "app_instance_id")
+    except EVENT_FAILURES:
+        return None
+    try:
+        raw_time = _first(
+            event.get("timestamp_micros"),
+            params.get("timestamp_micros"),
+            envelope.get("timestamp_micros"),
+        )
+        timestamp = micros_timestamp(raw_time, "timestamp_micros")
+    except EVENT_FAILURES:
+        timestamp = None
+    if user_id is None:
+        return identity_of(client_id or app_instance_id, (), consent, timestamp)
+    return identity_of(user_id, (client_id, app_instance_id), consent, timestamp)
+
+
+def _consent(value: Any) -> dict[str, bool]:
+    """The Measurement Protocol's `consent`: `ad_personalization` is consent to
+    personalization. `ad_user_data` (sending user data to Google for ads) has no
+    recofleet counterpart and is left alone."""
+    if not isinstance(value, dict):
+        return {}
+    state = value.get("ad_personalization")
+    if not isinstance(state, str) or state.strip().upper() not in ("GRANTED", "DENIED"):
+        return {}
+    return {"personalization": state.strip().upper() == "GRANTED"}
 
 
 def _translate_event(

@@ -29,6 +29,9 @@ Mapping:
   `item_id`. `currency`: `purchaseTransaction.currencyCode`, else the first
   `priceInfo.currencyCode`.
 - `member_id`: `userInfo.userId` when present (the shop's member), else `visitorId`.
+- identity (`Translated.identity`, of every event whatever its type): `visitorId` (or the
+  legacy `userInfo.visitorId`) -> `userInfo.userId` when both are set. No consent: Retail
+  user events carry none.
 - `session_id`: `sessionId`. `timestamp`: `eventTime`; absent stays absent.
 - `recommendation_id`: never set (`attributionToken` belongs to Google's serving, not ours;
   it is kept in the source context).
@@ -47,10 +50,12 @@ query); any other event type.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from services.ingestion.formats.common import (
     EVENT_FAILURES,
+    Identity,
     IdMinter,
     MappingError,
     Translated,
@@ -59,6 +64,7 @@ from services.ingestion.formats.common import (
     currency,
     decode_json,
     failed,
+    identity_of,
     iso_timestamp,
     line,
     number,
@@ -103,7 +109,32 @@ def read(payload: bytes) -> Any:
 def translate(body: Any) -> list[Translated]:
     events = _split(body)
     minter = IdMinter("gcr")
-    return [_translate_event(index, event, minter) for index, event in enumerate(events)]
+    results = []
+    for index, event in enumerate(events):
+        result = _translate_event(index, event, minter)
+        found = _identity(event)
+        results.append(replace(result, identity=found) if found else result)
+    return results
+
+
+def _identity(event: Any) -> Identity | None:
+    """The link of a signed-in visitor (`visitorId` and `userInfo.userId`), whatever the
+    event type: a home-page-view links as well as a purchase. Retail carries no consent."""
+    if not isinstance(event, dict):
+        return None
+    try:
+        user_info = object_or_empty(event.get("userInfo"), "userInfo")
+        user_id = text(user_info.get("userId"), "userInfo.userId")
+        visitor_id = text(event.get("visitorId"), "visitorId") or text(
+            user_info.get("visitorId"), "userInfo.visitorId"
+        )
+    except EVENT_FAILURES:
+        return None
+    try:
+        timestamp = iso_timestamp(event.get("eventTime"), "eventTime")
+    except EVENT_FAILURES:
+        timestamp = None
+    return identity_of(user_id, (visitor_id,), {}, timestamp)
 
 
 def _split(body: Any) -> list[Any]:

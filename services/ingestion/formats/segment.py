@@ -44,19 +44,33 @@ Mapping (names match ignoring case, spaces and underscores; e-commerce v1 aliase
   `integrations`, `anonymousId`, `sentAt`, ... : everything but the mapped ids, `type` and the
   `writeKey` (a credential, never stored).
 
+Identity (`Translated.identity`, of every message whatever its type, docs/identity.md):
+- links: `anonymousId` -> `userId` when a message has both, and an alias's `previousId` ->
+  `userId`;
+- consent: Consent Management's `context.consent.categoryPreferences` (the message's context
+  over the batch's), category name -> true/false. Names are compared ignoring case, spaces,
+  `-` and `_`: `personalization`/`personalisation` -> personalization; `email`, `e-mail`,
+  `email marketing` -> email; `sms`, `sms marketing` -> sms; `push`, `push notifications` ->
+  push; `onsite`, `on-site`, `onsite messaging` -> onsite. Other categories (Advertising,
+  Analytics, ...) and values that are not booleans are left alone; when two names of one
+  key disagree, the denial wins. The consent is the member's (`userId`, else `anonymousId`).
+
 Ignored on purpose (`Translated.ignored`): identify, page, screen, group, alias messages (named
-by their type), and every other track event (Cart Viewed, Checkout Started/Step Viewed/Step
-Completed, Payment Info Entered, Order Updated, Order Cancelled, Promotion Viewed/Clicked,
-Coupon *, Product Removed from Wishlist, Product/Cart Shared, custom events, ...).
+by their type; their links and consent are still taken), and every other track event (Cart
+Viewed, Checkout Started/Step Viewed/Step Completed, Payment Info Entered, Order Updated, Order
+Cancelled, Promotion Viewed/Clicked, Coupon *, Product Removed from Wishlist, Product/Cart
+Shared, custom events, ...).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 from services.ingestion.formats.common import (
     EVENT_FAILURES,
+    Identity,
     IdMinter,
     MappingError,
     Translated,
@@ -66,6 +80,7 @@ from services.ingestion.formats.common import (
     currency,
     decode_json,
     failed,
+    identity_of,
     iso_timestamp,
     line,
     number,
@@ -103,6 +118,24 @@ _LIST_EVENTS = frozenset(
     {"product list viewed", "product list filtered", "viewed product category"}
 )
 
+# Consent Management categories (names compared ignoring case, spaces, "-" and "_") ->
+# consent keys. A workspace names its categories itself; these are the usual spellings.
+_CONSENT_CATEGORIES = {
+    "personalization": "personalization",
+    "personalisation": "personalization",
+    "email": "email",
+    "e mail": "email",
+    "email marketing": "email",
+    "sms": "sms",
+    "sms marketing": "sms",
+    "push": "push",
+    "push notifications": "push",
+    "onsite": "onsite",
+    "on site": "onsite",
+    "onsite messaging": "onsite",
+    "on site messaging": "onsite",
+}
+
 _KNOWN = frozenset(_PRODUCT_EVENTS) | frozenset(_ORDER_EVENTS) | _SEARCH_EVENTS | _LIST_EVENTS
 # Top-level message keys re-expressed by native fields, or never to be stored.
 _NOT_KEPT = frozenset(
@@ -133,10 +166,12 @@ def translate(body: Any) -> list[Translated]:
             'a Segment body must be a message object, {"batch": [...]} or a list of messages'
         )
     minter = IdMinter("seg")
-    return [
-        _translate_message(index, message, shared_context, shared_integrations, minter)
-        for index, message in enumerate(messages)
-    ]
+    results = []
+    for index, message in enumerate(messages):
+        result = _translate_message(index, message, shared_context, shared_integrations, minter)
+        found = _identity(message, shared_context)
+        results.append(replace(result, identity=found) if found else result)
+    return results
 
 
 def _shared(body: dict[str, Any], key: str) -> dict[str, Any]:
@@ -192,6 +227,50 @@ def _translate_message(
         return Translated(index, source_id, [compact(event)])
     except EVENT_FAILURES as exc:
         return failed(index, source_id, exc)
+
+
+def _identity(message: Any, shared_context: dict[str, Any]) -> Identity | None:
+    """The links and consent of any message (track, identify, alias, page, ...)."""
+    if not isinstance(message, dict):
+        return None
+    try:
+        user_id = text(message.get("userId"), "userId")
+        anonymous_id = text(message.get("anonymousId"), "anonymousId")
+        previous_id = text(message.get("previousId"), "previousId")
+        own_context = object_or_empty(message.get("context"), "context")
+    except EVENT_FAILURES:
+        return None
+    consent = _consent({**shared_context, **own_context})
+    try:
+        timestamp = iso_timestamp(message.get("timestamp"), "timestamp") or iso_timestamp(
+            message.get("originalTimestamp"), "originalTimestamp"
+        )
+    except EVENT_FAILURES:
+        timestamp = None  # the link still holds; ingestion dates it itself
+    if user_id is None:
+        return identity_of(anonymous_id, (), consent, timestamp)
+    return identity_of(user_id, (previous_id, anonymous_id), consent, timestamp)
+
+
+def _consent(context: dict[str, Any]) -> dict[str, bool]:
+    """Consent Management's `context.consent.categoryPreferences`, on recofleet's keys.
+
+    Several categories may name one key ("Email", "Email Marketing"): a denial wins.
+    """
+    consent = context.get("consent")
+    preferences = consent.get("categoryPreferences") if isinstance(consent, dict) else None
+    if not isinstance(preferences, dict):
+        return {}
+    changes: dict[str, bool] = {}
+    for name, allowed in preferences.items():
+        key = _CONSENT_CATEGORIES.get(_category_name(str(name)))
+        if key is not None and isinstance(allowed, bool):
+            changes[key] = changes.get(key, True) and allowed
+    return changes
+
+
+def _category_name(name: str) -> str:
+    return re.sub(r"[\s_-]+", " ", name).strip().lower()
 
 
 def _message_type(message: dict[str, Any]) -> str:

@@ -284,6 +284,8 @@ class Profile(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     FIRST_ORDER_AT_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    CONSENT_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     known: _builtins.bool
     """False when no event of this member was ever seen."""
@@ -324,6 +326,14 @@ class Profile(_message.Message):
     def as_of(self) -> _timestamp_pb2.Timestamp:
         """The fleet clock's instant the portrait was drawn at (recency and decay are as of it)."""
 
+    @_builtins.property
+    def consent(self) -> Global___Consent:
+        """Current consent, the configured defaults filled in."""
+
+    @_builtins.property
+    def segments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The segments the member is in (none without personalization consent), by name."""
+
     def __init__(
         self,
         *,
@@ -344,10 +354,12 @@ class Profile(_message.Message):
         tags: _abc.Iterable[Global___Tag] | None = ...,
         first_order_at: _timestamp_pb2.Timestamp | None = ...,
         as_of: _timestamp_pb2.Timestamp | None = ...,
+        consent: Global___Consent | None = ...,
+        segments: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_first_order_at", b"_first_order_at", "_last_order_at", b"_last_order_at", "as_of", b"as_of", "first_order_at", b"first_order_at", "first_seen", b"first_seen", "last_order_at", b"last_order_at", "last_seen", b"last_seen", "price", b"price", "rfm", b"rfm"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_first_order_at", b"_first_order_at", "_last_order_at", b"_last_order_at", "as_of", b"as_of", "consent", b"consent", "first_order_at", b"first_order_at", "first_seen", b"first_seen", "last_order_at", b"last_order_at", "last_seen", b"last_seen", "price", b"price", "rfm", b"rfm"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_order_at", b"_first_order_at", "_last_order_at", b"_last_order_at", "affinities", b"affinities", "as_of", b"as_of", "categories", b"categories", "events", b"events", "first_order_at", b"first_order_at", "first_seen", b"first_seen", "known", b"known", "last_order_at", b"last_order_at", "last_seen", b"last_seen", "lifecycle", b"lifecycle", "member_id", b"member_id", "preferred_channel", b"preferred_channel", "price", b"price", "purchased_item_ids", b"purchased_item_ids", "recent_items", b"recent_items", "rfm", b"rfm", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_order_at", b"_first_order_at", "_last_order_at", b"_last_order_at", "affinities", b"affinities", "as_of", b"as_of", "categories", b"categories", "consent", b"consent", "events", b"events", "first_order_at", b"first_order_at", "first_seen", b"first_seen", "known", b"known", "last_order_at", b"last_order_at", "last_seen", b"last_seen", "lifecycle", b"lifecycle", "member_id", b"member_id", "preferred_channel", b"preferred_channel", "price", b"price", "purchased_item_ids", b"purchased_item_ids", "recent_items", b"recent_items", "rfm", b"rfm", "segments", b"segments", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__first_order_at: _TypeAlias = _typing.Literal["first_order_at"]  # noqa: Y015
     _WhichOneofArgType__first_order_at: _TypeAlias = _typing.Literal["_first_order_at", b"_first_order_at"]  # noqa: Y015
@@ -359,6 +371,414 @@ class Profile(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__last_order_at) -> _WhichOneofReturnType__last_order_at | None: ...
 
 Global___Profile: _TypeAlias = Profile  # noqa: Y015
+
+@_typing.final
+class Consent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSONALIZATION_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    SMS_FIELD_NUMBER: _builtins.int
+    PUSH_FIELD_NUMBER: _builtins.int
+    ONSITE_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    personalization: _builtins.bool
+    email: _builtins.bool
+    sms: _builtins.bool
+    push: _builtins.bool
+    onsite: _builtins.bool
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the member last changed any of it; unset while every value is the default."""
+
+    def __init__(
+        self,
+        *,
+        personalization: _builtins.bool = ...,
+        email: _builtins.bool = ...,
+        sms: _builtins.bool = ...,
+        push: _builtins.bool = ...,
+        onsite: _builtins.bool = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_updated_at", b"_updated_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_updated_at", b"_updated_at", "email", b"email", "onsite", b"onsite", "personalization", b"personalization", "push", b"push", "sms", b"sms", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__updated_at: _TypeAlias = _typing.Literal["updated_at"]  # noqa: Y015
+    _WhichOneofArgType__updated_at: _TypeAlias = _typing.Literal["_updated_at", b"_updated_at"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__updated_at) -> _WhichOneofReturnType__updated_at | None: ...
+
+Global___Consent: _TypeAlias = Consent  # noqa: Y015
+
+@_typing.final
+class SetConsentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ChangesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.bool
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.bool = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    @_builtins.property
+    def changes(self) -> _containers.ScalarMap[_builtins.str, _builtins.bool]:
+        """Keys: personalization, email, sms, push, onsite; the others stay as they are."""
+
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        changes: _abc.Mapping[_builtins.str, _builtins.bool] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "member_id", b"member_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetConsentRequest: _TypeAlias = SetConsentRequest  # noqa: Y015
+
+@_typing.final
+class SetConsentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    CONSENT_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    @_builtins.property
+    def consent(self) -> Global___Consent: ...
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        consent: Global___Consent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "member_id", b"member_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetConsentResponse: _TypeAlias = SetConsentResponse  # noqa: Y015
+
+@_typing.final
+class Segment(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CONDITION_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    condition: _builtins.str
+    """The condition over portrait fields (services/profiles/conditions.py)."""
+    description: _builtins.str
+    kind: _builtins.str
+    """"lifecycle" (built in) or "custom"."""
+    size: _builtins.int
+    """Members in it now (members without personalization consent are in none)."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        condition: _builtins.str = ...,
+        description: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        size: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_created_at", b"_created_at", "_updated_at", b"_updated_at", "created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_created_at", b"_created_at", "_updated_at", b"_updated_at", "condition", b"condition", "created_at", b"created_at", "description", b"description", "kind", b"kind", "name", b"name", "size", b"size", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__created_at: _TypeAlias = _typing.Literal["created_at"]  # noqa: Y015
+    _WhichOneofArgType__created_at: _TypeAlias = _typing.Literal["_created_at", b"_created_at"]  # noqa: Y015
+    _WhichOneofReturnType__updated_at: _TypeAlias = _typing.Literal["updated_at"]  # noqa: Y015
+    _WhichOneofArgType__updated_at: _TypeAlias = _typing.Literal["_updated_at", b"_updated_at"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__created_at) -> _WhichOneofReturnType__created_at | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__updated_at) -> _WhichOneofReturnType__updated_at | None: ...
+
+Global___Segment: _TypeAlias = Segment  # noqa: Y015
+
+@_typing.final
+class ListSegmentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSegmentsRequest: _TypeAlias = ListSegmentsRequest  # noqa: Y015
+
+@_typing.final
+class ListSegmentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    members: _builtins.int
+    @_builtins.property
+    def segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Segment]: ...
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """The instant the sizes were counted at, and how many members were looked at."""
+
+    def __init__(
+        self,
+        *,
+        segments: _abc.Iterable[Global___Segment] | None = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+        members: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "members", b"members", "segments", b"segments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSegmentsResponse: _TypeAlias = ListSegmentsResponse  # noqa: Y015
+
+@_typing.final
+class GetSegmentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSegmentRequest: _TypeAlias = GetSegmentRequest  # noqa: Y015
+
+@_typing.final
+class PutSegmentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CONDITION_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CREATE_ONLY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    condition: _builtins.str
+    description: _builtins.str
+    create_only: _builtins.bool
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        condition: _builtins.str = ...,
+        description: _builtins.str = ...,
+        create_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "create_only", b"create_only", "description", b"description", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutSegmentRequest: _TypeAlias = PutSegmentRequest  # noqa: Y015
+
+@_typing.final
+class SegmentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def segment(self) -> Global___Segment: ...
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        segment: Global___Segment | None = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "segment", b"segment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "segment", b"segment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentResponse: _TypeAlias = SegmentResponse  # noqa: Y015
+
+@_typing.final
+class DeleteSegmentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSegmentResponse: _TypeAlias = DeleteSegmentResponse  # noqa: Y015
+
+@_typing.final
+class SegmentMembersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    channel: _builtins.str
+    """Only members who consent to this channel (email, sms, push, onsite); empty: any."""
+    after: _builtins.str
+    """Start after this member id (the previous page's `next_after`)."""
+    limit: _builtins.int
+    """Page size (0: 100; at most 1000). Ignored by ExportSegment, which pages itself."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        after: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "channel", b"channel", "limit", b"limit", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentMembersRequest: _TypeAlias = SegmentMembersRequest  # noqa: Y015
+
+@_typing.final
+class SegmentMember(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    LIFECYCLE_FIELD_NUMBER: _builtins.int
+    R_SCORE_FIELD_NUMBER: _builtins.int
+    F_SCORE_FIELD_NUMBER: _builtins.int
+    M_SCORE_FIELD_NUMBER: _builtins.int
+    RECENCY_DAYS_FIELD_NUMBER: _builtins.int
+    FREQUENCY_FIELD_NUMBER: _builtins.int
+    MONETARY_FIELD_NUMBER: _builtins.int
+    TOP_CATEGORY_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    CONSENT_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    lifecycle: _builtins.str
+    r_score: _builtins.int
+    f_score: _builtins.int
+    m_score: _builtins.int
+    recency_days: _builtins.float
+    frequency: _builtins.int
+    monetary: _builtins.float
+    top_category: _builtins.str
+    """The category of the highest decayed affinity; empty when none."""
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def consent(self) -> Global___Consent: ...
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        lifecycle: _builtins.str = ...,
+        r_score: _builtins.int | None = ...,
+        f_score: _builtins.int | None = ...,
+        m_score: _builtins.int | None = ...,
+        recency_days: _builtins.float | None = ...,
+        frequency: _builtins.int = ...,
+        monetary: _builtins.float = ...,
+        top_category: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        consent: Global___Consent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_f_score", b"_f_score", "_m_score", b"_m_score", "_r_score", b"_r_score", "_recency_days", b"_recency_days", "consent", b"consent", "f_score", b"f_score", "m_score", b"m_score", "r_score", b"r_score", "recency_days", b"recency_days"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_f_score", b"_f_score", "_m_score", b"_m_score", "_r_score", b"_r_score", "_recency_days", b"_recency_days", "consent", b"consent", "f_score", b"f_score", "frequency", b"frequency", "lifecycle", b"lifecycle", "m_score", b"m_score", "member_id", b"member_id", "monetary", b"monetary", "r_score", b"r_score", "recency_days", b"recency_days", "tags", b"tags", "top_category", b"top_category"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__f_score: _TypeAlias = _typing.Literal["f_score"]  # noqa: Y015
+    _WhichOneofArgType__f_score: _TypeAlias = _typing.Literal["_f_score", b"_f_score"]  # noqa: Y015
+    _WhichOneofReturnType__m_score: _TypeAlias = _typing.Literal["m_score"]  # noqa: Y015
+    _WhichOneofArgType__m_score: _TypeAlias = _typing.Literal["_m_score", b"_m_score"]  # noqa: Y015
+    _WhichOneofReturnType__r_score: _TypeAlias = _typing.Literal["r_score"]  # noqa: Y015
+    _WhichOneofArgType__r_score: _TypeAlias = _typing.Literal["_r_score", b"_r_score"]  # noqa: Y015
+    _WhichOneofReturnType__recency_days: _TypeAlias = _typing.Literal["recency_days"]  # noqa: Y015
+    _WhichOneofArgType__recency_days: _TypeAlias = _typing.Literal["_recency_days", b"_recency_days"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__f_score) -> _WhichOneofReturnType__f_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__m_score) -> _WhichOneofReturnType__m_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__r_score) -> _WhichOneofReturnType__r_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__recency_days) -> _WhichOneofReturnType__recency_days | None: ...
+
+Global___SegmentMember: _TypeAlias = SegmentMember  # noqa: Y015
+
+@_typing.final
+class SegmentMembersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    NEXT_AFTER_FIELD_NUMBER: _builtins.int
+    next_after: _builtins.str
+    """The member id to pass as `after` for the next page; empty on the last page."""
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___SegmentMember]: ...
+    def __init__(
+        self,
+        *,
+        members: _abc.Iterable[Global___SegmentMember] | None = ...,
+        next_after: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "next_after", b"next_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentMembersResponse: _TypeAlias = SegmentMembersResponse  # noqa: Y015
 
 @_typing.final
 class GetProfileResponse(_message.Message):

@@ -56,6 +56,41 @@ class ProfilesServiceStub:
                 request_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ManualTagRequest.SerializeToString,
                 response_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ManualTagsResponse.FromString,
                 _registered_method=True)
+        self.SetConsent = channel.unary_unary(
+                '/recofleet.profiles.v1.ProfilesService/SetConsent',
+                request_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SetConsentRequest.SerializeToString,
+                response_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SetConsentResponse.FromString,
+                _registered_method=True)
+        self.ListSegments = channel.unary_unary(
+                '/recofleet.profiles.v1.ProfilesService/ListSegments',
+                request_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ListSegmentsRequest.SerializeToString,
+                response_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ListSegmentsResponse.FromString,
+                _registered_method=True)
+        self.GetSegment = channel.unary_unary(
+                '/recofleet.profiles.v1.ProfilesService/GetSegment',
+                request_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.GetSegmentRequest.SerializeToString,
+                response_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentResponse.FromString,
+                _registered_method=True)
+        self.PutSegment = channel.unary_unary(
+                '/recofleet.profiles.v1.ProfilesService/PutSegment',
+                request_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.PutSegmentRequest.SerializeToString,
+                response_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentResponse.FromString,
+                _registered_method=True)
+        self.DeleteSegment = channel.unary_unary(
+                '/recofleet.profiles.v1.ProfilesService/DeleteSegment',
+                request_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.GetSegmentRequest.SerializeToString,
+                response_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.DeleteSegmentResponse.FromString,
+                _registered_method=True)
+        self.SegmentMembers = channel.unary_unary(
+                '/recofleet.profiles.v1.ProfilesService/SegmentMembers',
+                request_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersRequest.SerializeToString,
+                response_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersResponse.FromString,
+                _registered_method=True)
+        self.ExportSegment = channel.unary_stream(
+                '/recofleet.profiles.v1.ProfilesService/ExportSegment',
+                request_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersRequest.SerializeToString,
+                response_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersResponse.FromString,
+                _registered_method=True)
 
 
 class ProfilesServiceServicer:
@@ -93,6 +128,60 @@ class ProfilesServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetConsent(self, request, context):
+        """Change some of a member's consent (known or not yet: a visitor may choose before any
+        event); answers the consent after. Effective for the next read. INVALID_ARGUMENT for
+        an empty change or a bad member id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSegments(self, request, context):
+        """Segments: the lifecycle segments (built in, read only) and those defined by conditions
+        over portrait fields (docs/segments.md). Sizes are counted as of the fleet clock.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSegment(self, request, context):
+        """NOT_FOUND for an unknown name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutSegment(self, request, context):
+        """Create or replace a segment. INVALID_ARGUMENT with a message "<field>: <why>" for a bad
+        definition; FAILED_PRECONDITION for a built-in name; ALREADY_EXISTS when `create_only`
+        and the name is taken.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSegment(self, request, context):
+        """NOT_FOUND for an unknown name, FAILED_PRECONDITION for a built-in segment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SegmentMembers(self, request, context):
+        """One page of a segment's members, by member id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportSegment(self, request, context):
+        """Every member of a segment, streamed in pages (constant memory on both sides).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProfilesServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +204,41 @@ def add_ProfilesServiceServicer_to_server(servicer, server):
                     servicer.RemoveManualTag,
                     request_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ManualTagRequest.FromString,
                     response_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ManualTagsResponse.SerializeToString,
+            ),
+            'SetConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetConsent,
+                    request_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SetConsentRequest.FromString,
+                    response_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SetConsentResponse.SerializeToString,
+            ),
+            'ListSegments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSegments,
+                    request_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ListSegmentsRequest.FromString,
+                    response_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ListSegmentsResponse.SerializeToString,
+            ),
+            'GetSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSegment,
+                    request_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.GetSegmentRequest.FromString,
+                    response_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentResponse.SerializeToString,
+            ),
+            'PutSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutSegment,
+                    request_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.PutSegmentRequest.FromString,
+                    response_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentResponse.SerializeToString,
+            ),
+            'DeleteSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSegment,
+                    request_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.GetSegmentRequest.FromString,
+                    response_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.DeleteSegmentResponse.SerializeToString,
+            ),
+            'SegmentMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.SegmentMembers,
+                    request_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersRequest.FromString,
+                    response_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersResponse.SerializeToString,
+            ),
+            'ExportSegment': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportSegment,
+                    request_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersRequest.FromString,
+                    response_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -227,6 +351,195 @@ class ProfilesService:
             '/recofleet.profiles.v1.ProfilesService/RemoveManualTag',
             recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ManualTagRequest.SerializeToString,
             recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ManualTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.profiles.v1.ProfilesService/SetConsent',
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SetConsentRequest.SerializeToString,
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SetConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSegments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.profiles.v1.ProfilesService/ListSegments',
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ListSegmentsRequest.SerializeToString,
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.ListSegmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.profiles.v1.ProfilesService/GetSegment',
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.GetSegmentRequest.SerializeToString,
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.profiles.v1.ProfilesService/PutSegment',
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.PutSegmentRequest.SerializeToString,
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.profiles.v1.ProfilesService/DeleteSegment',
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.GetSegmentRequest.SerializeToString,
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.DeleteSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SegmentMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.profiles.v1.ProfilesService/SegmentMembers',
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersRequest.SerializeToString,
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/recofleet.profiles.v1.ProfilesService/ExportSegment',
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersRequest.SerializeToString,
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersResponse.FromString,
             options,
             channel_credentials,
             insecure,

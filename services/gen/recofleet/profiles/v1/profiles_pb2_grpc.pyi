@@ -47,6 +47,28 @@ class ProfilesServiceStub:
     """
     RemoveManualTag: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.ManualTagRequest, _profiles_pb2.ManualTagsResponse]
     """Remove a manual tag (one not set is fine). NOT_FOUND for a member with no events."""
+    SetConsent: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.SetConsentRequest, _profiles_pb2.SetConsentResponse]
+    """Change some of a member's consent (known or not yet: a visitor may choose before any
+    event); answers the consent after. Effective for the next read. INVALID_ARGUMENT for
+    an empty change or a bad member id.
+    """
+    ListSegments: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.ListSegmentsRequest, _profiles_pb2.ListSegmentsResponse]
+    """Segments: the lifecycle segments (built in, read only) and those defined by conditions
+    over portrait fields (docs/segments.md). Sizes are counted as of the fleet clock.
+    """
+    GetSegment: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.GetSegmentRequest, _profiles_pb2.SegmentResponse]
+    """NOT_FOUND for an unknown name."""
+    PutSegment: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.PutSegmentRequest, _profiles_pb2.SegmentResponse]
+    """Create or replace a segment. INVALID_ARGUMENT with a message "<field>: <why>" for a bad
+    definition; FAILED_PRECONDITION for a built-in name; ALREADY_EXISTS when `create_only`
+    and the name is taken.
+    """
+    DeleteSegment: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.GetSegmentRequest, _profiles_pb2.DeleteSegmentResponse]
+    """NOT_FOUND for an unknown name, FAILED_PRECONDITION for a built-in segment."""
+    SegmentMembers: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.SegmentMembersRequest, _profiles_pb2.SegmentMembersResponse]
+    """One page of a segment's members, by member id."""
+    ExportSegment: _grpc.UnaryStreamMultiCallable[_profiles_pb2.SegmentMembersRequest, _profiles_pb2.SegmentMembersResponse]
+    """Every member of a segment, streamed in pages (constant memory on both sides)."""
 
 @_typing.type_check_only
 class ProfilesServiceAsyncStub(ProfilesServiceStub):
@@ -67,6 +89,28 @@ class ProfilesServiceAsyncStub(ProfilesServiceStub):
     """
     RemoveManualTag: _aio.UnaryUnaryMultiCallable[_profiles_pb2.ManualTagRequest, _profiles_pb2.ManualTagsResponse]  # type: ignore[assignment]
     """Remove a manual tag (one not set is fine). NOT_FOUND for a member with no events."""
+    SetConsent: _aio.UnaryUnaryMultiCallable[_profiles_pb2.SetConsentRequest, _profiles_pb2.SetConsentResponse]  # type: ignore[assignment]
+    """Change some of a member's consent (known or not yet: a visitor may choose before any
+    event); answers the consent after. Effective for the next read. INVALID_ARGUMENT for
+    an empty change or a bad member id.
+    """
+    ListSegments: _aio.UnaryUnaryMultiCallable[_profiles_pb2.ListSegmentsRequest, _profiles_pb2.ListSegmentsResponse]  # type: ignore[assignment]
+    """Segments: the lifecycle segments (built in, read only) and those defined by conditions
+    over portrait fields (docs/segments.md). Sizes are counted as of the fleet clock.
+    """
+    GetSegment: _aio.UnaryUnaryMultiCallable[_profiles_pb2.GetSegmentRequest, _profiles_pb2.SegmentResponse]  # type: ignore[assignment]
+    """NOT_FOUND for an unknown name."""
+    PutSegment: _aio.UnaryUnaryMultiCallable[_profiles_pb2.PutSegmentRequest, _profiles_pb2.SegmentResponse]  # type: ignore[assignment]
+    """Create or replace a segment. INVALID_ARGUMENT with a message "<field>: <why>" for a bad
+    definition; FAILED_PRECONDITION for a built-in name; ALREADY_EXISTS when `create_only`
+    and the name is taken.
+    """
+    DeleteSegment: _aio.UnaryUnaryMultiCallable[_profiles_pb2.GetSegmentRequest, _profiles_pb2.DeleteSegmentResponse]  # type: ignore[assignment]
+    """NOT_FOUND for an unknown name, FAILED_PRECONDITION for a built-in segment."""
+    SegmentMembers: _aio.UnaryUnaryMultiCallable[_profiles_pb2.SegmentMembersRequest, _profiles_pb2.SegmentMembersResponse]  # type: ignore[assignment]
+    """One page of a segment's members, by member id."""
+    ExportSegment: _aio.UnaryStreamMultiCallable[_profiles_pb2.SegmentMembersRequest, _profiles_pb2.SegmentMembersResponse]  # type: ignore[assignment]
+    """Every member of a segment, streamed in pages (constant memory on both sides)."""
 
 class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
     """Member profiles ("portraits") kept up to date from the event bus. Every definition of a
@@ -108,5 +152,69 @@ class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_profiles_pb2.ManualTagsResponse, _abc.Awaitable[_profiles_pb2.ManualTagsResponse]]:
         """Remove a manual tag (one not set is fine). NOT_FOUND for a member with no events."""
+
+    @_abc_1.abstractmethod
+    def SetConsent(
+        self,
+        request: _profiles_pb2.SetConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.SetConsentResponse, _abc.Awaitable[_profiles_pb2.SetConsentResponse]]:
+        """Change some of a member's consent (known or not yet: a visitor may choose before any
+        event); answers the consent after. Effective for the next read. INVALID_ARGUMENT for
+        an empty change or a bad member id.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSegments(
+        self,
+        request: _profiles_pb2.ListSegmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.ListSegmentsResponse, _abc.Awaitable[_profiles_pb2.ListSegmentsResponse]]:
+        """Segments: the lifecycle segments (built in, read only) and those defined by conditions
+        over portrait fields (docs/segments.md). Sizes are counted as of the fleet clock.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSegment(
+        self,
+        request: _profiles_pb2.GetSegmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.SegmentResponse, _abc.Awaitable[_profiles_pb2.SegmentResponse]]:
+        """NOT_FOUND for an unknown name."""
+
+    @_abc_1.abstractmethod
+    def PutSegment(
+        self,
+        request: _profiles_pb2.PutSegmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.SegmentResponse, _abc.Awaitable[_profiles_pb2.SegmentResponse]]:
+        """Create or replace a segment. INVALID_ARGUMENT with a message "<field>: <why>" for a bad
+        definition; FAILED_PRECONDITION for a built-in name; ALREADY_EXISTS when `create_only`
+        and the name is taken.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteSegment(
+        self,
+        request: _profiles_pb2.GetSegmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.DeleteSegmentResponse, _abc.Awaitable[_profiles_pb2.DeleteSegmentResponse]]:
+        """NOT_FOUND for an unknown name, FAILED_PRECONDITION for a built-in segment."""
+
+    @_abc_1.abstractmethod
+    def SegmentMembers(
+        self,
+        request: _profiles_pb2.SegmentMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.SegmentMembersResponse, _abc.Awaitable[_profiles_pb2.SegmentMembersResponse]]:
+        """One page of a segment's members, by member id."""
+
+    @_abc_1.abstractmethod
+    def ExportSegment(
+        self,
+        request: _profiles_pb2.SegmentMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_profiles_pb2.SegmentMembersResponse], _abc.AsyncIterator[_profiles_pb2.SegmentMembersResponse]]:
+        """Every member of a segment, streamed in pages (constant memory on both sides)."""
 
 def add_ProfilesServiceServicer_to_server(servicer: ProfilesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,1 @@
+"""The gateway store's schema revisions: access keys (Alembic; docs/migrations.md)."""

@@ -1,0 +1,1 @@
+"""The profiles store's schema revisions (Alembic; docs/migrations.md)."""

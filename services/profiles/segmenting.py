@@ -1,0 +1,153 @@
+"""The segments desk of the profiles service: definitions, sizes, members, exports.
+
+It reads profiles only through the ProfileStore interface, page by page, so sizes and
+exports take constant memory however many members the store holds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import islice
+
+from services.common.clock import Clock
+from services.profiles.portrait import Portrait, Portraitist
+from services.profiles.segments import (
+    BUILTIN_NAMES,
+    BuiltinSegment,
+    SegmentBook,
+    SegmentDefinition,
+    builtin_segments,
+    checked,
+    members,
+)
+from services.profiles.store import ProfileStore
+
+# Custom definitions are re-read this often: another replica may have changed them.
+DEFINITIONS_TTL_S = 1.0
+MAX_PAGE = 1000
+EXPORT_PAGE = 500
+
+
+@dataclass(frozen=True)
+class Sizes:
+    sizes: dict[str, int]
+    members: int
+    as_of: datetime
+
+
+class UnknownSegment(KeyError):
+    """No segment of that name."""
+
+
+class Segmenter:
+    def __init__(
+        self, store: ProfileStore, portraitist: Portraitist, clock: Clock, sizes_ttl_s: float
+    ) -> None:
+        self._store = store
+        self._portraitist = portraitist
+        self._clock = clock
+        self._sizes_ttl_s = sizes_ttl_s
+        self._lock = threading.Lock()
+        self._book: SegmentBook | None = None
+        self._book_read = float("-inf")
+        self._sizes: Sizes | None = None
+        self._sizes_read = float("-inf")
+
+    def book(self) -> SegmentBook:
+        """Every segment, built in first, compiled (re-read at most every second)."""
+        with self._lock:
+            if self._book is None or time.monotonic() - self._book_read > DEFINITIONS_TTL_S:
+                self._book = SegmentBook([*builtin_segments(), *self._store.segments()])
+                self._book_read = time.monotonic()
+            return self._book
+
+    def definition(self, name: str) -> SegmentDefinition:
+        for definition in self.book().definitions:
+            if definition.name == name:
+                return definition
+        raise UnknownSegment(name)
+
+    def sizes(self) -> Sizes:
+        """Every segment's size, counted in one pass (kept for `sizes_ttl_s`)."""
+        book = self.book()
+        with self._lock:
+            cached = self._sizes
+            fresh = time.monotonic() - self._sizes_read <= self._sizes_ttl_s
+            if cached is not None and fresh and set(cached.sizes) == _names(book):
+                return cached
+        now = self._clock.now()
+        counted, looked = book.sizes(
+            self._store.iter_profiles(), self._portraitist, self._store.scoring(), now
+        )
+        found = Sizes(counted, looked, now)
+        with self._lock:
+            self._sizes, self._sizes_read = found, time.monotonic()
+        return found
+
+    def size_of(self, definition: SegmentDefinition) -> tuple[int, datetime]:
+        now = self._clock.now()
+        counted, _ = SegmentBook([definition]).sizes(
+            self._store.iter_profiles(), self._portraitist, self._store.scoring(), now
+        )
+        return counted[definition.name], now
+
+    def put(
+        self, name: str, condition: str, description: str, create_only: bool
+    ) -> tuple[SegmentDefinition, int, datetime]:
+        """Save a definition (DefinitionError naming the bad field, BuiltinSegment); the
+        saved definition and its size now."""
+        definition = checked(name, condition, description)
+        saved = self._store.put_segment(definition, self._clock.now(), create_only)
+        self._forget()
+        size, now = self.size_of(saved)
+        return saved, size, now
+
+    def delete(self, name: str) -> None:
+        if name in BUILTIN_NAMES:
+            raise BuiltinSegment(f"'{name}' is a lifecycle segment: it cannot be deleted")
+        if not self._store.delete_segment(name):
+            raise UnknownSegment(name)
+        self._forget()
+
+    def page(
+        self, name: str, channel: str | None, after: str | None, limit: int
+    ) -> tuple[list[Portrait], str | None]:
+        """Up to `limit` members after the member id `after`, and where the next page starts
+        (None when this one reached the end)."""
+        limit = max(1, min(limit, MAX_PAGE))
+        found = list(islice(self._members(name, channel, after), limit))
+        more = len(found) == limit
+        return found, found[-1].profile.member_id if more and found else None
+
+    def export(self, name: str, channel: str | None) -> Iterator[list[Portrait]]:
+        """Every member of the segment, in pages of EXPORT_PAGE."""
+        found = self._members(name, channel, None)
+        while page := list(islice(found, EXPORT_PAGE)):
+            yield page
+
+    def member_of(self, portrait: Portrait) -> list[str]:
+        return self.book().member_of(portrait)
+
+    def _members(self, name: str, channel: str | None, after: str | None) -> Iterator[Portrait]:
+        definition = self.definition(name)
+        now = self._clock.now()
+        return members(
+            self._store.iter_profiles(after=after),
+            self._portraitist,
+            self._store.scoring(),
+            now,
+            definition,
+            channel,
+        )
+
+    def _forget(self) -> None:
+        with self._lock:
+            self._book, self._sizes = None, None
+
+
+def _names(book: SegmentBook) -> set[str]:
+    return {d.name for d in book.definitions}

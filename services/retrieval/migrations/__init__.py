@@ -1,0 +1,1 @@
+"""The retrieval store's schema revisions: interactions, the catalog copy (docs/migrations.md)."""

@@ -1,0 +1,203 @@
+"""The gateway's segment, consent and erasure routes, in process, over fake services."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+
+from services.gen.recofleet.ingestion.v1 import ingestion_pb2
+from services.gen.recofleet.profiles.v1 import profiles_pb2
+from tests.unit.test_gateway_http import ADMIN_KEY, app_with, assert_error, rpc_error, settings
+from tests.unit.test_gateway_members import ts
+
+MEMBERS = [
+    profiles_pb2.SegmentMember(
+        member_id=member_id,
+        lifecycle="active",
+        frequency=3,
+        monetary=120.5,
+        r_score=4,
+        top_category="garden",
+        tags=["vip", "win-back"],
+        consent=profiles_pb2.Consent(personalization=True, email=True),
+    )
+    for member_id in ("m-1", '=HYPERLINK("http://x")', "m-3")
+]
+
+
+class FakeProfiles:
+    def __init__(self) -> None:
+        self.put: list[profiles_pb2.PutSegmentRequest] = []
+        self.consent: list[profiles_pb2.SetConsentRequest] = []
+
+    async def PutSegment(self, request: Any, timeout: float | None = None) -> Any:
+        self.put.append(request)
+        if "spend" in request.condition:
+            raise rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "condition: unknown field 'spend'")
+        if request.name == "churned":
+            raise rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "'churned' is a lifecycle segment")
+        return profiles_pb2.SegmentResponse(
+            segment=profiles_pb2.Segment(
+                name=request.name, condition=request.condition, kind="custom", size=42
+            ),
+            as_of=ts(),
+        )
+
+    async def ListSegments(self, request: Any, timeout: float | None = None) -> Any:
+        return profiles_pb2.ListSegmentsResponse(
+            segments=[profiles_pb2.Segment(name="new", kind="lifecycle", size=7)],
+            as_of=ts(),
+            members=7,
+        )
+
+    def ExportSegment(self, request: Any, timeout: float | None = None) -> Any:
+        async def pages() -> AsyncIterator[profiles_pb2.SegmentMembersResponse]:
+            if request.name == "nope":
+                raise rpc_error(grpc.StatusCode.NOT_FOUND, "no segment named 'nope'")
+            yield profiles_pb2.SegmentMembersResponse(members=MEMBERS[:2])
+            yield profiles_pb2.SegmentMembersResponse(members=MEMBERS[2:])
+
+        return pages()
+
+    async def SetConsent(self, request: Any, timeout: float | None = None) -> Any:
+        self.consent.append(request)
+        return profiles_pb2.SetConsentResponse(
+            member_id=request.member_id,
+            consent=profiles_pb2.Consent(
+                personalization=request.changes.get("personalization", True)
+            ),
+        )
+
+
+class FakeIngestion:
+    def __init__(self) -> None:
+        self.erased: list[str] = []
+
+    async def EraseMember(self, request: Any, timeout: float | None = None) -> Any:
+        self.erased.append(request.member_id)
+        return ingestion_pb2.EraseMemberResponse(erasure_id="e-1", requested_at=ts())
+
+
+class Clients:
+    def __init__(self) -> None:
+        self.profiles = FakeProfiles()
+        self.ingestion = FakeIngestion()
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[tuple[httpx.AsyncClient, Clients]]:
+    clients = Clients()
+    app = app_with(settings(), clients)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://gateway",
+        headers={"x-api-key": ADMIN_KEY},
+    ) as http:
+        yield http, clients
+
+
+async def test_listing_shows_sizes(gateway) -> None:
+    http, _ = gateway
+    body = (await http.get("/v1/segments")).json()
+    assert body["members"] == 7
+    assert body["segments"][0] | {"created_at": None} == {
+        "name": "new",
+        "condition": "",
+        "description": "",
+        "kind": "lifecycle",
+        "size": 7,
+        "created_at": None,
+        "updated_at": None,
+    }
+
+
+async def test_a_new_segment_answers_201_with_its_size(gateway) -> None:
+    http, clients = gateway
+    reply = await http.post(
+        "/v1/segments", json={"name": "garden-fans", "condition": "affinity.garden > 0.5"}
+    )
+    assert reply.status_code == 201, reply.text
+    assert reply.json()["size"] == 42
+    assert clients.profiles.put[0].create_only
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"name": "x", "condition": "spend > 3"}, 422, "condition: unknown field 'spend'"),
+        ({"name": "Bad Name", "condition": "frequency > 1"}, 422, "name:"),
+        ({"name": "x"}, 422, "condition: Field required"),
+        ({"name": "x", "condition": "frequency > 1", "owner": "me"}, 422, "owner:"),
+        ({"name": "x", "condition": 5}, 422, "condition:"),
+        ({"name": "churned", "condition": "frequency > 1"}, 409, "lifecycle"),
+    ],
+)
+async def test_a_bad_definition_is_refused_naming_the_field(
+    gateway, body, status, fragment
+) -> None:
+    http, _ = gateway
+    assert_error(await http.post("/v1/segments", json=body), status, fragment)
+
+
+async def test_a_body_that_is_not_json_is_a_400(gateway) -> None:
+    http, _ = gateway
+    reply = await http.put(
+        "/v1/segments/x",
+        content=b'{"condition": NaN}',
+        headers={"content-type": "application/json"},
+    )
+    assert_error(reply, 400)
+    deep = b"[" * 5000 + b"]" * 5000
+    assert_error(await http.post("/v1/segments", content=deep), 400)
+
+
+async def test_csv_export_streams_every_page_with_formulas_defused(gateway) -> None:
+    http, _ = gateway
+    reply = await http.get("/v1/segments/garden-fans/export")
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/csv")
+    assert 'filename="garden-fans.csv"' in reply.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(reply.text)))
+    assert [r["member_id"] for r in rows] == ["m-1", '\'=HYPERLINK("http://x")', "m-3"]
+    assert rows[0]["tags"] == "vip;win-back" and rows[0]["r_score"] == "4"
+    assert rows[0]["f_score"] == ""
+
+
+async def test_jsonl_export_is_one_member_per_line(gateway) -> None:
+    http, _ = gateway
+    reply = await http.get("/v1/segments/garden-fans/export", params={"format": "jsonl"})
+    lines = [json.loads(line) for line in reply.text.splitlines()]
+    assert [line["member_id"] for line in lines] == [m.member_id for m in MEMBERS]
+    assert lines[0]["consent"]["email"] is True
+
+
+async def test_exporting_an_unknown_segment_is_a_404_not_a_cut_stream(gateway) -> None:
+    http, _ = gateway
+    assert_error(await http.get("/v1/segments/nope/export"), 404, "no segment named")
+    assert_error(await http.get("/v1/segments/x/export", params={"channel": "fax"}), 422)
+
+
+async def test_consent_changes_only_the_keys_sent(gateway) -> None:
+    http, clients = gateway
+    reply = await http.put("/v1/members/m-1/consent", json={"personalization": False})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["consent"]["personalization"] is False
+    assert dict(clients.profiles.consent[0].changes) == {"personalization": False}
+
+    assert_error(await http.put("/v1/members/m-1/consent", json={}), 422, "give one or more")
+    assert_error(await http.put("/v1/members/m-1/consent", json={"email": "yes"}), 422, "email")
+    assert_error(await http.put("/v1/members/m-1/consent", json={"fax": True}), 422, "fax")
+
+
+async def test_erasure_is_accepted_at_once(gateway) -> None:
+    http, clients = gateway
+    reply = await http.delete("/v1/members/m-1")
+    assert reply.status_code == 202, reply.text
+    assert reply.json()["erasure_id"] == "e-1" and clients.ingestion.erased == ["m-1"]
