@@ -36,6 +36,7 @@ from sqlalchemy import (
     delete,
     func,
     select,
+    update,
 )
 
 from services.common.bus.base import Message
@@ -151,9 +152,22 @@ def resolve_links(conn: Connection, table: Table, member_ids: Iterable[str]) -> 
     return found
 
 
-def save_link(conn: Connection, table: Table, link: Link) -> bool:
-    """Record the link unless the visitor is already linked; whether it is new."""
-    return insert_ignore(conn, table, [(link.anonymous_id, link.member_id, link.at)]) > 0
+def save_link(conn: Connection, table: Table, link: Link) -> Link | None:
+    """Record the link, as saved, or None when nothing changes: the visitor is already
+    linked (the first link wins), or the link would close a cycle.
+
+    Links stay one hop deep: a member id that is itself a linked visitor stands for its
+    member, and visitors linked to the newly linked one now point at its member too.
+    """
+    target = resolve_links(conn, table, [link.member_id]).get(link.member_id, link.member_id)
+    if target == link.anonymous_id:
+        return None
+    if not insert_ignore(conn, table, [(link.anonymous_id, target, link.at)]):
+        return None
+    conn.execute(
+        update(table).where(table.c.member_id == link.anonymous_id).values(member_id=target)
+    )
+    return Link(link.anonymous_id, target, link.at, link.source)
 
 
 def forget_links(conn: Connection, table: Table, member_id: str) -> list[str]:

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
 
+from services.common.pii import PiiScrubber, pii_secret
 from services.common.settings import FleetSettings
 from services.gateway.access_keys import AccessKeyStore, open_key_store, seed_env_key
 from services.gateway.auth import KeyVerifier, document_scopes, route_scopes
@@ -51,6 +52,9 @@ def create_app(
         composer = Composer(clients, settings)
         app.state.clients, app.state.composer, app.state.settings = clients, composer, settings
         app.state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+        # Path member ids are tokenised as ingestion tokenises events' (an email is stored as
+        # its token): the same secret, so `/v1/members/jane@example.com/...` finds Jane.
+        app.state.member_ids = PiiScrubber(pii_secret(fleet))
         refresher = asyncio.create_task(_keep_popular_fresh(composer, settings.popular_refresh_s))
         yield
         refresher.cancel()

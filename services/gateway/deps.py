@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Request
 
+from services.common.pii import PiiScrubber
 from services.gateway.clients import FleetClients
 from services.gateway.compose import Composer
 from services.gateway.limits import RateLimiter
@@ -32,6 +33,18 @@ def _settings(request: Request) -> GatewaySettings:
     return settings
 
 
+def _stored_member_id(
+    request: Request,
+    member_id: Annotated[
+        str, Path(min_length=1, max_length=128, description="The shop's member id")
+    ],
+) -> str:
+    """The member id as the stores know it: an email or a phone number becomes the token
+    ingestion gave it on the way in; any other id is itself."""
+    scrubber: PiiScrubber = request.app.state.member_ids
+    return str(scrubber.scrub(member_id, "member_id"))
+
+
 def checked_limit(limit: int, settings: GatewaySettings) -> int:
     """The `limit` asked for, refused with 422 past the configured maximum."""
     if limit > settings.max_limit:
@@ -43,3 +56,5 @@ ComposerDep = Annotated[Composer, Depends(_composer)]
 ClientsDep = Annotated[FleetClients, Depends(_clients)]
 SettingsDep = Annotated[GatewaySettings, Depends(_settings)]
 LimiterDep = Annotated[RateLimiter, Depends(_limiter)]
+# A `member_id` path parameter, as stored (see _stored_member_id).
+MemberId = Annotated[str, Depends(_stored_member_id)]

@@ -285,8 +285,13 @@ def check_k(k: int) -> None:
 def discover(
     portraits: Iterable[Portrait], k: int, top_categories: int = DEFAULT_TOP_CATEGORIES
 ) -> Discovery:
-    """Cluster the members whose portraits these are (read once, none kept)."""
-    return discover_values((values(p) for p in portraits), k, top_categories)
+    """Cluster the members whose portraits these are (read once, none kept). A member who
+    withdrew personalization consent is left out: their portrait drives no targeting."""
+    return discover_values(
+        (values(p) for p in portraits if p.consent.get("personalization", True)),
+        k,
+        top_categories,
+    )
 
 
 def discover_values(

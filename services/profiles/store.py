@@ -34,6 +34,7 @@ from services.common.db import insert_ignore, make_engine, scrub_freed, unseen, 
 from services.common.events import AnyEvent, CatalogItem, EventType
 from services.common.members import (
     CONSENT_KEYS,
+    Consent,
     Erase,
     Link,
     MemberCommand,
@@ -385,7 +386,9 @@ class SqlProfileStore(ProfileStore):
                 tags = _manual_tags_of(conn, ids)
                 consent = _consent_choices(conn, ids)
             for member_id in ids:
-                profile = profiles[member_id]
+                profile = profiles.get(member_id)
+                if profile is None:
+                    continue  # erased, or merged into a member, since the page was read
                 profile.manual_tags = tags.get(member_id, [])
                 profile.consent, profile.consent_at = consent.get(member_id, ({}, None))
                 yield profile
@@ -469,13 +472,18 @@ class SqlProfileStore(ProfileStore):
                 elif isinstance(command, Link):
                     self._link(conn, command)
                 else:
-                    _save_consent(conn, command.member_id, command.changes, command.at)
+                    self._consent(conn, command)
         if erased:
             # Deleted rows are zeroed (secure_delete); the WAL still holds the pages as they
             # were until a checkpoint, so checkpoint now: no file keeps the member.
             scrub_freed(self._engine)
 
     def _erase(self, conn: Connection, command: Erase) -> None:
+        seen = select(erasures.c.erasure_id).where(erasures.c.erasure_id == command.erasure_id)
+        if conn.execute(seen).first() is not None:
+            # Delivered again (a crash before the bus commit, a replay): what the member
+            # did since the erasure is a new life, not to be wiped.
+            return
         visitors = forget_links(conn, identity_links, command.member_id)
         ids = [command.member_id, *visitors]
         removed = 0
@@ -491,17 +499,26 @@ class SqlProfileStore(ProfileStore):
     def _link(self, conn: Connection, link: Link) -> None:
         if link.anonymous_id == link.member_id:
             return
-        # One hop: a member id that is itself a linked visitor stands for its member.
-        target = resolve_links(conn, identity_links, [link.member_id]).get(
-            link.member_id, link.member_id
-        )
         # A link from before an erasure of either side is as erased as the events.
-        digests = [self._digest(link.anonymous_id), self._digest(target)]
+        digests = [self._digest(link.anonymous_id), self._digest(link.member_id)]
         if any(link.at < at for at in erased_since(conn, erasures, digests).values()):
             return
-        if not save_link(conn, identity_links, Link(link.anonymous_id, target, link.at)):
+        saved = save_link(conn, identity_links, link)
+        if saved is not None:
+            self._merge(conn, saved.anonymous_id, saved.member_id)
+
+    def _consent(self, conn: Connection, command: Consent) -> None:
+        """A consent change seen in events: for the member a visitor is linked to, never
+        from before an erasure, and never dated ahead of now (a device's clock must not
+        outrank a choice made through the API)."""
+        member_id = resolve_links(conn, identity_links, [command.member_id]).get(
+            command.member_id, command.member_id
+        )
+        digests = [self._digest(command.member_id), self._digest(member_id)]
+        if any(command.at < at for at in erased_since(conn, erasures, digests).values()):
             return
-        self._merge(conn, link.anonymous_id, target)
+        at = min(command.at, datetime.now(UTC))
+        _save_consent(conn, member_id, command.changes, at)
 
     def _merge(self, conn: Connection, visitor_id: str, member_id: str) -> None:
         """Move everything of the visitor onto the member (exactly once: the caller just

@@ -213,12 +213,13 @@ class SqlInteractionStore(InteractionStore):
             for command in wanted:
                 if any(command.at < erased_at[i] for i in _ids(command) if i in erased_at):
                     continue  # from before an erasure: met again on a replay
-                if not save_link(conn, links, command):
-                    continue  # a visitor linked twice in this batch: the first wins
+                saved = save_link(conn, links, command)
+                if saved is None:
+                    continue  # linked twice in this batch (the first wins), or a cycle
                 conn.execute(
                     update(interactions)
-                    .where(interactions.c.member_id == command.anonymous_id)
-                    .values(member_id=command.member_id)
+                    .where(interactions.c.member_id == saved.anonymous_id)
+                    .values(member_id=saved.member_id)
                 )
                 applied += 1
         return applied

@@ -43,6 +43,13 @@ def profile(http: httpx.Client, member_id: str) -> dict[str, Any]:
     return reply.json() if reply.status_code == 200 else {}
 
 
+def offers(http: httpx.Client, member_id: str, channel: str | None = None) -> list[str]:
+    params = {"channel": channel} if channel else {}
+    reply = http.get(f"/v1/members/{member_id}/offers", params=params)
+    assert reply.status_code == 200, reply.text
+    return [o["campaign_id"] for o in reply.json()["offers"]]
+
+
 def recommended(http: httpx.Client, member_id: str) -> dict[str, Any]:
     reply = http.get(f"/v1/members/{member_id}/recommendations", params={"limit": 10})
     assert reply.status_code == 200, reply.text
@@ -65,6 +72,8 @@ def test_withdrawn_personalization_consent_takes_effect_within_a_second(
         send(http, *views(member_id, garden_items))
         poll(lambda: profile(http, member_id).get("events") == len(garden_items))
         assert recommended(http, member_id)["personalized"]
+        assert offers(http, member_id) == ["welcome"]  # no order yet
+        assert offers(http, member_id, "email") == []  # email is opt-in
 
         changed = http.put(f"/v1/members/{member_id}/consent", json={"personalization": False})
         assert changed.status_code == 200, changed.text
@@ -78,6 +87,7 @@ def test_withdrawn_personalization_consent_takes_effect_within_a_second(
         assert after["model"].startswith("non-personalized")
         shown = profile(http, member_id)
         assert shown["consent"]["personalization"] is False and shown["segments"] == []
+        assert offers(http, member_id) == []
 
         http.put(f"/v1/members/{member_id}/consent", json={"personalization": True})
         assert recommended(http, member_id)["personalized"]

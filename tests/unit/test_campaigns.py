@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
+from sqlalchemy import Engine
 
 from services.campaigns.rules import Removal, apply_rules, eligible_offers
 from services.campaigns.settings import WelcomeOffer
@@ -109,10 +109,10 @@ def test_a_disabled_welcome_offer_gives_nothing() -> None:
 
 
 @pytest.fixture
-def catalog(tmp_path: Path) -> Iterator[SqlCatalogStore]:
-    store = SqlCatalogStore.from_url(f"sqlite:///{tmp_path / 'campaigns.db'}")
-    yield store
-    store.close()
+def catalog(engine: Engine) -> SqlCatalogStore:
+    """The catalog store on SQLite and on PostgreSQL (the `engine` fixture): a conformance
+    suite; the engine fixture disposes of the connections."""
+    return SqlCatalogStore(engine)
 
 
 def test_out_of_stock_reports_only_sold_out_known_items(catalog: SqlCatalogStore) -> None:
@@ -151,17 +151,10 @@ def test_within_one_save_the_last_record_wins(catalog: SqlCatalogStore) -> None:
     assert catalog.out_of_stock(["a", "b"]) == {"a"}
 
 
-def test_stock_survives_a_restart(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'campaigns.db'}"
-    first = SqlCatalogStore.from_url(url)
-    first.save([CatalogItem(item_id="gone", in_stock=False)])
-    first.close()
+def test_stock_survives_a_restart(engine: Engine) -> None:
+    SqlCatalogStore(engine).save([CatalogItem(item_id="gone", in_stock=False)])
 
-    again = SqlCatalogStore.from_url(url)
-    try:
-        assert again.out_of_stock(["gone"]) == {"gone"}
-    finally:
-        again.close()
+    assert SqlCatalogStore(engine).out_of_stock(["gone"]) == {"gone"}
 
 
 def test_the_store_feeds_the_rules(catalog: SqlCatalogStore) -> None:

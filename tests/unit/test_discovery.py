@@ -4,6 +4,7 @@ on a store built from native events."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections import Counter
@@ -426,3 +427,18 @@ def test_discover_keeps_k_within_bounds(capsys, data_dir: Path, k: str) -> None:
         main(["segments", "discover", "--k", k])
     assert exit_.value.code == 2
     assert "--k" in capsys.readouterr().err
+
+
+def test_members_without_personalization_consent_are_left_out(
+    planted: tuple[list[Portrait], dict[str, str]],
+) -> None:
+    drawn, _ = planted
+    withdrawn = {p.profile.member_id for p in drawn[::2]}
+    consented = [
+        dataclasses.replace(p, consent={**p.consent, "personalization": False})
+        if p.profile.member_id in withdrawn
+        else p
+        for p in drawn
+    ]
+    found = discover(iter(consented), k=3, top_categories=4)
+    assert found.seen == len(drawn) - len(withdrawn)

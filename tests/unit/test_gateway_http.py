@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
 
+from services.common.pii import PiiScrubber
 from services.common.settings import FleetSettings
 from services.gateway.access_keys import SqlAccessKeyStore, seed_env_key
 from services.gateway.app import create_app
@@ -36,6 +37,7 @@ from services.gen.recofleet.ingestion.v1 import ingestion_pb2
 WRITE_KEY = "wk-unit-tests"
 # The admin access key every request of these tests carries unless it says otherwise.
 ADMIN_KEY = "unit-tests-admin-key-0123456789abcdef"
+PII_SECRET = b"unit-tests-pii-secret-0123456789abcdef"
 EVENT = {"type": "view", "member_id": "m-1", "item_id": "85123A"}
 
 
@@ -113,6 +115,7 @@ def app_with(
     keys = keys or memory_key_store()
     seed_env_key(keys, ADMIN_KEY)
     app.state.access_keys = KeyVerifier(keys, **verifier)
+    app.state.member_ids = PiiScrubber(PII_SECRET)
     return app
 
 

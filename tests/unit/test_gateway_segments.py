@@ -201,3 +201,15 @@ async def test_erasure_is_accepted_at_once(gateway) -> None:
     reply = await http.delete("/v1/members/m-1")
     assert reply.status_code == 202, reply.text
     assert reply.json()["erasure_id"] == "e-1" and clients.ingestion.erased == ["m-1"]
+
+
+async def test_a_member_known_by_email_is_reached_by_their_token_never_the_address(
+    gateway,
+) -> None:
+    http, clients = gateway
+    reply = await http.put("/v1/members/Jane@Example.com/consent", json={"email": False})
+    assert reply.status_code == 200, reply.text
+    stored = clients.profiles.consent[0].member_id
+    assert stored.startswith("pii:") and "example" not in stored.lower()
+    await http.delete("/v1/members/jane@example.com")
+    assert clients.ingestion.erased == [stored]  # the same person, however it is spelled

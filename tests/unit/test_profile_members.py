@@ -206,3 +206,56 @@ def test_segments_are_saved_listed_and_deleted(store: SqlProfileStore) -> None:
     )
     assert store.delete_segment("big") and not store.delete_segment("big")
     assert [s.name for s in store.segments()] == ["b", "c"]
+
+
+def test_an_erasure_delivered_again_leaves_the_new_life_alone(store: SqlProfileStore) -> None:
+    erase = Erase("m-1", "e-1", NOW)
+    store.apply_events([view("m-1", "sku-1", "garden", at=NOW - timedelta(days=1))])
+    store.apply_commands([erase])
+    store.apply_events([view("m-1", "sku-2", "toys", at=NOW + timedelta(minutes=1))])
+
+    store.apply_commands([erase])  # a redelivery after a crash, or a replay
+
+    again = store.get("m-1")
+    assert again is not None and set(again.categories) == {"toys"}
+
+
+def test_a_link_back_to_its_own_visitor_changes_nothing(store: SqlProfileStore) -> None:
+    store.apply_events([view("m-1", "sku-1", "garden"), view("anon-1", "sku-2", "toys")])
+    store.apply_commands([Link("anon-1", "m-1", NOW)])
+
+    store.apply_commands([Link("m-1", "anon-1", NOW)])  # the reverse: a cycle
+
+    member = store.get("m-1")
+    assert member is not None and member.events == 2
+    assert set(member.categories) == {"garden", "toys"}
+
+
+def test_links_stay_one_hop_deep(store: SqlProfileStore, engine: Engine) -> None:
+    store.apply_commands([Link("anon-1", "m-old", NOW), Link("m-old", "m-new", NOW)])
+
+    store.apply_events([view("anon-1", "sku-1", "garden")])
+
+    assert store.get("m-old") is None
+    member = store.get("m-new")
+    assert member is not None and member.events == 1
+    store.apply_commands([Erase("m-new", "e-1", NOW + timedelta(seconds=1))])
+    assert "anon-1" not in every_value(engine) and "m-old" not in every_value(engine)
+
+
+def test_consent_from_events_follows_links_and_tombstones(store: SqlProfileStore) -> None:
+    store.apply_events([view("m-1", "sku-1", "garden")])
+    store.apply_commands([Link("anon-1", "m-1", NOW), Consent("anon-1", NOW, {"email": True})])
+    assert store.consent_choices("m-1")[0] == {"email": True}
+    assert store.consent_choices("anon-1") == ({}, None)
+
+    store.apply_commands(
+        [Erase("m-2", "e-2", NOW), Consent("m-2", NOW - timedelta(1), {"sms": True})]
+    )
+    assert store.consent_choices("m-2") == ({}, None)
+
+
+def test_consent_from_a_clock_running_ahead_cannot_outrank_the_api(store: SqlProfileStore) -> None:
+    store.apply_commands([Consent("m-1", NOW + timedelta(minutes=50), {"email": True})])
+    store.set_consent("m-1", {"email": False}, datetime.now(UTC) + timedelta(seconds=1))
+    assert store.consent_choices("m-1")[0] == {"email": False}

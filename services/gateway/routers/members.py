@@ -10,7 +10,8 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 
 from services.gateway.auth import require
 from services.gateway.bodies import model_body, read_model
-from services.gateway.deps import ClientsDep, ComposerDep, SettingsDep, checked_limit
+from services.gateway.compose import personalizable
+from services.gateway.deps import ClientsDep, ComposerDep, MemberId, SettingsDep, checked_limit
 from services.gateway.responses import errors, similar_items_link
 from services.gateway.routing import AllowingRoute
 from services.gateway.schemas import (
@@ -31,7 +32,6 @@ from services.profiles.tags import TAG_PATTERN
 
 router = APIRouter(prefix="/v1/members", tags=["members"], route_class=AllowingRoute)
 
-MemberId = Annotated[str, Path(min_length=1, max_length=128, description="The shop's member id")]
 Placement = Literal["home", "product", "cart", "email", "search", "category"]
 
 
@@ -151,6 +151,9 @@ async def offers(
 ) -> OffersOut:
     try:
         found = await composer.profile(member_id)
+        if not reachable(found, channel):
+            # Offers are targeted from the portrait: none without the member's consent.
+            return OffersOut(member_id=member_id, channel=channel, offers=[], degraded=False)
         reply = await clients.campaigns.GetOffers(
             campaigns_pb2.GetOffersRequest(
                 member_id=member_id, channel=channel or "", orders=found.rfm.frequency
@@ -166,6 +169,17 @@ async def offers(
         offers=[OfferOut.of(o) for o in reply.offers],
         degraded=False,
     )
+
+
+def reachable(profile: profiles_pb2.Profile, channel: str | None) -> bool:
+    """Whether an offer may be shown to the member on `channel`: they allow
+    personalization, and the channel (email, sms, push; anything else is onsite)."""
+    if not personalizable(profile):
+        return False
+    if not profile.HasField("consent"):
+        return True  # a profiles service too old to say
+    key = channel if channel in ("email", "sms", "push") else "onsite"
+    return bool(getattr(profile.consent, key))
 
 
 # Manual tags: set and removed by the shop's marketers; rule tags come from configuration.
