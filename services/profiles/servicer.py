@@ -48,19 +48,20 @@ class ProfilesServicer(profiles_pb2_grpc.ProfilesServiceServicer):
         if not request.member_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "member_id is required")
         limit = request.recent_limit or self._default_recent
-        profile = await asyncio.to_thread(self._store.get, request.member_id, limit)
+        # One trip to a worker thread for everything: the hops, not the work, dominated.
+        profile = await asyncio.to_thread(self._profile, request.member_id, limit)
+        return profiles_pb2.GetProfileResponse(profile=profile)
+
+    def _profile(self, member_id: str, limit: int) -> profiles_pb2.Profile:
+        profile = self._store.get(member_id, limit)
         if profile is None:
-            choices, at = await asyncio.to_thread(self._store.consent_choices, request.member_id)
+            choices, at = self._store.consent_choices(member_id)
             consent = consent_of(self._portraitist.consent_defaults, choices)
-            return profiles_pb2.GetProfileResponse(
-                profile=profiles_pb2.Profile(
-                    member_id=request.member_id, known=False, consent=consent_proto(consent, at)
-                )
+            return profiles_pb2.Profile(
+                member_id=member_id, known=False, consent=consent_proto(consent, at)
             )
-        scoring = await asyncio.to_thread(self._store.scoring)
-        portrait = self._portraitist.draw(profile, scoring, self._clock.now())
-        segments = await asyncio.to_thread(self._segmenter.member_of, portrait)
-        return profiles_pb2.GetProfileResponse(profile=to_proto(portrait, segments))
+        portrait = self._portraitist.draw(profile, self._store.scoring(), self._clock.now())
+        return to_proto(portrait, self._segmenter.member_of(portrait))
 
     async def SetConsent(
         self, request: profiles_pb2.SetConsentRequest, context: grpc.aio.ServicerContext
