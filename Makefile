@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration lint format protos bench clean
+.PHONY: help install run test test-unit test-integration lint format protos bench bench-profiles clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -45,6 +45,10 @@ protos: $(STAMP) ## regenerate services/gen from proto/
 bench: $(STAMP) ## run the benchmarks in bench/ and print their figures (see BENCHMARKS.md)
 	$(BIN)/python -m bench.recommend
 	$(BIN)/python -m bench.ingest --bus both
+	$(BIN)/python -m bench.profiles --quick
+
+bench-profiles: $(STAMP) ## profiles at scale: 1,000,000 members on SQLite and PostgreSQL (hours)
+	$(BIN)/python -m bench.profiles --json bench-profiles.json
 
 clean: ## remove the environment and local data (var/)
 	rm -rf $(VENV) var
