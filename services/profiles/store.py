@@ -741,11 +741,18 @@ def _order_key(event: AnyEvent) -> str:
 def _new_orders(conn: Connection, events: list[AnyEvent]) -> set[tuple[str, str]]:
     wanted = {(e.member_id, _order_key(e)) for e in events if e.type == EventType.PURCHASE}
     known: set[tuple[str, str]] = set()
-    order_ids = list({order_id for _, order_id in wanted})
-    for start in range(0, len(order_ids), 500):
+    by_member: dict[str, set[str]] = {}
+    for member_id, order_id in wanted:
+        by_member.setdefault(member_id, set()).add(order_id)
+    member_ids = list(by_member)
+    for start in range(0, len(member_ids), 250):
+        # By member id first: the key's leading column. Looking orders up by order id alone
+        # scanned the whole table, so every batch got slower as the shop's orders grew.
+        chunk = member_ids[start : start + 250]
+        orders = list({order_id for m in chunk for order_id in by_member[m]})
         rows = conn.execute(
             select(member_orders.c.member_id, member_orders.c.order_id).where(
-                member_orders.c.order_id.in_(order_ids[start : start + 500])
+                member_orders.c.member_id.in_(chunk), member_orders.c.order_id.in_(orders)
             )
         )
         known.update((member_id, order_id) for member_id, order_id in rows)
