@@ -6,6 +6,7 @@ recofleet run           start every service and the gateway, until Ctrl-C
 recofleet up            all three, in order (what `make run` does)
 recofleet keys          create, list and revoke the gateway's access keys
 recofleet segments      discover segments: members clustered on their portraits
+recofleet evaluate      score the fleet's candidates and baselines offline (docs/evaluation.md)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from services.common.bus import BusError, open_bus
 from services.common.grpc_server import configure_logging
 from services.common.migrations import OutdatedSchema
 from services.common.settings import FleetSettings
+from services.evaluation import cli as evaluation_cli
 from services.gateway.access_keys import (
     ENV_KEY_ID,
     SCOPE_MEANINGS,
@@ -100,7 +103,12 @@ def cmd_train(fleet: FleetSettings, force: bool, catch_up: bool | None) -> None:
         except BusError as exc:
             # The retrieval service is running and keeps the store current itself.
             print(f"training on the store as it is ({exc})")
-        outcome = train(store, open_models(fleet, settings), settings, force=force)
+        started = time.perf_counter()
+
+        def step(what: str) -> None:
+            print(f"  {time.perf_counter() - started:6.1f}s  {what}", flush=True)
+
+        outcome = train(store, open_models(fleet, settings), settings, force=force, progress=step)
     finally:
         store.close()
         bus.close()
@@ -110,6 +118,12 @@ def cmd_train(fleet: FleetSettings, force: bool, catch_up: bool | None) -> None:
             f"trained model {outcome.version} in {outcome.seconds:.1f}s: {meta['members']} "
             f"members, {meta['items']} items, {meta['interactions']} interactions"
         )
+        held = meta.get("metrics", {}).get("holdout", {})
+        if isinstance(held, dict) and "ndcg@10" in held:
+            print(
+                f"on {held['members']} members' held-out lines: NDCG@10 {held['ndcg@10']}, "
+                f"recall@10 {held['recall@10']} (docs/retrieval.md)"
+            )
     else:
         print(f"model {outcome.version} is current for this data; not retrained (--force to)")
 
@@ -330,7 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--source", type=Path, help="Online Retail CSV (default: bundled sample)")
     _keys_parser(commands)
     _segments_parser(commands)
+    evaluation_cli.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "evaluate":
+        return evaluation_cli.run(args)
 
     fleet = FleetSettings()
     configure_logging("WARNING" if args.command in ("run", "up") else fleet.log_level)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.gen.recofleet.common.v1 import common_pb2
 
@@ -15,6 +15,8 @@ class Candidate:
     popularity: float = 0.0
     category: str = ""
     source: str = ""
+    # Every source that proposed it, with its calibrated chance (services/retrieval/fusion.py).
+    sources: dict[str, float] = field(default_factory=dict)
 
     def to_proto(self) -> common_pb2.Candidate:
         return common_pb2.Candidate(
@@ -23,6 +25,7 @@ class Candidate:
             popularity=self.popularity,
             category=self.category,
             source=self.source,
+            sources=self.sources,
         )
 
     @classmethod
@@ -33,6 +36,7 @@ class Candidate:
             popularity=message.popularity,
             category=message.category,
             source=message.source,
+            sources=dict(message.sources),
         )
 
 

@@ -23,7 +23,7 @@ from services.gateway.clients import FleetClients
 from services.gateway.compose import Composer
 from services.gateway.limits import RateLimiter
 from services.gateway.responses import complete
-from services.gateway.routers import events, items, members, ops, segment, segments
+from services.gateway.routers import events, items, members, models, ops, segment, segments
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def create_app(
         description="Events in, member profiles, recommendations and offers out.",
         lifespan=lifespan,
     )
-    routers = (events, segment, members, segments, items, ops)
+    routers = (events, segment, members, segments, items, models, ops)
     for router in (module.router for module in routers):
         app.include_router(router)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -120,12 +120,11 @@ class Composer:
                 member_id, placement, limit, context_item, exclude, degraded
             )
         assert profile is not None
-        purchased = list(profile.purchased_item_ids)
         wanted = limit * self._s.candidate_factor
         candidates, version = await self._candidates(
-            member_id, context_item, wanted, exclude + purchased, degraded
+            member_id, context_item, wanted, exclude, degraded, placement
         )
-        kept = await self._rules(member_id, placement, candidates, purchased, exclude, degraded)
+        kept = await self._rules(member_id, placement, candidates, [], exclude, degraded)
         items, ranker = await self._rank(profile, member_id, placement, kept, limit, degraded)
         return Recommendation(
             recommendation_id=f"r-{uuid.uuid4()}",
@@ -149,7 +148,9 @@ class Composer:
         """What anyone would get here: the item in view's neighbours or the shop's popular
         items, nothing of the member's (no consent, or none could be checked)."""
         wanted = limit * self._s.candidate_factor
-        candidates, version = await self._candidates(None, context_item, wanted, exclude, degraded)
+        candidates, version = await self._candidates(
+            None, context_item, wanted, exclude, degraded, placement
+        )
         kept = await self._rules("", placement, candidates, [], exclude, degraded)
         items = [_entry(c) for c in sorted(kept, key=lambda c: -c.score)[:limit]]
         return Recommendation(
@@ -166,7 +167,7 @@ class Composer:
     async def similar(self, item_id: str, limit: int) -> Recommendation:
         degraded: list[str] = []
         candidates, version = await self._candidates(
-            None, item_id, limit * self._s.candidate_factor, [item_id], degraded
+            None, item_id, limit * self._s.candidate_factor, [item_id], degraded, "product"
         )
         kept = await self._rules("", "product", candidates, [], [item_id], degraded)
         items = [_entry(c) for c in kept[:limit]]
@@ -187,17 +188,13 @@ class Composer:
         wanted: int,
         exclude: list[str],
         degraded: list[str],
+        placement: str = "home",
     ) -> tuple[list[Candidate], str]:
+        """Retrieval's candidates for the placement. Whether the member's purchases may
+        come back (buy again) is the placement's mix in retrieval, not decided here."""
         retrieval = self._c.retrieval
         call: Awaitable[retrieval_pb2.CandidatesResponse]
-        if context_item:
-            call = retrieval.GetSimilarItems(
-                retrieval_pb2.GetSimilarItemsRequest(
-                    item_id=context_item, limit=wanted, exclude_item_ids=exclude
-                ),
-                timeout=self._d.retrieval,
-            )
-        elif member_id is None:
+        if member_id is None and not context_item:
             call = retrieval.GetPopularItems(
                 retrieval_pb2.GetPopularItemsRequest(limit=wanted, exclude_item_ids=exclude),
                 timeout=self._d.retrieval,
@@ -205,13 +202,17 @@ class Composer:
         else:
             call = retrieval.GetCandidates(
                 retrieval_pb2.GetCandidatesRequest(
-                    member_id=member_id, limit=wanted, exclude_item_ids=exclude
+                    member_id=member_id or "",
+                    limit=wanted,
+                    exclude_item_ids=exclude,
+                    placement=placement,
+                    context_item_ids=[context_item] if context_item else [],
                 ),
                 timeout=self._d.retrieval,
             )
         reply = await self._guard("retrieval", degraded, call)
         if reply is None:
-            banned = set(exclude)
+            banned = set(exclude) | {context_item}
             stand_in = [c for c in self.popular.candidates if c.item_id not in banned]
             return stand_in[:wanted], self.popular.version
         return from_protos(reply.candidates), reply.model_version
@@ -290,8 +291,26 @@ class Composer:
             return None
 
 
+# What a shop can show for the source that argued most for an item (services/retrieval).
+REASONS = {
+    "als": "picked for you from what you like",
+    "buy_again": "you bought this before",
+    "bought_together": "often bought together with your items",
+    "similar": "similar to the item in view",
+    "content": "from a category you like",
+    "trending": "trending in the shop",
+    "popular": "popular in the shop",
+}
+
+
+def reason_for(source: str) -> str:
+    return REASONS.get(source, REASONS["popular"])
+
+
 def _entry(candidate: Candidate) -> RankedEntry:
-    reason = (
-        "similar to the item in view" if candidate.source == "similar" else "popular in the shop"
+    return RankedEntry(
+        candidate.item_id,
+        round(candidate.score, 6),
+        [reason_for(candidate.source)],
+        candidate.category,
     )
-    return RankedEntry(candidate.item_id, round(candidate.score, 6), [reason], candidate.category)

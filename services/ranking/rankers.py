@@ -87,12 +87,22 @@ def _scaled(values: list[float]) -> list[float]:
     return [(v - low) / (high - low) for v in values]
 
 
+# Why retrieval's source proposed the item, in words a shop can show.
+SOURCE_REASONS = {
+    "buy_again": "you bought this before",
+    "bought_together": "often bought together with your items",
+    "similar": "similar to the item in view",
+    "content": "from a category you like",
+    "trending": "trending in the shop",
+}
+
+
 def _reasons(candidate: Candidate, relevance: float, affinity: float) -> list[str]:
     reasons = []
     if candidate.source == "als" and relevance >= 0.5:
         reasons.append("bought by members with similar taste")
-    if candidate.source == "similar":
-        reasons.append("similar to the item in view")
+    if candidate.source in SOURCE_REASONS:
+        reasons.append(SOURCE_REASONS[candidate.source])
     if affinity >= 0.2:
         reasons.append(f"you like {candidate.category}")
     if candidate.popularity >= 0.5 or candidate.source == "popular":

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+import faiss
 import grpc
 from threadpoolctl import threadpool_limits
 
@@ -18,6 +19,7 @@ from services.common.bus import (
     open_bus,
 )
 from services.common.consuming import BusWorker, DeadLetter, decode
+from services.common.events import AnyEvent
 from services.common.grpc_server import configure_logging, serve
 from services.common.members import Erase, Link
 from services.common.pii import pii_secret
@@ -45,16 +47,22 @@ def open_models(fleet: FleetSettings, settings: RetrievalSettings) -> LocalModel
 
 
 def interaction_worker(
-    bus: EventBus, store: InteractionStore, settings: RetrievalSettings
+    bus: EventBus,
+    store: InteractionStore,
+    settings: RetrievalSettings,
+    retriever: Retriever | None = None,
 ) -> BusWorker:
     """The consumer that records interactions (training data, member histories) and catalog,
     and follows the members topic: erasures and links apply before the batch's events, so
-    an event polled with its member's erasure or its visitor's link is judged by it."""
+    an event polled with its member's erasure or its visitor's link is judged by it. Once
+    a batch is committed, the `retriever` serving from memory hears what changed."""
 
     def handle(records: Sequence[Record]) -> list[DeadLetter]:
         decoded = decode(records)
         if decoded.items:
             store.save_catalog(decoded.items)
+            if retriever:
+                retriever.catalog_changed(decoded.items)
         # In bus order; the links between two erasures in one transaction. Consent is the
         # profiles service's: retrieval keeps none of its own.
         pending: list[Link] = []
@@ -68,10 +76,28 @@ def interaction_worker(
         store.link_visitors(pending)
         if decoded.events:
             store.apply_events(decoded.events)
+        if retriever and any(isinstance(c, Erase) for c in decoded.commands):
+            # The erased member's visitors' lines went too, and their links are forgotten.
+            retriever.activity.clear()
+        elif retriever:
+            retriever.members_changed(_touched(store, decoded.commands, decoded.events))
         return decoded.dead
 
     topics = [CATALOG_TOPIC, MEMBERS_TOPIC, EVENTS_TOPIC]
     return BusWorker(bus, settings.consumer_group, topics, handle)
+
+
+def _touched(
+    store: InteractionStore, commands: Sequence[object], events: Sequence[AnyEvent]
+) -> set[str]:
+    """Whose lines the batch changed: the events' members, the members their visitors are
+    linked to, and both sides of every link."""
+    touched = {e.member_id for e in events}
+    touched |= set(store.linked_members(touched).values()) if touched else set()
+    for command in commands:
+        if isinstance(command, Link):
+            touched |= {command.anonymous_id, command.member_id}
+    return touched
 
 
 async def _watch_models(retriever: Retriever, interval_s: float) -> None:
@@ -84,15 +110,19 @@ async def _watch_models(retriever: Retriever, interval_s: float) -> None:
 
 
 async def run(fleet: FleetSettings, settings: RetrievalSettings) -> None:
-    # One BLAS thread: requests are small solves, and parallel requests use the cores.
+    # One BLAS and one OpenMP (faiss) thread: requests are small solves and searches, and
+    # parallel requests use the cores (faiss's two threads made one exact search 14 ms
+    # instead of 3 on this machine).
     threadpool_limits(1, "blas")
+    faiss.omp_set_num_threads(1)
     bus = open_bus(fleet)
     store = open_store(fleet, settings)
-    retriever = Retriever(store, open_models(fleet, settings), settings.history_limit)
-    worker = interaction_worker(bus, store, settings)
+    models = open_models(fleet, settings)
+    retriever = Retriever(store, models, settings, fleet.clock().now)
+    worker = interaction_worker(bus, store, settings, retriever)
     worker.start()
     watcher = asyncio.create_task(_watch_models(retriever, settings.reload_interval_s))
-    servicer = RetrievalServicer(retriever)
+    servicer = RetrievalServicer(retriever, models)
 
     def register(server: grpc.aio.Server) -> None:
         retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(servicer, server)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -58,6 +58,29 @@ class Interaction:
     weight: float
 
 
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """One line of one of a member's events, as serving folds it in."""
+
+    item_id: str
+    event_type: str
+    weight: float
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingRow:
+    """One line of one event, as training reads it: `basket` is the event's id, so the
+    lines of one order share it (what "bought together" counts)."""
+
+    member_id: str
+    item_id: str
+    event_type: str
+    weight: float
+    at: datetime
+    basket: str
+
+
 class InteractionStore(abc.ABC):
     @abc.abstractmethod
     def apply_events(self, events: Sequence[AnyEvent]) -> int:
@@ -93,6 +116,22 @@ class InteractionStore(abc.ABC):
     @abc.abstractmethod
     def member_history(self, member_id: str, limit: int) -> dict[str, float]:
         """The member's latest interactions, summed per item."""
+
+    @abc.abstractmethod
+    def linked_members(self, member_ids: Iterable[str]) -> dict[str, str]:
+        """The member each of these visitor ids is linked to (ids without a link left out)."""
+
+    @abc.abstractmethod
+    def member_activity(self, member_id: str, limit: int) -> list[Activity]:
+        """The member's latest `limit` interaction lines, newest first."""
+
+    @abc.abstractmethod
+    def training_rows(self) -> Iterator[TrainingRow]:
+        """Every interaction line, oldest first (the training data)."""
+
+    @abc.abstractmethod
+    def catalog_items(self) -> Iterator[CatalogItem]:
+        """Every item of the local catalog copy."""
 
     @abc.abstractmethod
     def interactions(self) -> Iterator[Interaction]:
@@ -270,6 +309,36 @@ class SqlInteractionStore(InteractionStore):
         with self._engine.connect() as conn:
             return {item_id: float(weight) for item_id, weight in conn.execute(query)}
 
+    def linked_members(self, member_ids: Iterable[str]) -> dict[str, str]:
+        with self._engine.connect() as conn:
+            return resolve_links(conn, links, set(member_ids))
+
+    def member_activity(self, member_id: str, limit: int) -> list[Activity]:
+        c = interactions.c
+        query = (
+            select(c.item_id, c.event_type, c.weight, c.at)
+            .where(c.member_id == member_id)
+            .order_by(c.id.desc())
+            .limit(limit)
+        )
+        with self._engine.connect() as conn:
+            return [Activity(i, t, float(w), _utc(at)) for i, t, w, at in conn.execute(query)]
+
+    def training_rows(self) -> Iterator[TrainingRow]:
+        c = interactions.c
+        query = select(c.member_id, c.item_id, c.event_type, c.weight, c.at, c.event_id).order_by(
+            c.id
+        )
+        with self._engine.connect() as conn:
+            result = conn.execution_options(yield_per=10_000).execute(query)
+            for member_id, item_id, event_type, weight, at, basket in result:
+                yield TrainingRow(member_id, item_id, event_type, float(weight), _utc(at), basket)
+
+    def catalog_items(self) -> Iterator[CatalogItem]:
+        with self._engine.connect() as conn:
+            for row in conn.execute(select(catalog)).mappings():
+                yield CatalogItem(**row)
+
     def interactions(self) -> Iterator[Interaction]:
         query = select(
             interactions.c.member_id, interactions.c.item_id, func.sum(interactions.c.weight)
@@ -287,6 +356,11 @@ class SqlInteractionStore(InteractionStore):
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def _utc(at: datetime) -> datetime:
+    # SQLite hands back naive datetimes for what was written in UTC.
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def _applied(conn: Connection, command: Erase) -> bool:

@@ -110,7 +110,10 @@ def test_new_members_events_shape_profile_and_recommendations(fleet: RunningFlee
             return share(items, category) >= 0.5 and items
 
         items = poll(leaning_recommendations)
-    assert bought not in {i["item_id"] for i in items}
+    # The home page may bring back what the member bought (buy again), saying so.
+    for item in items:
+        if item["item_id"] == bought:
+            assert "you bought this before" in item["reasons"]
     assert share(items, category) > share(popular, category)
 
 

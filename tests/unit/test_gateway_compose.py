@@ -212,10 +212,13 @@ async def test_happy_path(fleet: Fleet) -> None:
 
     asked = fleet.retrieval.requests["GetCandidates"][0]
     assert asked.member_id == "m-1"
-    assert set(asked.exclude_item_ids) == {"unwanted-1", "bought-1", "bought-2"}
+    # Whether purchases come back (buy again) is the placement's mix in retrieval: the
+    # gateway passes the placement and the caller's exclusions, not the member's purchases.
+    assert set(asked.exclude_item_ids) == {"unwanted-1"}
+    assert asked.placement == "home"
     assert asked.limit == 3 * GatewaySettings().candidate_factor
     rules = fleet.campaigns.requests["ApplyRules"][0]
-    assert set(rules.purchased_item_ids) == {"bought-1", "bought-2"}
+    assert list(rules.purchased_item_ids) == []
     assert list(rules.exclude_item_ids) == ["unwanted-1"]
     rank = fleet.ranking.requests["Rank"][0]
     assert dict(rank.member.category_weights) == {"garden": 5.0, "books": 1.0}
@@ -256,9 +259,9 @@ async def test_retrieval_down_serves_the_popular_cache(fleet: Fleet) -> None:
 
     assert rec.degraded
     assert rec.degraded_services == ["retrieval"]
-    # The cached popular list, minus what was bought or excluded, goes on to be ranked.
+    # The cached popular list, minus what was excluded, goes on to be ranked.
     ranked = [c.item_id for c in fleet.ranking.requests["Rank"][0].candidates]
-    assert ranked == ["toys-9", "garden-9", "books-9"]
+    assert ranked == ["bought-1", "toys-9", "garden-9", "books-9"]
     assert item_ids(rec) == ["garden-9", "books-9"]
     assert rec.model == "blend+als@v7"
     assert degraded_count("retrieval") == before + 1
@@ -283,15 +286,16 @@ async def test_ranking_down_orders_by_retrieval_score(fleet: Fleet) -> None:
 
     assert rec.degraded
     assert rec.degraded_services == ["ranking"]
-    # bought-1 (purchased) and sold-1 (out of stock) are out; the rest by descending score.
-    assert item_ids(rec) == ["garden-1", "unwanted-1", "books-2", "garden-3"]
+    # sold-1 (out of stock) is out; the rest by descending score, bought-1 (a purchase
+    # retrieval proposed again) included.
+    assert item_ids(rec) == ["bought-1", "garden-1", "unwanted-1", "books-2"]
     scores = [i.score for i in rec.items]
     assert scores == sorted(scores, reverse=True)
     assert all(i.reasons for i in rec.items)
     assert rec.model.startswith("retrieval-order")
 
 
-async def test_campaigns_down_still_filters_purchased_and_excluded(fleet: Fleet) -> None:
+async def test_campaigns_down_still_filters_the_excluded(fleet: Fleet) -> None:
     fleet.campaigns.failing.add("ApplyRules")
     fleet.retrieval.honour_exclusions = False  # e.g. a stale popular list
 
@@ -300,11 +304,11 @@ async def test_campaigns_down_still_filters_purchased_and_excluded(fleet: Fleet)
     assert rec.degraded
     assert rec.degraded_services == ["campaigns"]
     shown = item_ids(rec)
-    assert not {"bought-1", "unwanted-1"} & set(shown)
+    assert "unwanted-1" not in shown
     ranked = [c.item_id for c in fleet.ranking.requests["Rank"][0].candidates]
-    assert not {"bought-1", "unwanted-1"} & set(ranked)
+    assert "unwanted-1" not in ranked
     assert "sold-1" in shown  # stock is unknown without campaigns
-    assert len(shown) == 8
+    assert len(shown) == 9
 
 
 async def test_profiles_down_still_recommends_without_the_members_data(fleet: Fleet) -> None:
@@ -363,8 +367,10 @@ async def test_everything_down_never_raises(fleet: Fleet) -> None:
 async def test_similar_items_exclude_the_item_itself(fleet: Fleet) -> None:
     rec = await fleet.composer.similar("garden-1", 3)
 
-    asked = fleet.retrieval.requests["GetSimilarItems"][0]
-    assert asked.item_id == "garden-1"
+    asked = fleet.retrieval.requests["GetCandidates"][0]
+    assert list(asked.context_item_ids) == ["garden-1"]
+    assert asked.placement == "product"
+    assert asked.member_id == ""
     assert list(asked.exclude_item_ids) == ["garden-1"]
     assert "garden-1" not in item_ids(rec)
     assert len(rec.items) == 3

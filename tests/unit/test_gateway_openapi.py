@@ -34,6 +34,9 @@ STATUSES = {
     ("delete", "/v1/segments/{name}"): {"204", "404", "409", "422"} | KEYED,
     ("get", "/v1/segments/{name}/members"): {"200", "404", "422"} | KEYED,
     ("get", "/v1/segments/{name}/export"): {"200", "404", "422"} | KEYED,
+    ("get", "/v1/models"): {"200"} | KEYED,
+    ("post", "/v1/models/retrieval/rollback"): {"200", "400", "404", "409", "413", "415", "422"}
+    | KEYED,
     ("get", "/healthz"): {"200"},
     ("get", "/readyz"): {"200", "503"},
     ("get", "/metrics"): {"200"},
@@ -56,6 +59,8 @@ SCOPES = {
     ("delete", "/v1/segments/{name}"): "segments:write",
     ("get", "/v1/segments/{name}/members"): "profiles:read",
     ("get", "/v1/segments/{name}/export"): "profiles:read",
+    ("get", "/v1/models"): "recommendations:read",
+    ("post", "/v1/models/retrieval/rollback"): "admin",
 }
 
 

@@ -18,7 +18,8 @@ from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import SqlInteractionStore, erasures, links
 
 SECRET = b"a-test-secret-of-32-characters!!"
-SETTINGS = RetrievalSettings()
+# Every line weighs 1, so that the histories below read as counts of events.
+SETTINGS = RetrievalSettings(event_weights={"view": 1.0, "purchase": 1.0})
 START = datetime(2026, 3, 1, tzinfo=UTC)
 APPLIED = datetime(2026, 3, 9, tzinfo=UTC)
 ERASED_AT = START + timedelta(days=2)

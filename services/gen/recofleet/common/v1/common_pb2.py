@@ -24,17 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n recofleet/common/v1/common.proto\x12\x13recofleet.common.v1\"a\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x12\n\npopularity\x18\x03 \x01(\x01\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\"O\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\"6\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n recofleet/common/v1/common.proto\x12\x13recofleet.common.v1\"\xcf\x01\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x12\n\npopularity\x18\x03 \x01(\x01\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12<\n\x07sources\x18\x06 \x03(\x0b\x32+.recofleet.common.v1.Candidate.SourcesEntry\x1a.\n\x0cSourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"O\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\"6\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recofleet.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CANDIDATE']._serialized_start=57
-  _globals['_CANDIDATE']._serialized_end=154
-  _globals['_SCOREDITEM']._serialized_start=156
-  _globals['_SCOREDITEM']._serialized_end=235
-  _globals['_REJECTION']._serialized_start=237
-  _globals['_REJECTION']._serialized_end=291
+  _globals['_CANDIDATE_SOURCESENTRY']._loaded_options = None
+  _globals['_CANDIDATE_SOURCESENTRY']._serialized_options = b'8\001'
+  _globals['_CANDIDATE']._serialized_start=58
+  _globals['_CANDIDATE']._serialized_end=265
+  _globals['_CANDIDATE_SOURCESENTRY']._serialized_start=219
+  _globals['_CANDIDATE_SOURCESENTRY']._serialized_end=265
+  _globals['_SCOREDITEM']._serialized_start=267
+  _globals['_SCOREDITEM']._serialized_end=346
+  _globals['_REJECTION']._serialized_start=348
+  _globals['_REJECTION']._serialized_end=402
 # @@protoc_insertion_point(module_scope)

@@ -24,19 +24,48 @@ class Candidate(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class SourcesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ITEM_ID_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
     POPULARITY_FIELD_NUMBER: _builtins.int
     CATEGORY_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
     item_id: _builtins.str
     score: _builtins.float
-    """Retrieval's relevance score (inner product of member and item factors, or similarity)."""
+    """Retrieval's relevance score: the chance, measured when the model was trained, that
+    the member buys it (the sources' calibrated chances, fused; docs/retrieval.md).
+    """
     popularity: _builtins.float
     """Share of recent interactions that touched this item, in [0, 1]."""
     category: _builtins.str
     source: _builtins.str
-    """Where the candidate came from: "als", "similar", "popular"."""
+    """The source that argued most for it: "als", "buy_again", "bought_together", "similar",
+    "content", "trending" or "popular".
+    """
+    @_builtins.property
+    def sources(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Every source that proposed it, with its calibrated chance."""
+
     def __init__(
         self,
         *,
@@ -45,10 +74,11 @@ class Candidate(_message.Message):
         popularity: _builtins.float = ...,
         category: _builtins.str = ...,
         source: _builtins.str = ...,
+        sources: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "item_id", b"item_id", "popularity", b"popularity", "score", b"score", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "item_id", b"item_id", "popularity", b"popularity", "score", b"score", "source", b"source", "sources", b"sources"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,25 +25,33 @@ _sym_db = _symbol_database.Default()
 from services.gen.recofleet.common.v1 import common_pb2 as recofleet_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&recofleet/retrieval/v1/retrieval.proto\x12\x16recofleet.retrieval.v1\x1a recofleet/common/v1/common.proto\"R\n\x14GetCandidatesRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\"R\n\x16GetSimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\"S\n\x16GetPopularItemsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x02 \x03(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\"u\n\x12\x43\x61ndidatesResponse\x12\x32\n\ncandidates\x18\x01 \x03(\x0b\x32\x1e.recofleet.common.v1.Candidate\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x14\n\x0cpersonalized\x18\x03 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"w\n\tModelInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07members\x18\x02 \x01(\x03\x12\r\n\x05items\x18\x03 \x01(\x03\x12\x14\n\x0cinteractions\x18\x04 \x01(\x03\x12\x0f\n\x07\x66\x61\x63tors\x18\x05 \x01(\x05\x12\x12\n\ntrained_at\x18\x06 \x01(\t2\xbb\x03\n\x10RetrievalService\x12i\n\rGetCandidates\x12,.recofleet.retrieval.v1.GetCandidatesRequest\x1a*.recofleet.retrieval.v1.CandidatesResponse\x12m\n\x0fGetSimilarItems\x12..recofleet.retrieval.v1.GetSimilarItemsRequest\x1a*.recofleet.retrieval.v1.CandidatesResponse\x12m\n\x0fGetPopularItems\x12..recofleet.retrieval.v1.GetPopularItemsRequest\x1a*.recofleet.retrieval.v1.CandidatesResponse\x12^\n\x0cGetModelInfo\x12+.recofleet.retrieval.v1.GetModelInfoRequest\x1a!.recofleet.retrieval.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&recofleet/retrieval/v1/retrieval.proto\x12\x16recofleet.retrieval.v1\x1a recofleet/common/v1/common.proto\"\x91\x01\n\x14GetCandidatesRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x11\n\tplacement\x18\x04 \x01(\t\x12\x18\n\x10\x63ontext_item_ids\x18\x05 \x03(\t\x12\x10\n\x08\x63\x61tegory\x18\x06 \x01(\t\"R\n\x16GetSimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\"S\n\x16GetPopularItemsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x02 \x03(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\"u\n\x12\x43\x61ndidatesResponse\x12\x32\n\ncandidates\x18\x01 \x03(\x0b\x32\x1e.recofleet.common.v1.Candidate\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x14\n\x0cpersonalized\x18\x03 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"w\n\tModelInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07members\x18\x02 \x01(\x03\x12\r\n\x05items\x18\x03 \x01(\x03\x12\x14\n\x0cinteractions\x18\x04 \x01(\x03\x12\x0f\n\x07\x66\x61\x63tors\x18\x05 \x01(\x05\x12\x12\n\ntrained_at\x18\x06 \x01(\t\"\x13\n\x11ListModelsRequest\"\xa3\x01\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\ntrained_at\x18\x02 \x01(\t\x12\x0f\n\x07members\x18\x03 \x01(\x03\x12\r\n\x05items\x18\x04 \x01(\x03\x12\x14\n\x0cinteractions\x18\x05 \x01(\x03\x12\x0f\n\x07\x66\x61\x63tors\x18\x06 \x01(\x05\x12\x0f\n\x07\x63urrent\x18\x07 \x01(\x08\x12\x16\n\x0erefused_reason\x18\x08 \x01(\t\"Z\n\x12ListModelsResponse\x12\x34\n\x06models\x18\x01 \x03(\x0b\x32$.recofleet.retrieval.v1.ModelVersion\x12\x0e\n\x06served\x18\x02 \x01(\t\"\'\n\x14RollbackModelRequest\x12\x0f\n\x07version\x18\x01 \x01(\t2\x82\x05\n\x10RetrievalService\x12i\n\rGetCandidates\x12,.recofleet.retrieval.v1.GetCandidatesRequest\x1a*.recofleet.retrieval.v1.CandidatesResponse\x12m\n\x0fGetSimilarItems\x12..recofleet.retrieval.v1.GetSimilarItemsRequest\x1a*.recofleet.retrieval.v1.CandidatesResponse\x12m\n\x0fGetPopularItems\x12..recofleet.retrieval.v1.GetPopularItemsRequest\x1a*.recofleet.retrieval.v1.CandidatesResponse\x12^\n\x0cGetModelInfo\x12+.recofleet.retrieval.v1.GetModelInfoRequest\x1a!.recofleet.retrieval.v1.ModelInfo\x12\x63\n\nListModels\x12).recofleet.retrieval.v1.ListModelsRequest\x1a*.recofleet.retrieval.v1.ListModelsResponse\x12`\n\rRollbackModel\x12,.recofleet.retrieval.v1.RollbackModelRequest\x1a!.recofleet.retrieval.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recofleet.retrieval.v1.retrieval_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETCANDIDATESREQUEST']._serialized_start=100
-  _globals['_GETCANDIDATESREQUEST']._serialized_end=182
-  _globals['_GETSIMILARITEMSREQUEST']._serialized_start=184
-  _globals['_GETSIMILARITEMSREQUEST']._serialized_end=266
-  _globals['_GETPOPULARITEMSREQUEST']._serialized_start=268
-  _globals['_GETPOPULARITEMSREQUEST']._serialized_end=351
-  _globals['_CANDIDATESRESPONSE']._serialized_start=353
-  _globals['_CANDIDATESRESPONSE']._serialized_end=470
-  _globals['_GETMODELINFOREQUEST']._serialized_start=472
-  _globals['_GETMODELINFOREQUEST']._serialized_end=493
-  _globals['_MODELINFO']._serialized_start=495
-  _globals['_MODELINFO']._serialized_end=614
-  _globals['_RETRIEVALSERVICE']._serialized_start=617
-  _globals['_RETRIEVALSERVICE']._serialized_end=1060
+  _globals['_GETCANDIDATESREQUEST']._serialized_start=101
+  _globals['_GETCANDIDATESREQUEST']._serialized_end=246
+  _globals['_GETSIMILARITEMSREQUEST']._serialized_start=248
+  _globals['_GETSIMILARITEMSREQUEST']._serialized_end=330
+  _globals['_GETPOPULARITEMSREQUEST']._serialized_start=332
+  _globals['_GETPOPULARITEMSREQUEST']._serialized_end=415
+  _globals['_CANDIDATESRESPONSE']._serialized_start=417
+  _globals['_CANDIDATESRESPONSE']._serialized_end=534
+  _globals['_GETMODELINFOREQUEST']._serialized_start=536
+  _globals['_GETMODELINFOREQUEST']._serialized_end=557
+  _globals['_MODELINFO']._serialized_start=559
+  _globals['_MODELINFO']._serialized_end=678
+  _globals['_LISTMODELSREQUEST']._serialized_start=680
+  _globals['_LISTMODELSREQUEST']._serialized_end=699
+  _globals['_MODELVERSION']._serialized_start=702
+  _globals['_MODELVERSION']._serialized_end=865
+  _globals['_LISTMODELSRESPONSE']._serialized_start=867
+  _globals['_LISTMODELSRESPONSE']._serialized_end=957
+  _globals['_ROLLBACKMODELREQUEST']._serialized_start=959
+  _globals['_ROLLBACKMODELREQUEST']._serialized_end=998
+  _globals['_RETRIEVALSERVICE']._serialized_start=1001
+  _globals['_RETRIEVALSERVICE']._serialized_end=1643
 # @@protoc_insertion_point(module_scope)

@@ -26,20 +26,37 @@ class GetCandidatesRequest(_message.Message):
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
+    CONTEXT_ITEM_IDS_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
+    """Empty for a visitor nobody knows: trending items, or the context's neighbours."""
     limit: _builtins.int
+    placement: _builtins.str
+    """Which mix of sources to use (home, product, cart, email; settings may add more). Empty
+    is home.
+    """
+    category: _builtins.str
+    """Only items of this category, when set."""
     @_builtins.property
     def exclude_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def context_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The items the placement is about: the one in view, or the cart's. Never proposed."""
+
     def __init__(
         self,
         *,
         member_id: _builtins.str = ...,
         limit: _builtins.int = ...,
         exclude_item_ids: _abc.Iterable[_builtins.str] | None = ...,
+        placement: _builtins.str = ...,
+        context_item_ids: _abc.Iterable[_builtins.str] | None = ...,
+        category: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "limit", b"limit", "member_id", b"member_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "context_item_ids", b"context_item_ids", "exclude_item_ids", b"exclude_item_ids", "limit", b"limit", "member_id", b"member_id", "placement", b"placement"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -173,3 +190,104 @@ class ModelInfo(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class ListModelsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+
+@_typing.final
+class ModelVersion(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    TRAINED_AT_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    INTERACTIONS_FIELD_NUMBER: _builtins.int
+    FACTORS_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    REFUSED_REASON_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    trained_at: _builtins.str
+    members: _builtins.int
+    items: _builtins.int
+    interactions: _builtins.int
+    factors: _builtins.int
+    current: _builtins.bool
+    """The version the store's CURRENT names: what every server loads."""
+    refused_reason: _builtins.str
+    """Why a server could not load it; empty when none refused it."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        trained_at: _builtins.str = ...,
+        members: _builtins.int = ...,
+        items: _builtins.int = ...,
+        interactions: _builtins.int = ...,
+        factors: _builtins.int = ...,
+        current: _builtins.bool = ...,
+        refused_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "factors", b"factors", "interactions", b"interactions", "items", b"items", "members", b"members", "refused_reason", b"refused_reason", "trained_at", b"trained_at", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelVersion: _TypeAlias = ModelVersion  # noqa: Y015
+
+@_typing.final
+class ListModelsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    SERVED_FIELD_NUMBER: _builtins.int
+    served: _builtins.str
+    """The version this server answers from; empty before it loaded one."""
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelVersion]: ...
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___ModelVersion] | None = ...,
+        served: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models", "served", b"served"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class RollbackModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """A kept version to make current; empty: the one before the current."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackModelRequest: _TypeAlias = RollbackModelRequest  # noqa: Y015

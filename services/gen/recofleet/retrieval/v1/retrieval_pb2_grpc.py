@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class RetrievalServiceStub:
-    """Candidate generation: ALS embeddings searched with FAISS, with popular items as fallback.
+    """Candidate generation: several sources (ALS over FAISS, buy again, bought together, similar,
+    content, trending) fused by the chances training measured for each (docs/retrieval.md).
     """
 
     def __init__(self, channel):
@@ -55,14 +56,25 @@ class RetrievalServiceStub:
                 request_serializer=recofleet_dot_retrieval_dot_v1_dot_retrieval__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=recofleet_dot_retrieval_dot_v1_dot_retrieval__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/recofleet.retrieval.v1.RetrievalService/ListModels',
+                request_serializer=recofleet_dot_retrieval_dot_v1_dot_retrieval__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=recofleet_dot_retrieval_dot_v1_dot_retrieval__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.RollbackModel = channel.unary_unary(
+                '/recofleet.retrieval.v1.RetrievalService/RollbackModel',
+                request_serializer=recofleet_dot_retrieval_dot_v1_dot_retrieval__pb2.RollbackModelRequest.SerializeToString,
+                response_deserializer=recofleet_dot_retrieval_dot_v1_dot_retrieval__pb2.ModelInfo.FromString,
+                _registered_method=True)
 
 
 class RetrievalServiceServicer:
-    """Candidate generation: ALS embeddings searched with FAISS, with popular items as fallback.
+    """Candidate generation: several sources (ALS over FAISS, buy again, bought together, similar,
+    content, trending) fused by the chances training measured for each (docs/retrieval.md).
     """
 
     def GetCandidates(self, request, context):
-        """Candidates for a member, folded in from their latest interactions.
+        """Candidates for a member and a placement, from the member's latest interactions.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -84,6 +96,22 @@ class RetrievalServiceServicer:
 
     def GetModelInfo(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """The model versions kept in the model store, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackModel(self, request, context):
+        """Make an earlier version current and serve it at once: the given one, or (no version)
+        the one before the current. FAILED_PRECONDITION when there is none to go back to (or
+        it cannot be loaded: the current version then stays), NOT_FOUND for a version not kept.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -111,6 +139,16 @@ def add_RetrievalServiceServicer_to_server(servicer, server):
                     request_deserializer=recofleet_dot_retrieval_dot_v1_dot_retrieval__pb2.GetModelInfoRequest.FromString,
                     response_serializer=recofleet_dot_retrieval_dot_v1_dot_retrieval__pb2.ModelInfo.SerializeToString,
             ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=recofleet_dot_retrieval_dot_v1_dot_retrieval__pb2.ListModelsRequest.FromString,
+                    response_serializer=recofleet_dot_retrieval_dot_v1_dot_retrieval__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'RollbackModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackModel,
+                    request_deserializer=recofleet_dot_retrieval_dot_v1_dot_retrieval__pb2.RollbackModelRequest.FromString,
+                    response_serializer=recofleet_dot_retrieval_dot_v1_dot_retrieval__pb2.ModelInfo.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'recofleet.retrieval.v1.RetrievalService', rpc_method_handlers)
@@ -120,7 +158,8 @@ def add_RetrievalServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RetrievalService:
-    """Candidate generation: ALS embeddings searched with FAISS, with popular items as fallback.
+    """Candidate generation: several sources (ALS over FAISS, buy again, bought together, similar,
+    content, trending) fused by the chances training measured for each (docs/retrieval.md).
     """
 
     @staticmethod
@@ -220,6 +259,60 @@ class RetrievalService:
             target,
             '/recofleet.retrieval.v1.RetrievalService/GetModelInfo',
             recofleet_dot_retrieval_dot_v1_dot_retrieval__pb2.GetModelInfoRequest.SerializeToString,
+            recofleet_dot_retrieval_dot_v1_dot_retrieval__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.retrieval.v1.RetrievalService/ListModels',
+            recofleet_dot_retrieval_dot_v1_dot_retrieval__pb2.ListModelsRequest.SerializeToString,
+            recofleet_dot_retrieval_dot_v1_dot_retrieval__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.retrieval.v1.RetrievalService/RollbackModel',
+            recofleet_dot_retrieval_dot_v1_dot_retrieval__pb2.RollbackModelRequest.SerializeToString,
             recofleet_dot_retrieval_dot_v1_dot_retrieval__pb2.ModelInfo.FromString,
             options,
             channel_credentials,

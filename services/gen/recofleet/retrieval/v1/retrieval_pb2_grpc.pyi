@@ -27,35 +27,55 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class RetrievalServiceStub:
-    """Candidate generation: ALS embeddings searched with FAISS, with popular items as fallback."""
+    """Candidate generation: several sources (ALS over FAISS, buy again, bought together, similar,
+    content, trending) fused by the chances training measured for each (docs/retrieval.md).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RetrievalServiceAsyncStub: ...
     GetCandidates: _grpc.UnaryUnaryMultiCallable[_retrieval_pb2.GetCandidatesRequest, _retrieval_pb2.CandidatesResponse]
-    """Candidates for a member, folded in from their latest interactions."""
+    """Candidates for a member and a placement, from the member's latest interactions."""
     GetSimilarItems: _grpc.UnaryUnaryMultiCallable[_retrieval_pb2.GetSimilarItemsRequest, _retrieval_pb2.CandidatesResponse]
     """Items whose factors are closest to an item's (cosine)."""
     GetPopularItems: _grpc.UnaryUnaryMultiCallable[_retrieval_pb2.GetPopularItemsRequest, _retrieval_pb2.CandidatesResponse]
     """Most interacted-with items, for members and contexts with nothing to personalize on."""
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_retrieval_pb2.GetModelInfoRequest, _retrieval_pb2.ModelInfo]
+    ListModels: _grpc.UnaryUnaryMultiCallable[_retrieval_pb2.ListModelsRequest, _retrieval_pb2.ListModelsResponse]
+    """The model versions kept in the model store, oldest first."""
+    RollbackModel: _grpc.UnaryUnaryMultiCallable[_retrieval_pb2.RollbackModelRequest, _retrieval_pb2.ModelInfo]
+    """Make an earlier version current and serve it at once: the given one, or (no version)
+    the one before the current. FAILED_PRECONDITION when there is none to go back to (or
+    it cannot be loaded: the current version then stays), NOT_FOUND for a version not kept.
+    """
 
 @_typing.type_check_only
 class RetrievalServiceAsyncStub(RetrievalServiceStub):
-    """Candidate generation: ALS embeddings searched with FAISS, with popular items as fallback."""
+    """Candidate generation: several sources (ALS over FAISS, buy again, bought together, similar,
+    content, trending) fused by the chances training measured for each (docs/retrieval.md).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetCandidates: _aio.UnaryUnaryMultiCallable[_retrieval_pb2.GetCandidatesRequest, _retrieval_pb2.CandidatesResponse]  # type: ignore[assignment]
-    """Candidates for a member, folded in from their latest interactions."""
+    """Candidates for a member and a placement, from the member's latest interactions."""
     GetSimilarItems: _aio.UnaryUnaryMultiCallable[_retrieval_pb2.GetSimilarItemsRequest, _retrieval_pb2.CandidatesResponse]  # type: ignore[assignment]
     """Items whose factors are closest to an item's (cosine)."""
     GetPopularItems: _aio.UnaryUnaryMultiCallable[_retrieval_pb2.GetPopularItemsRequest, _retrieval_pb2.CandidatesResponse]  # type: ignore[assignment]
     """Most interacted-with items, for members and contexts with nothing to personalize on."""
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_retrieval_pb2.GetModelInfoRequest, _retrieval_pb2.ModelInfo]  # type: ignore[assignment]
+    ListModels: _aio.UnaryUnaryMultiCallable[_retrieval_pb2.ListModelsRequest, _retrieval_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """The model versions kept in the model store, oldest first."""
+    RollbackModel: _aio.UnaryUnaryMultiCallable[_retrieval_pb2.RollbackModelRequest, _retrieval_pb2.ModelInfo]  # type: ignore[assignment]
+    """Make an earlier version current and serve it at once: the given one, or (no version)
+    the one before the current. FAILED_PRECONDITION when there is none to go back to (or
+    it cannot be loaded: the current version then stays), NOT_FOUND for a version not kept.
+    """
 
 class RetrievalServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Candidate generation: ALS embeddings searched with FAISS, with popular items as fallback."""
+    """Candidate generation: several sources (ALS over FAISS, buy again, bought together, similar,
+    content, trending) fused by the chances training measured for each (docs/retrieval.md).
+    """
 
     @_abc_1.abstractmethod
     def GetCandidates(
@@ -63,7 +83,7 @@ class RetrievalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _retrieval_pb2.GetCandidatesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_retrieval_pb2.CandidatesResponse, _abc.Awaitable[_retrieval_pb2.CandidatesResponse]]:
-        """Candidates for a member, folded in from their latest interactions."""
+        """Candidates for a member and a placement, from the member's latest interactions."""
 
     @_abc_1.abstractmethod
     def GetSimilarItems(
@@ -87,5 +107,24 @@ class RetrievalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _retrieval_pb2.GetModelInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_retrieval_pb2.ModelInfo, _abc.Awaitable[_retrieval_pb2.ModelInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _retrieval_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_retrieval_pb2.ListModelsResponse, _abc.Awaitable[_retrieval_pb2.ListModelsResponse]]:
+        """The model versions kept in the model store, oldest first."""
+
+    @_abc_1.abstractmethod
+    def RollbackModel(
+        self,
+        request: _retrieval_pb2.RollbackModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_retrieval_pb2.ModelInfo, _abc.Awaitable[_retrieval_pb2.ModelInfo]]:
+        """Make an earlier version current and serve it at once: the given one, or (no version)
+        the one before the current. FAILED_PRECONDITION when there is none to go back to (or
+        it cannot be loaded: the current version then stays), NOT_FOUND for a version not kept.
+        """
 
 def add_RetrievalServiceServicer_to_server(servicer: RetrievalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

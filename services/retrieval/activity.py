@@ -1,0 +1,70 @@
+"""Members' latest interactions, kept in memory for serving.
+
+A request reads the member's lines from here, not from SQL: the first request for a
+member loads them once, and the consumer marks the members its batches touched (after the
+batch is committed) so the next request reloads theirs. A load that raced a batch for the
+same member (it read before the commit, the mark came before it cached) is not kept.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+from services.retrieval.store import Activity
+
+Loader = Callable[[str], list[Activity]]
+
+
+class ActivityCache:
+    def __init__(self, load: Loader, capacity: int) -> None:
+        self._load = load
+        self._capacity = capacity
+        self._lines: OrderedDict[str, list[Activity]] = OrderedDict()
+        self._touched: dict[str, int] = {}
+        self._generation = 0
+        self._forgot_all_at = 0
+        self._lock = threading.Lock()
+
+    def get(self, member_id: str) -> list[Activity]:
+        with self._lock:
+            lines = self._lines.get(member_id)
+            if lines is not None:
+                self._lines.move_to_end(member_id)
+                return lines
+            started = self._generation
+        lines = self._load(member_id)
+        with self._lock:
+            if self._fresh(member_id, started):
+                self._lines[member_id] = lines
+                while len(self._lines) > self._capacity:
+                    self._lines.popitem(last=False)
+        return lines
+
+    def touched(self, member_ids: Iterable[str]) -> None:
+        """These members' lines changed in the store (new events, a link, an erasure)."""
+        with self._lock:
+            self._generation += 1
+            for member_id in member_ids:
+                self._lines.pop(member_id, None)
+                self._touched[member_id] = self._generation
+            if len(self._touched) > 4 * self._capacity:
+                # Forget who was touched when; loads in flight then are not kept.
+                self._touched.clear()
+                self._forgot_all_at = self._generation
+
+    def clear(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._forgot_all_at = self._generation
+            self._lines.clear()
+            self._touched.clear()
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def _fresh(self, member_id: str, started: int) -> bool:
+        if started < self._forgot_all_at:
+            return False
+        return self._touched.get(member_id, 0) <= started
