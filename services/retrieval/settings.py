@@ -72,8 +72,8 @@ class RetrievalSettings(BaseSettings):
     # MovieLens 100k, each on its validation split).
     factors: int = Field(default=64, ge=2, le=1024)
     iterations: int = Field(default=15, ge=1, le=200)
-    regularization: float = Field(default=10.0, ge=0)
-    alpha: float = Field(default=1.0, gt=0, description="Confidence per unit of `confidence`.")
+    regularization: float = Field(default=30.0, ge=0)
+    alpha: float = Field(default=5.0, gt=0, description="Confidence per unit of `confidence`.")
     confidence: Literal["log", "linear"] = Field(
         default="log",
         description="confidence = 1 + alpha * log(1 + w) or 1 + alpha * w, where w is the "
