@@ -21,6 +21,8 @@ from services.evaluation.models import DEFAULT_MODELS, models_by_name
 from services.evaluation.report import evaluate, write_report
 
 SPLITS = {"temporal": "temporal", "last-basket": "last_basket", "random": "random"}
+# `--data store`: the interactions the fleet's retrieval service recorded.
+STORE = "store"
 DEFAULT_LAST_DAYS = 30.0
 SUMMARY_METRICS = ("ndcg", "recall", "hit_rate")
 SUMMARY_MODES = (("models", ""), ("models_excluding_bought", " excl."))
@@ -36,7 +38,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "report.json and report.html into --out.",
     )
     source = parser.add_argument_group("data (either --data, or --train and --test)")
-    source.add_argument("--data", type=Path, metavar="FILE", help="one data set to split")
+    source.add_argument(
+        "--data",
+        type=Path,
+        metavar="FILE",
+        help="one data set to split; 'store' reads the fleet's retrieval store",
+    )
     source.add_argument(
         "--format", choices=("auto", *KINDS), default="auto", help="data format (default: auto)"
     )
@@ -197,7 +204,11 @@ def _data_and_split(
 ) -> tuple[Dataset, splits.Split]:
     """Read the data and split it (or read both parts); records the seconds of each step."""
     started = time.perf_counter()
-    if args.data is not None:
+    if args.data is not None and str(args.data) == STORE:
+        dataset = _read_store()
+        timings["read_seconds"] = time.perf_counter() - started
+        split = _split(dataset, args)
+    elif args.data is not None:
         dataset = read_dataset(args.data, args.format, progress)
         timings["read_seconds"] = time.perf_counter() - started
         split = _split(dataset, args)
@@ -210,6 +221,23 @@ def _data_and_split(
         dataset = _merged(train, test)
     timings["split_seconds"] = time.perf_counter() - started - timings["read_seconds"]
     return dataset, split
+
+
+def _read_store() -> Dataset:
+    """The fleet's retrieval store, found as the services find it (RECOFLEET_DATA_DIR,
+    RECOFLEET_RETRIEVAL_DATABASE_URL): read only."""
+    from services.common.settings import FleetSettings
+    from services.evaluation.fleet import read_store
+    from services.retrieval.server import open_store
+    from services.retrieval.settings import RetrievalSettings
+
+    fleet, settings = FleetSettings(), RetrievalSettings()
+    store = open_store(fleet, settings)
+    try:
+        where = settings.database_url or fleet.sqlite_url("retrieval")
+        return read_store(store, where.split("@")[-1])
+    finally:
+        store.close()
 
 
 def _split(dataset: Dataset, args: argparse.Namespace) -> splits.Split:

@@ -21,12 +21,12 @@ import numpy as np
 
 from services.common.events import CatalogItem, Event, EventItem, EventType
 from services.evaluation.baselines import Exclude, Model
-from services.evaluation.data import Interaction
+from services.evaluation.data import Dataset, Interaction, by_time
 from services.retrieval import sources
 from services.retrieval.domain import CandidateRequest, Retriever
 from services.retrieval.model_store import LocalModelStore
 from services.retrieval.settings import RetrievalSettings
-from services.retrieval.store import SqlInteractionStore
+from services.retrieval.store import InteractionStore, SqlInteractionStore
 from services.retrieval.training import train
 
 BATCH = 5_000
@@ -82,6 +82,10 @@ class FleetModel(Model):
             chosen["holdout"] = self.meta.get("metrics", {})
         return chosen
 
+    def curves(self) -> dict[str, list[float]]:
+        loss = self.meta.get("training_loss")
+        return {"ALS training loss by iteration": list(loss)} if isinstance(loss, list) else {}
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
@@ -135,6 +139,18 @@ class AlsModel(FleetModel):
             # ALS alone ranks every item, what the member owns included.
             found[member] = sources.als(model, ask, keep_owned=True)
         return found
+
+
+def read_store(store: InteractionStore, source: str) -> Dataset:
+    """What a running fleet's retrieval service has recorded, as a data set: every
+    interaction line (its event is its basket; the store keeps weights, not quantities)
+    and the catalog's categories."""
+    rows = [
+        Interaction(r.member_id, r.item_id, r.at, r.event_type, 1.0, r.basket)
+        for r in store.training_rows()
+    ]
+    categories = {i.item_id: i.category for i in store.catalog_items() if i.category}
+    return Dataset("retrieval-store", source, by_time(rows), categories)
 
 
 def _events(rows: Sequence[Interaction]) -> Iterator[Event]:

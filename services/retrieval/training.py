@@ -176,7 +176,8 @@ def fit(
     say("calibrating the sources on held-out data")
     calibration, measured, half_life = calibrate(frame, catalog, settings)
     say(f"fitting ALS ({settings.factors} factors, {settings.iterations} iterations)")
-    parts = build(frame, settings, calibration, half_life)
+    losses: list[float] = []
+    parts = build(frame, settings, calibration, half_life, losses)
     if folder is not None:
         say("writing the model")
         parts.save(folder)
@@ -193,6 +194,7 @@ def fit(
         "index": {"ip": parts.ip_index.kind, "cosine": parts.cosine_index.kind},
         "calibration": {s: c[:10] for s, c in calibration.by_source.items()},
         "buy_again_half_life_days": half_life,
+        "training_loss": losses,
         "metrics": measured,
         # Members are folded in from their interactions when served: the model files hold
         # item factors and item figures only, so erasing a member never touches a model.
@@ -205,10 +207,11 @@ def build(
     settings: RetrievalSettings,
     calibration: Calibration,
     half_life: float = DEFAULT_HALF_LIFE,
+    losses: list[float] | None = None,
 ) -> Artifacts:
     """Every source's data for `frame`, item positions as in `frame.item_ids`."""
     weights, scale = confidences(frame, settings)
-    als = fit_als(weights, settings)
+    als = fit_als(weights, settings, losses)
     factors = np.ascontiguousarray(als.item_factors, dtype=np.float32)
     return Artifacts(
         item_ids=frame.item_ids,
@@ -240,7 +243,11 @@ def confidences(frame: Frame, settings: RetrievalSettings) -> tuple[csr_matrix, 
     return summed, scale
 
 
-def fit_als(weights: csr_matrix, settings: RetrievalSettings) -> AlternatingLeastSquares:
+def fit_als(
+    weights: csr_matrix, settings: RetrievalSettings, losses: list[float] | None = None
+) -> AlternatingLeastSquares:
+    """ALS on `weights`; with `losses`, the training loss after each iteration is appended
+    to it (a pass over the data per iteration: the final model's training curve)."""
     # implicit runs its own threads; a second BLAS thread pool under them only thrashes.
     with threadpool_limits(1, "blas"):
         als = AlternatingLeastSquares(
@@ -249,8 +256,14 @@ def fit_als(weights: csr_matrix, settings: RetrievalSettings) -> AlternatingLeas
             alpha=settings.alpha,
             iterations=settings.iterations,
             random_state=settings.random_seed,
+            calculate_training_loss=losses is not None,
         )
-        als.fit(weights, show_progress=False)
+
+        def record(iteration: int, seconds: float, loss: float | None) -> None:
+            if losses is not None and loss is not None:
+                losses.append(round(float(loss), 6))
+
+        als.fit(weights, show_progress=False, callback=record)
     return als
 
 

@@ -207,3 +207,40 @@ def test_add_parser_plugs_into_a_main_parser() -> None:
     assert args.k == [5, 10] and args.split == "temporal" and args.handler is cli.run
     default = ["popularity", "trending", "buy_again", "item_knn", "ease", "als", "served"]
     assert args.models == default
+
+
+def test_cli_evaluates_what_the_fleets_store_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.common.events import CatalogItem, Event
+    from services.common.settings import FleetSettings
+    from services.retrieval.settings import RetrievalSettings
+    from services.retrieval.store import SqlInteractionStore
+
+    monkeypatch.setenv("RECOFLEET_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.delenv("RECOFLEET_RETRIEVAL_DATABASE_URL", raising=False)
+    url = FleetSettings().sqlite_url("retrieval")
+    (tmp_path / "var").mkdir()
+    store = SqlInteractionStore.from_url(url, RetrievalSettings().event_weights)
+    data = shop()
+    store.save_catalog([CatalogItem(item_id=i, category=c) for i, c in data.categories.items()])
+    store.apply_events(
+        [
+            Event(
+                event_id=f"e-{n}",
+                type="purchase",
+                member_id=r.member_id,
+                item_id=r.item_id,
+                timestamp=r.at,
+            )
+            for n, r in enumerate(data.interactions)
+        ]
+    )
+    store.close()
+    out = tmp_path / "report"
+    argv = ["evaluate", "--data", "store", "--split", "last-basket", "--k", "5"]
+    assert cli.main([*argv, "--models", "popularity", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["dataset"]["interactions"] == len(data.interactions)
+    assert report["dataset"]["categorised_items"] == len(data.categories)
+    assert report["models"]["popularity"]["ndcg@5"] > 0
