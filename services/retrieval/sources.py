@@ -147,10 +147,15 @@ def popular(model: RetrievalModel, ask: Ask) -> list[str]:
 def _category_items(
     model: RetrievalModel, ask: Ask, catalog: CatalogView, category: str, banned: frozenset[str]
 ) -> list[str]:
-    mask = catalog.allowed(model, category) & ask.allowed
-    positions = np.flatnonzero(mask)
-    order = positions[np.argsort(-model.parts.popularity[positions], kind="stable")]
-    ranked = [model.item_ids[p] for p in order[: ask.limit + len(banned)]]
+    positions = catalog.positions(model, category)
+    positions = positions[ask.allowed[positions]]
+    wanted = ask.limit + len(banned)
+    scores = -model.parts.popularity[positions]
+    if len(positions) > wanted:  # the top of a large category without sorting all of it
+        top = np.argpartition(scores, wanted)[:wanted]
+        positions, scores = positions[top], scores[top]
+    order = positions[np.argsort(scores, kind="stable")]
+    ranked = [model.item_ids[p] for p in order]
     newcomers = [
         i for i in catalog.new_items(model, category) if i not in banned and i not in ask.excluded
     ]
