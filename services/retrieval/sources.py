@@ -175,8 +175,19 @@ def _interleave(lists: Sequence[list[str]], limit: int) -> list[str]:
 
 
 def _ranked(model: RetrievalModel, order: np.ndarray, ask: Ask) -> list[str]:
-    kept = order[ask.allowed[order]][: ask.limit + len(ask.banned)]
-    return [model.item_ids[p] for p in kept if model.item_ids[p] not in ask.banned][: ask.limit]
+    """The first `limit` allowed items of `order`, read a slice at a time: masking the
+    whole order was a seventh of a request's time at 250,000 items (py-spy)."""
+    step = max(2 * (ask.limit + len(ask.banned)), 256)
+    found: list[str] = []
+    for start in range(0, len(order), step):
+        chunk = order[start : start + step]
+        for position in chunk[ask.allowed[chunk]]:
+            item_id = model.item_ids[position]
+            if item_id not in ask.banned:
+                found.append(item_id)
+        if len(found) >= ask.limit:
+            break
+    return found[: ask.limit]
 
 
 def _without(model: RetrievalModel, ask: Ask, items: frozenset[str]) -> np.ndarray:
