@@ -174,22 +174,13 @@ class Retriever:
     ) -> dict[str, list[str]]:
         ask_for: dict[str, Callable[[], list[str]]] = {
             "als": lambda: sources.als(model, ask),
-            "buy_again": lambda: [
-                i for i in sources.buy_again(model, ask) if self._listed(model, i, ask.category)
-            ],
+            "buy_again": lambda: sources.buy_again(model, ask, self.catalog),
             "bought_together": lambda: sources.bought_together(model, ask),
             "similar": lambda: sources.similar(model, ask),
             "content": lambda: sources.content(model, ask, self.catalog),
             "trending": lambda: sources.trending(model, ask),
         }
         return {s: ask_for[s]() for s, weight in mix.sources.items() if weight > 0}
-
-    def _listed(self, model: RetrievalModel, item_id: str, category: str) -> bool:
-        """An item newer than the model is in none of its masks: the catalog decides."""
-        if item_id in model.position:
-            return True
-        in_category = not category or self.catalog.category(item_id) == category
-        return self.catalog.in_stock(item_id) and in_category
 
     def _filled(
         self,

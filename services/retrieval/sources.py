@@ -74,7 +74,9 @@ def als(model: RetrievalModel, ask: Ask, keep_owned: bool = False) -> list[str]:
     return _search(model, model.parts.ip_index, vector, ask, allowed)
 
 
-def buy_again(model: RetrievalModel, ask: Ask, half_life_days: float | None = None) -> list[str]:
+def buy_again(
+    model: RetrievalModel, ask: Ask, catalog: CatalogView, half_life_days: float | None = None
+) -> list[str]:
     """What the member bought, by purchases decayed with age (the model's half-life,
     chosen at training, unless `half_life_days` is given), times
     1 + the item's popularity: of two items bought as often, the one most members buy is
@@ -89,7 +91,7 @@ def buy_again(model: RetrievalModel, ask: Ask, half_life_days: float | None = No
             score[line.item_id] = score.get(line.item_id, 0.0) + 0.5 ** (days / half_life)
     for item_id in score:
         score[item_id] *= 1.0 + model.popularity(item_id)
-    ranked = [i for i in sorted(score, key=lambda i: -score[i]) if _allowed(model, ask, i)]
+    ranked = [i for i in sorted(score, key=lambda i: -score[i]) if _allowed(model, ask, catalog, i)]
     return ranked[: ask.limit]
 
 
@@ -199,10 +201,12 @@ def _without(model: RetrievalModel, ask: Ask, items: frozenset[str]) -> np.ndarr
     return mask
 
 
-def _allowed(model: RetrievalModel, ask: Ask, item_id: str) -> bool:
+def _allowed(model: RetrievalModel, ask: Ask, catalog: CatalogView, item_id: str) -> bool:
     position = model.position.get(item_id)
-    if position is None:  # bought since training: only the caller can rule it out
-        return item_id not in ask.excluded
+    if position is None:
+        # Bought since training, so in none of the model's masks: the catalog decides.
+        in_category = not ask.category or catalog.category(item_id) == ask.category
+        return item_id not in ask.excluded and catalog.in_stock(item_id) and in_category
     return bool(ask.allowed[position])
 
 

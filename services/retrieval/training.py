@@ -336,7 +336,7 @@ def calibrate(
         history = _histories(held.before, settings.history_limit)
         allowed = catalog.allowed(model)
         if kind == "newest":
-            half_life = _best_half_life(model, held, history, allowed)
+            half_life = _best_half_life(model, held, history, allowed, catalog)
         for member, wanted in held.targets.items():
             activity, now = history.get(member, []), held.starts[member]
             proposals = _proposals(model, catalog, activity, allowed, now, half_life)
@@ -385,7 +385,11 @@ def _measured(
 
 
 def _best_half_life(
-    model: RetrievalModel, held: Holdout, history: dict[str, list[Activity]], allowed: np.ndarray
+    model: RetrievalModel,
+    held: Holdout,
+    history: dict[str, list[Activity]],
+    allowed: np.ndarray,
+    catalog: CatalogView,
 ) -> float:
     """The half-life under which buy-again's top 10 held the most of what members bought in
     their newest fifth (ties to the shorter one)."""
@@ -394,7 +398,7 @@ def _best_half_life(
         found = 0
         for member, wanted in held.targets.items():
             ask = sources.Ask(history.get(member, []), (), 10, allowed, held.starts[member])
-            found += len(wanted.intersection(sources.buy_again(model, ask, half_life)))
+            found += len(wanted.intersection(sources.buy_again(model, ask, catalog, half_life)))
         hits[half_life] = found
     best = max(hits.values())
     return DEFAULT_HALF_LIFE if best == 0 else min(h for h, n in hits.items() if n == best)
@@ -411,7 +415,7 @@ def _proposals(
     ask = sources.Ask(activity, (), CALIBRATION_RANKS, allowed, now)
     found = {
         "als": sources.als(model, ask),
-        "buy_again": sources.buy_again(model, ask, half_life),
+        "buy_again": sources.buy_again(model, ask, catalog, half_life),
         "bought_together": sources.bought_together(model, ask),
         "content": sources.content(model, ask, catalog),
         "trending": sources.trending(model, ask),
