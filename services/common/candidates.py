@@ -40,6 +40,22 @@ class Candidate:
         )
 
 
+# What a shop can show for the source that argued most for an item (services/retrieval).
+SOURCE_REASONS = {
+    "als": "picked for you from what you like",
+    "buy_again": "you bought this before",
+    "bought_together": "often bought together with your items",
+    "similar": "similar to the item in view",
+    "content": "from a category you like",
+    "trending": "trending in the shop",
+    "popular": "popular in the shop",
+}
+
+
+def reason_for(source: str) -> str:
+    return SOURCE_REASONS.get(source, SOURCE_REASONS["popular"])
+
+
 def to_protos(candidates: Iterable[Candidate]) -> list[common_pb2.Candidate]:
     return [c.to_proto() for c in candidates]
 

@@ -17,7 +17,7 @@ from typing import TypeVar
 import grpc
 from prometheus_client import Counter
 
-from services.common.candidates import Candidate, from_protos, to_protos
+from services.common.candidates import Candidate, from_protos, reason_for, to_protos
 from services.gateway.clients import FleetClients
 from services.gateway.settings import GatewaySettings
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2
@@ -289,22 +289,6 @@ class Composer:
             DEGRADED.labels(service).inc()
             degraded.append(service)
             return None
-
-
-# What a shop can show for the source that argued most for an item (services/retrieval).
-REASONS = {
-    "als": "picked for you from what you like",
-    "buy_again": "you bought this before",
-    "bought_together": "often bought together with your items",
-    "similar": "similar to the item in view",
-    "content": "from a category you like",
-    "trending": "trending in the shop",
-    "popular": "popular in the shop",
-}
-
-
-def reason_for(source: str) -> str:
-    return REASONS.get(source, REASONS["popular"])
 
 
 def _entry(candidate: Candidate) -> RankedEntry:

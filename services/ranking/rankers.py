@@ -10,7 +10,7 @@ import abc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from services.common.candidates import Candidate
+from services.common.candidates import SOURCE_REASONS, Candidate
 from services.ranking.settings import BlendWeights, RankingSettings
 
 
@@ -87,21 +87,16 @@ def _scaled(values: list[float]) -> list[float]:
     return [(v - low) / (high - low) for v in values]
 
 
-# Why retrieval's source proposed the item, in words a shop can show.
-SOURCE_REASONS = {
-    "buy_again": "you bought this before",
-    "bought_together": "often bought together with your items",
-    "similar": "similar to the item in view",
-    "content": "from a category you like",
-    "trending": "trending in the shop",
-}
+# The sources whose reason is shown as it stands; this ranker words the other two itself
+# (ALS by the candidate's relevance, popular by its popularity).
+STATED_SOURCES = SOURCE_REASONS.keys() - {"als", "popular"}
 
 
 def _reasons(candidate: Candidate, relevance: float, affinity: float) -> list[str]:
     reasons = []
     if candidate.source == "als" and relevance >= 0.5:
         reasons.append("bought by members with similar taste")
-    if candidate.source in SOURCE_REASONS:
+    if candidate.source in STATED_SOURCES:
         reasons.append(SOURCE_REASONS[candidate.source])
     if affinity >= 0.2:
         reasons.append(f"you like {candidate.category}")
