@@ -49,7 +49,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     source.add_argument("--train", type=Path, metavar="FILE", help="a ready train part")
     source.add_argument("--test", type=Path, metavar="FILE", help="a ready test part")
-    _split_options(parser)
+    add_split_options(parser)
     parser.add_argument("--k", type=_ks, default=[5, 10, 20], help="list lengths (5,10,20)")
     parser.add_argument(
         "--models",
@@ -76,7 +76,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _split_options(parser: argparse.ArgumentParser) -> None:
+def add_split_options(parser: argparse.ArgumentParser) -> None:
+    """--split and its options (shared with `python -m services.evaluation.tune`)."""
     group = parser.add_argument_group("split (with --data)")
     group.add_argument("--split", choices=tuple(SPLITS), default="temporal")
     group.add_argument(
@@ -207,11 +208,11 @@ def _data_and_split(
     if args.data is not None and str(args.data) == STORE:
         dataset = _read_store()
         timings["read_seconds"] = time.perf_counter() - started
-        split = _split(dataset, args)
+        split = split_dataset(dataset, args)
     elif args.data is not None:
         dataset = read_dataset(args.data, args.format, progress)
         timings["read_seconds"] = time.perf_counter() - started
-        split = _split(dataset, args)
+        split = split_dataset(dataset, args)
     else:
         train = read_dataset(args.train, args.format, progress)
         test = read_dataset(args.test, args.format, progress)
@@ -240,7 +241,8 @@ def _read_store() -> Dataset:
         store.close()
 
 
-def _split(dataset: Dataset, args: argparse.Namespace) -> splits.Split:
+def split_dataset(dataset: Dataset, args: argparse.Namespace) -> splits.Split:
+    """The split the options of `add_split_options` ask for."""
     kind = SPLITS[args.split]
     if kind == "last_basket":
         return splits.last_basket(dataset)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from services.evaluation import splits
-from services.evaluation.cli import SPLITS, _cutoff
+from services.evaluation.cli import add_split_options, split_dataset
 from services.evaluation.data import read_dataset
 from services.evaluation.fleet import ServedModel
 from services.evaluation.metrics import score
@@ -45,7 +45,7 @@ FACTORS = (32, 64, 128)
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     dataset = read_dataset(args.data)
-    outer = _outer_split(dataset, args)
+    outer = split_dataset(dataset, args)
     inner = splits.validation(outer)
     relevant = splits.relevant(inner)
     members = sorted(relevant)
@@ -86,22 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m services.evaluation.tune")
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--split", choices=sorted(SPLITS), default="temporal")
-    parser.add_argument("--cutoff", type=_cutoff)
-    parser.add_argument("--last-days", type=float)
-    parser.add_argument("--test-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=42)
+    add_split_options(parser)
     parser.add_argument("--json", type=Path, help="also write every trial here")
     return parser
-
-
-def _outer_split(dataset: Any, args: argparse.Namespace) -> splits.Split:
-    kind = SPLITS[args.split]
-    if kind == "temporal":
-        return splits.temporal(dataset, args.cutoff, args.last_days or None)
-    if kind == "random":
-        return splits.random_per_member(dataset, args.test_fraction, args.seed)
-    return splits.last_basket(dataset)
 
 
 def _frame(train: Sequence[Any], categories: dict[str, str]) -> tuple[Any, Any]:
