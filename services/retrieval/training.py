@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -325,8 +325,9 @@ def calibrate(
     hits = {s: np.zeros(CALIBRATION_RANKS) for s in SOURCES}
     asked = {s: np.zeros(CALIBRATION_RANKS) for s in SOURCES}
     asked_for: list[tuple[dict[str, list[str]], set[str]]] = []
+    sample = _sample(frame, settings)
     for kind in HOLDOUTS:
-        held = _holdout(frame, settings, kind)
+        held = _holdout(frame, sample, kind) if sample else None
         if held is None:
             continue
         # Searched exactly: building approximate indexes for a model used only here costs
@@ -437,15 +438,22 @@ class Holdout:
     starts: dict[str, datetime]
 
 
-def _holdout(frame: Frame, settings: RetrievalSettings, kind: str) -> Holdout | None:
-    """Hold out a fifth of each sampled member's lines: their newest (at least their latest
-    instant), or a random fifth (at least one line). Per member rather than one cut of the
-    whole data at one instant, which would leave only the members active at its end (on
-    some data sets a handful). A member's "now" is the start of their newest held-out
-    stretch, or their last line for the random kind."""
+@dataclass(frozen=True)
+class _Sample:
+    """The members both hold-outs are drawn from, sampled once."""
+
+    owned: np.ndarray  # per line: what a member's tail is measured on
+    groups: list[np.ndarray]  # per sampled member, their line positions, oldest first
+    rng_state: Mapping[str, Any]  # the generator after sampling: each hold-out draws from here
+
+
+def _sample(frame: Frame, settings: RetrievalSettings) -> _Sample | None:
+    """Up to `calibration_members` members with lines at two instants or more."""
     if settings.calibration_members == 0 or len(frame) < 50:
         return None
-    owned = frame.owned() if frame.owned().any() else np.ones(len(frame), bool)
+    owned = frame.owned()
+    if not owned.any():
+        owned = np.ones(len(frame), bool)
     order = np.lexsort((frame.at, frame.member))
     bounds = np.flatnonzero(np.diff(frame.member[order])) + 1
     groups = [g for g in np.split(order, bounds) if len(np.unique(frame.at[g])) >= 2]
@@ -453,6 +461,18 @@ def _holdout(frame: Frame, settings: RetrievalSettings, kind: str) -> Holdout | 
     if len(groups) > settings.calibration_members:
         picked = rng.choice(len(groups), settings.calibration_members, replace=False)
         groups = [groups[i] for i in sorted(picked)]
+    return _Sample(owned, groups, rng.bit_generator.state)
+
+
+def _holdout(frame: Frame, sample: _Sample, kind: str) -> Holdout | None:
+    """Hold out a fifth of each sampled member's lines: their newest (at least their latest
+    instant), or a random fifth (at least one line). Per member rather than one cut of the
+    whole data at one instant, which would leave only the members active at its end (on
+    some data sets a handful). A member's "now" is the start of their newest held-out
+    stretch, or their last line for the random kind."""
+    owned, groups = sample.owned, sample.groups
+    rng = np.random.default_rng()
+    rng.bit_generator.state = sample.rng_state
     held = np.zeros(len(frame), bool)
     targets: dict[str, set[str]] = {}
     starts: dict[str, datetime] = {}
