@@ -159,19 +159,21 @@ def _events(rows: Sequence[Interaction]) -> Iterator[Event]:
     for row in rows:
         if row.type not in TYPES:
             continue
-        key = (row.member_id, row.type, row.basket or row.at.isoformat(), row.item_id)
         if row.basket:
             key = (row.member_id, row.type, row.basket, "")
+        else:
+            key = (row.member_id, row.type, row.at.isoformat(), row.item_id)
         groups.setdefault(key, []).append(row)
     for number, lines in enumerate(groups.values()):
         first = lines[0]
         items = _lines(lines)
+        as_lines = len(items) > 1 or first.type == "purchase"
         yield Event(
             event_id=f"evaluate-{number}",
             type=EventType(first.type),
             member_id=first.member_id,
-            items=items if len(items) > 1 or first.type == "purchase" else [],
-            item_id=None if len(items) > 1 or first.type == "purchase" else first.item_id,
+            items=items if as_lines else [],
+            item_id=None if as_lines else first.item_id,
             rating=min(max(first.value, 0.0), 5.0) if first.type == "rate" else None,
             timestamp=min(r.at for r in lines),
         )

@@ -212,7 +212,7 @@ class Composer:
             )
         reply = await self._guard("retrieval", degraded, call)
         if reply is None:
-            banned = set(exclude) | {context_item}
+            banned = {*exclude, *([context_item] if context_item else [])}
             stand_in = [c for c in self.popular.candidates if c.item_id not in banned]
             return stand_in[:wanted], self.popular.version
         return from_protos(reply.candidates), reply.model_version

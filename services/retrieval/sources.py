@@ -16,6 +16,7 @@ from functools import cached_property
 import numpy as np
 
 from services.retrieval.catalog_view import CatalogView
+from services.retrieval.index import ItemIndex
 from services.retrieval.model import RetrievalModel
 from services.retrieval.store import Activity
 
@@ -211,7 +212,7 @@ def _allowed(model: RetrievalModel, ask: Ask, catalog: CatalogView, item_id: str
 
 
 def _search(
-    model: RetrievalModel, index: object, vector: np.ndarray, ask: Ask, allowed: np.ndarray
+    model: RetrievalModel, index: ItemIndex, vector: np.ndarray, ask: Ask, allowed: np.ndarray
 ) -> list[str]:
-    positions, _ = index.search(vector, ask.limit, allowed)  # type: ignore[attr-defined]
+    positions, _ = index.search(vector, ask.limit, allowed)
     return [model.item_ids[int(p)] for p in positions]
