@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import platform
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,27 @@ def say(message: str) -> None:
 
 
 # --- the machine and the data ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def work_dir(bench: str, keep: bool) -> Iterator[Path]:
+    """A scratch folder for one run of `bench`, removed afterwards unless `keep`."""
+    work = Path(tempfile.mkdtemp(prefix=f"recofleet-bench-{bench}-"))
+    try:
+        yield work
+    finally:
+        if keep:
+            say(f"work dir kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def publish(results: dict[str, Any], report: str, path: Path | None) -> None:
+    """Print the report; write the figures as JSON to `path` too, when given."""
+    print(report)
+    if path:
+        path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        say(f"figures written to {path}")
 
 
 def machine() -> dict[str, Any]:

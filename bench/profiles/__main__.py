@@ -26,15 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.fleet import BenchFailed, code_version, machine, say, table
+from bench.fleet import BenchFailed, code_version, machine, publish, say, table, work_dir
 from bench.profiles import peak_rss_mib
 from bench.profiles.processes import (
     Sampler,
@@ -410,37 +408,33 @@ def main(argv: list[str] | None = None) -> int:
 
     began = time.perf_counter()
     loadavg = os.getloadavg()
-    work = Path(tempfile.mkdtemp(prefix="recofleet-bench-profiles-"))
-    try:
-        if earlier is not None:
-            summary = earlier["shape"]
-            kinds = [k for k in kinds if k in earlier["databases"]]
-            databases = {
-                kind: measure(kind, None, work, args, earlier["databases"][kind]) for kind in kinds
-            }
-        else:
-            source = args.source or (
-                DEFAULT_SOURCE if DEFAULT_SOURCE.is_file() and not args.sample else None
-            )
-            say(f"fitting the distributions of {source_name(source)}")
-            catalog, events = read_source(source)
-            shape = Shape.fit(source_name(source), catalog, events)
-            summary = shape.summary()
-            shape_path = work / "shape.json"
-            shape.save(shape_path)
-            del catalog, events, shape
-            databases = {kind: measure(kind, shape_path, work, args, None) for kind in kinds}
-    except (BenchFailed, subprocess.TimeoutExpired, OSError) as exc:
-        print(f"bench: failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if args.keep_data:
-            say(f"work dir kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    with work_dir("profiles", args.keep_data) as work:
+        try:
+            if earlier is not None:
+                summary = earlier["shape"]
+                kinds = [k for k in kinds if k in earlier["databases"]]
+                databases = {
+                    kind: measure(kind, None, work, args, earlier["databases"][kind])
+                    for kind in kinds
+                }
+            else:
+                source = args.source or (
+                    DEFAULT_SOURCE if DEFAULT_SOURCE.is_file() and not args.sample else None
+                )
+                say(f"fitting the distributions of {source_name(source)}")
+                catalog, events = read_source(source)
+                shape = Shape.fit(source_name(source), catalog, events)
+                summary = shape.summary()
+                shape_path = work / "shape.json"
+                shape.save(shape_path)
+                del catalog, events, shape
+                databases = {kind: measure(kind, shape_path, work, args, None) for kind in kinds}
+        except (BenchFailed, subprocess.TimeoutExpired, OSError) as exc:
+            print(f"bench: failed: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("bench: interrupted", file=sys.stderr)
+            return 130
     results = {
         "machine": machine(),
         "code": code_version(),
@@ -455,10 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": time.perf_counter() - began,
         "databases": databases,
     }
-    print(report(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        say(f"figures written to {args.json}")
+    publish(results, report(results), args.json)
     return 0
 
 

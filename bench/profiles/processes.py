@@ -261,27 +261,34 @@ def profiles_service(store: Store, data_dir: Path) -> Iterator[tuple[str, subpro
     )
     log = data_dir / "profiles.log"
     with started("profiles", "services.profiles", env, log) as process:
-        wait_serving(addr, process, log)
+        wait_serving("profiles", SERVICE_NAME, addr, process, log)
         yield addr, process
 
 
 def wait_serving(
-    addr: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 300
+    name: str,
+    grpc_service: str,
+    addr: str,
+    process: subprocess.Popen[bytes],
+    log: Path,
+    timeout_s: float = 300,
 ) -> None:
+    """Until the service `name` at `addr` says SERVING on the gRPC health check for
+    `grpc_service`; fails at once when its process exits, with its log."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(addr) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise BenchFailed(f"the profiles service exited; log {log}:\n{log.read_text()}")
+                raise BenchFailed(f"the {name} service exited; log {log}:\n{log.read_text()}")
             try:
-                answer = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1)
+                answer = stub.Check(health_pb2.HealthCheckRequest(service=grpc_service), timeout=1)
                 if answer.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
                 pass
             time.sleep(0.2)
-    raise BenchFailed(f"the profiles service was not serving within {timeout_s:.0f}s; log {log}")
+    raise BenchFailed(f"the {name} service was not serving within {timeout_s:.0f}s; log {log}")
 
 
 @contextlib.contextmanager

@@ -25,23 +25,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from bench.fleet import BenchFailed, code_version, free_port, machine, say, table
+from bench.fleet import BenchFailed, code_version, free_port, machine, publish, say, table, work_dir
 from bench.profiles import peak_rss_mib, rss_mib
-from bench.profiles.processes import run_child, service_env, started
+from bench.profiles.processes import run_child, service_env, started, wait_serving
 from bench.retrieval import client, inprocess
 from bench.retrieval.shop import member_id
 from services.retrieval.index import EXACT_BELOW, Approximate
@@ -58,25 +52,8 @@ def retrieval_service(
     if threads != "default":
         env["OMP_NUM_THREADS"] = threads
     with started("retrieval", "services.retrieval", env, log) as process:
-        wait_serving(addr, process, log)
+        wait_serving("retrieval", SERVICE_NAME, addr, process, log, timeout_s=600)
         yield addr, process
-
-
-def wait_serving(
-    addr: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 600
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(addr) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise BenchFailed(f"the retrieval service exited; log {log}:\n{log.read_text()}")
-            with contextlib.suppress(grpc.RpcError):
-                answer = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1)
-                if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            time.sleep(0.2)
-    raise BenchFailed(f"the retrieval service was not serving within {timeout_s:.0f}s; log {log}")
 
 
 def serve_and_measure(
@@ -248,37 +225,29 @@ def main(argv: list[str] | None = None) -> int:
 
     began = time.perf_counter()
     loadavg = os.getloadavg()
-    work = Path(tempfile.mkdtemp(prefix="recofleet-bench-retrieval-"))
-    results: dict[str, Any] = {"k": args.k}
-    try:
-        if not args.skip_index:
-            approximate = cast(Approximate, args.approximate)
-            results["index"] = inprocess.measure(
-                args.items, args.queries, args.k, approximate, args.exact_below, args.seed
-            )
-        if not args.skip_grpc:
-            results["grpc"] = grpc_path(work, args)
-    except (BenchFailed, subprocess.TimeoutExpired, OSError) as exc:
-        print(f"bench: failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if args.keep_data:
-            say(f"work dir kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    with work_dir("retrieval", args.keep_data) as work:
+        results: dict[str, Any] = {"k": args.k}
+        try:
+            if not args.skip_index:
+                approximate = cast(Approximate, args.approximate)
+                results["index"] = inprocess.measure(
+                    args.items, args.queries, args.k, approximate, args.exact_below, args.seed
+                )
+            if not args.skip_grpc:
+                results["grpc"] = grpc_path(work, args)
+        except (BenchFailed, subprocess.TimeoutExpired, OSError) as exc:
+            print(f"bench: failed: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("bench: interrupted", file=sys.stderr)
+            return 130
     results |= {
         "machine": machine(),
         "code": code_version(),
         "loadavg_before": loadavg,
         "wall_s": time.perf_counter() - began,
     }
-    print(report(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        say(f"figures written to {args.json}")
+    publish(results, report(results), args.json)
     return 0
 
 

@@ -17,17 +17,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.fleet import BenchFailed, code_version, machine, say, table
+from bench.fleet import BenchFailed, code_version, machine, publish, say, table, work_dir
 from bench.profiles import peak_rss_mib
 from bench.profiles.processes import run_child
 from services.datasets.online_retail import to_catalog_and_events
@@ -126,25 +123,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     loadavg = os.getloadavg()
-    work = Path(tempfile.mkdtemp(prefix="recofleet-bench-train-"))
-    url = f"sqlite:///{work / 'retrieval.db'}"
-    try:
-        data = load(args.source, url)
-        say("training in a process of its own")
-        flags = ["--url", url, "--models", str(work / "models"), "--factors", str(args.factors)]
-        if args.iterations:
-            flags += ["--iterations", str(args.iterations)]
-        if args.tracemalloc:
-            flags.append("--tracemalloc")
-        fit = run_child("bench.train.fit", flags, args.timeout)
-    except (BenchFailed, subprocess.TimeoutExpired, OSError) as exc:
-        print(f"bench: failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if args.keep_data:
-            say(f"work dir kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    with work_dir("train", args.keep_data) as work:
+        url = f"sqlite:///{work / 'retrieval.db'}"
+        try:
+            data = load(args.source, url)
+            say("training in a process of its own")
+            flags = ["--url", url, "--models", str(work / "models"), "--factors", str(args.factors)]
+            if args.iterations:
+                flags += ["--iterations", str(args.iterations)]
+            if args.tracemalloc:
+                flags.append("--tracemalloc")
+            fit = run_child("bench.train.fit", flags, args.timeout)
+        except (BenchFailed, subprocess.TimeoutExpired, OSError) as exc:
+            print(f"bench: failed: {exc}", file=sys.stderr)
+            return 1
     results = {
         "machine": machine(),
         "code": code_version(),
@@ -153,10 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": data,
         "fit": fit,
     }
-    print(report(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        say(f"figures written to {args.json}")
+    publish(results, report(results), args.json)
     return 0
 
 
