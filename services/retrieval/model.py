@@ -116,10 +116,6 @@ class RetrievalModel:
     def item_count(self) -> int:
         return len(self.item_ids)
 
-    @property
-    def factors(self) -> int:
-        return int(self.parts.als.factors)
-
     def popularity(self, item_id: str) -> float:
         position = self.position.get(item_id)
         return float(self.parts.popularity[position]) if position is not None else 0.0

@@ -51,13 +51,6 @@ from services.common.members import (
 from services.common.migrations import upgrade
 
 
-@dataclass(frozen=True)
-class Interaction:
-    member_id: str
-    item_id: str
-    weight: float
-
-
 @dataclass(frozen=True, slots=True)
 class Activity:
     """One line of one of a member's events, as serving folds it in."""
@@ -114,10 +107,6 @@ class InteractionStore(abc.ABC):
         """Category of each known item."""
 
     @abc.abstractmethod
-    def member_history(self, member_id: str, limit: int) -> dict[str, float]:
-        """The member's latest interactions, summed per item."""
-
-    @abc.abstractmethod
     def linked_members(self, member_ids: Iterable[str]) -> dict[str, str]:
         """The member each of these visitor ids is linked to (ids without a link left out)."""
 
@@ -132,10 +121,6 @@ class InteractionStore(abc.ABC):
     @abc.abstractmethod
     def catalog_items(self) -> Iterator[CatalogItem]:
         """Every item of the local catalog copy."""
-
-    @abc.abstractmethod
-    def interactions(self) -> Iterator[Interaction]:
-        """Every interaction, summed per member and item (the training data)."""
 
     @abc.abstractmethod
     def fingerprint(self) -> str:
@@ -297,18 +282,6 @@ class SqlInteractionStore(InteractionStore):
             found = load_items(conn, catalog, item_ids)
         return {item_id: item.category for item_id, item in found.items() if item.category}
 
-    def member_history(self, member_id: str, limit: int) -> dict[str, float]:
-        latest = (
-            select(interactions.c.item_id, interactions.c.weight)
-            .where(interactions.c.member_id == member_id)
-            .order_by(interactions.c.id.desc())
-            .limit(limit)
-            .subquery()
-        )
-        query = select(latest.c.item_id, func.sum(latest.c.weight)).group_by(latest.c.item_id)
-        with self._engine.connect() as conn:
-            return {item_id: float(weight) for item_id, weight in conn.execute(query)}
-
     def linked_members(self, member_ids: Iterable[str]) -> dict[str, str]:
         with self._engine.connect() as conn:
             return resolve_links(conn, links, set(member_ids))
@@ -338,14 +311,6 @@ class SqlInteractionStore(InteractionStore):
         with self._engine.connect() as conn:
             for row in conn.execute(select(catalog)).mappings():
                 yield CatalogItem(**row)
-
-    def interactions(self) -> Iterator[Interaction]:
-        query = select(
-            interactions.c.member_id, interactions.c.item_id, func.sum(interactions.c.weight)
-        ).group_by(interactions.c.member_id, interactions.c.item_id)
-        with self._engine.connect() as conn:
-            for member_id, item_id, weight in conn.execute(query):
-                yield Interaction(member_id, item_id, float(weight))
 
     def fingerprint(self) -> str:
         with self._engine.connect() as conn:

@@ -49,6 +49,7 @@ from services.profiles.store import SqlProfileStore
 from services.profiles.store import metadata as profiles_tables
 from services.retrieval.store import SqlInteractionStore
 from services.retrieval.store import metadata as retrieval_tables
+from tests import interactions as stored
 from tests.unit import previous_release
 from tests.unit.conftest import ENGINES
 
@@ -338,11 +339,11 @@ def test_a_data_dir_of_the_previous_release_upgrades_in_place(data_dir: dict[str
     profiles.close()
 
     interactions = SqlInteractionStore(data_dir["retrieval"], WEIGHTS)
-    assert interactions.member_history("m-1", 10) == {"lamp": 1.0, "rake": 5.0}
+    assert stored.history(interactions, "m-1", 10) == {"lamp": 1.0, "rake": 5.0}
     assert interactions.categories(["lamp"]) == {"lamp": "lighting"}
     assert interactions.apply_events([_view("e-1", "lamp", "lighting")]) == 0
     assert interactions.apply_events([_view("e-3", "lamp", "lighting")]) == 1
-    assert interactions.member_history("m-1", 10) == {"lamp": 2.0, "rake": 5.0}
+    assert stored.history(interactions, "m-1", 10) == {"lamp": 2.0, "rake": 5.0}
     interactions.close()
 
     catalog = SqlCatalogStore(data_dir["campaigns"])

@@ -30,6 +30,7 @@ from services.retrieval.model_store import LocalModelStore
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import SqlInteractionStore
 from services.retrieval.training import train
+from tests import interactions as stored
 
 CATEGORIES = ("books", "garden", "toys")
 ITEMS = {cat: [f"{cat}-{n:02d}" for n in range(15)] for cat in CATEGORIES}
@@ -367,14 +368,14 @@ def test_the_same_event_twice_is_recorded_once(store: SqlInteractionStore) -> No
 
     assert store.apply_events([purchase, view, purchase]) == 2
     fingerprint = store.fingerprint()
-    history = store.member_history("m-1", 100)
+    history = stored.history(store, "m-1", 100)
 
     assert store.apply_events([purchase]) == 0
     assert store.apply_events([view, purchase]) == 0
     assert store.fingerprint() == fingerprint
     # Weights are relative to a purchase: a view says a tenth as much.
-    assert store.member_history("m-1", 100) == history == pytest.approx({"a": 1.0, "b": 0.1})
-    assert sorted((i.member_id, i.item_id, i.weight) for i in store.interactions()) == [
+    assert stored.history(store, "m-1", 100) == history == pytest.approx({"a": 1.0, "b": 0.1})
+    assert sorted((i.member_id, i.item_id, i.weight) for i in stored.interactions(store)) == [
         ("m-1", "a", pytest.approx(1.0)),
         ("m-1", "b", pytest.approx(0.1)),
     ]
@@ -391,7 +392,7 @@ def test_new_interactions_change_the_fingerprint(store: SqlInteractionStore) -> 
     store.apply_events([event("view", "m-1", "a", 2)])
 
     assert store.fingerprint() != before
-    assert store.member_history("m-1", 100) == pytest.approx({"a": 0.2})
+    assert stored.history(store, "m-1", 100) == pytest.approx({"a": 0.2})
 
 
 def test_events_that_say_nothing_about_taste_are_not_interactions(
@@ -405,9 +406,9 @@ def test_events_that_say_nothing_about_taste_are_not_interactions(
         ]
     )
 
-    assert store.member_history("m-1", 100) == {}
+    assert stored.history(store, "m-1", 100) == {}
     assert store.member_activity("m-1", 100) == []
-    assert list(store.interactions()) == []
+    assert list(stored.interactions(store)) == []
 
 
 def test_model_files_hold_no_member_data(store: SqlInteractionStore, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from services.common.members import Consent, Erase, Link, command_message, membe
 from services.retrieval.server import interaction_worker
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import SqlInteractionStore, erasures, links
+from tests import interactions as stored
 
 SECRET = b"a-test-secret-of-32-characters!!"
 # Every line weighs 1, so that the histories below read as counts of events.
@@ -57,7 +58,7 @@ def store(engine: Engine) -> SqlInteractionStore:
 
 
 def everyone(store: SqlInteractionStore) -> set[str]:
-    return {i.member_id for i in store.interactions()}
+    return {i.member_id for i in stored.interactions(store)}
 
 
 def test_erasure_removes_the_member_and_their_linked_visitors(
@@ -69,16 +70,16 @@ def test_erasure_removes_the_member_and_their_linked_visitors(
     other_visitor = "anon-visitor-second"
     assert store.link_visitors([link(other_visitor)]) == 1
     store.apply_events([view(other_visitor, "d", 40)])  # lands on the member
-    assert set(store.member_history(MEMBER, 100)) == {"a", "b", "c", "d"}
+    assert set(stored.history(store, MEMBER, 100)) == {"a", "b", "c", "d"}
 
     removed = store.erase_member(erase())
 
     assert removed == 4
-    assert store.member_history(MEMBER, 100) == {}
-    assert store.member_history(VISITOR, 100) == {}
-    assert store.member_history(other_visitor, 100) == {}
+    assert stored.history(store, MEMBER, 100) == {}
+    assert stored.history(store, VISITOR, 100) == {}
+    assert stored.history(store, other_visitor, 100) == {}
     assert everyone(store) == {"bob"}
-    assert store.member_history("bob", 100) == {"a": 1.0}
+    assert stored.history(store, "bob", 100) == {"a": 1.0}
     with engine.connect() as conn:
         assert list(conn.execute(select(links))) == []
         audit = conn.execute(
@@ -102,7 +103,7 @@ def test_an_event_in_flight_from_before_the_erasure_is_not_recorded(
     late = view(MEMBER, "b", 60)
     assert store.apply_events([late, view(MEMBER, "a", 1)]) == 0
 
-    assert store.member_history(MEMBER, 100) == {}
+    assert stored.history(store, MEMBER, 100) == {}
     assert everyone(store) == set()
 
 
@@ -123,7 +124,7 @@ def test_an_event_after_the_erasure_is_a_new_life(store: SqlInteractionStore) ->
     after = (ERASED_AT - START) // timedelta(minutes=1) + 5
     assert store.apply_events([view(MEMBER, "z", after)]) == 1
 
-    assert store.member_history(MEMBER, 100) == {"z": 1.0}
+    assert stored.history(store, MEMBER, 100) == {"z": 1.0}
 
 
 def test_applying_an_erasure_again_changes_nothing(
@@ -138,7 +139,7 @@ def test_applying_an_erasure_again_changes_nothing(
 
     assert store.erase_member(erase()) == 0  # redelivered, or met again on a replay
 
-    assert store.member_history(MEMBER, 100) == {"z": 1.0, "y": 1.0}
+    assert stored.history(store, MEMBER, 100) == {"z": 1.0, "y": 1.0}
     with engine.connect() as conn:
         assert conn.execute(select(erasures.c.removed)).scalars().all() == [2]
         assert len(list(conn.execute(select(links)))) == 1
@@ -153,14 +154,14 @@ def test_a_link_moves_the_visitors_history_to_the_member_once(
     store.apply_events([view(MEMBER, "a", 1), view(VISITOR, "c", 2), view(VISITOR, "d", 3)])
 
     assert store.link_visitors([link()]) == 1
-    merged = store.member_history(MEMBER, 100)
+    merged = stored.history(store, MEMBER, 100)
     assert merged == {"a": 1.0, "c": 1.0, "d": 1.0}
-    assert store.member_history(VISITOR, 100) == {}
+    assert stored.history(store, VISITOR, 100) == {}
 
     # The same link again (a redelivery, another request): nothing doubles.
     assert store.link_visitors([link()]) == 0
-    assert store.member_history(MEMBER, 100) == merged
-    assert sorted((i.member_id, i.item_id, i.weight) for i in store.interactions()) == [
+    assert stored.history(store, MEMBER, 100) == merged
+    assert sorted((i.member_id, i.item_id, i.weight) for i in stored.interactions(store)) == [
         (MEMBER, "a", 1.0),
         (MEMBER, "c", 1.0),
         (MEMBER, "d", 1.0),
@@ -176,8 +177,8 @@ def test_later_events_of_a_linked_visitor_land_on_the_member(
     # Redelivered after the link: the same event ids, recorded once, on the member.
     store.apply_events([view(VISITOR, "e", 50)])
 
-    assert store.member_history(MEMBER, 100) == {"e": 2.0}
-    assert store.member_history(VISITOR, 100) == {}
+    assert stored.history(store, MEMBER, 100) == {"e": 2.0}
+    assert stored.history(store, VISITOR, 100) == {}
 
 
 def test_the_first_link_of_a_visitor_wins(store: SqlInteractionStore) -> None:
@@ -187,8 +188,8 @@ def test_the_first_link_of_a_visitor_wins(store: SqlInteractionStore) -> None:
     assert store.link_visitors([link(member="carol")]) == 0
     store.apply_events([view(VISITOR, "f", 60)])
 
-    assert store.member_history(MEMBER, 100) == {"c": 1.0, "f": 1.0}
-    assert store.member_history("carol", 100) == {}
+    assert stored.history(store, MEMBER, 100) == {"c": 1.0, "f": 1.0}
+    assert stored.history(store, "carol", 100) == {}
 
 
 def test_links_of_one_batch_apply_in_order_the_first_of_a_visitor_winning(
@@ -201,8 +202,8 @@ def test_links_of_one_batch_apply_in_order_the_first_of_a_visitor_winning(
     )
 
     assert applied == 2
-    assert store.member_history(MEMBER, 100) == {"c": 1.0}
-    assert store.member_history("carol", 100) == {"d": 1.0}
+    assert stored.history(store, MEMBER, 100) == {"c": 1.0}
+    assert stored.history(store, "carol", 100) == {"d": 1.0}
 
 
 def test_a_link_from_before_an_erasure_is_not_applied_again(
@@ -225,7 +226,7 @@ def test_a_link_after_the_erasure_is_applied(store: SqlInteractionStore) -> None
 
     assert store.link_visitors([later]) == 1
     assert store.apply_events([view(VISITOR, "n", 4000)]) == 1
-    assert store.member_history(MEMBER, 100) == {"n": 1.0}
+    assert stored.history(store, MEMBER, 100) == {"n": 1.0}
 
 
 def test_a_store_without_a_secret_refuses_to_erase(engine: Engine) -> None:
@@ -252,7 +253,7 @@ def test_no_file_of_an_sqlite_store_holds_an_erased_member_id(tmp_path: Path) ->
             content = path.read_bytes()
             assert MEMBER.encode() not in content, path.name
             assert VISITOR.encode() not in content, path.name
-        assert store.member_history("bob", 10) == {"a": 1.0}
+        assert stored.history(store, "bob", 10) == {"a": 1.0}
     finally:
         store.close()
 
@@ -275,7 +276,7 @@ def test_the_consumer_applies_links_before_the_events_of_a_batch(
 
     worker.drain()
 
-    assert store.member_history(MEMBER, 100) == {"a": 1.0, "c": 1.0}
+    assert stored.history(store, MEMBER, 100) == {"a": 1.0, "c": 1.0}
     assert everyone(store) == {MEMBER}
     assert worker.dead_lettered == 0
     bus.close()
@@ -295,13 +296,13 @@ def test_replaying_the_log_from_the_start_does_not_bring_an_erased_member_back(
     bus.publish(EVENTS_TOPIC, event_records([view(MEMBER, "fresh", new_life)]))
 
     interaction_worker(bus, store, SETTINGS).drain()
-    first = sorted((i.member_id, i.item_id) for i in store.interactions())
+    first = sorted((i.member_id, i.item_id) for i in stored.interactions(store))
     # A fresh consumer group reads everything again, from the start, into the same store.
     replay = RetrievalSettings(consumer_group="retrieval-replay")
     replayer = interaction_worker(bus, store, replay)
     replayer.drain()
 
     assert first == sorted([("bob", "b"), (MEMBER, "fresh")])
-    assert sorted((i.member_id, i.item_id) for i in store.interactions()) == first
+    assert sorted((i.member_id, i.item_id) for i in stored.interactions(store)) == first
     assert replayer.dead_lettered == 0
     bus.close()
