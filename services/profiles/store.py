@@ -21,13 +21,18 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Row,
     String,
     Table,
     Text,
+    cast,
     delete,
     func,
+    null,
     select,
+    union_all,
 )
+from sqlalchemy.sql import CompoundSelect, Select
 
 from services.common.catalog import catalog_table, load_items, save_items
 from services.common.db import insert_ignore, make_engine, scrub_freed, unseen, upsert
@@ -355,22 +360,29 @@ class SqlProfileStore(ProfileStore):
             save_items(conn, catalog, items)
 
     def get(self, member_id: str, recent_limit: int = 20) -> MemberProfile | None:
+        # Two statements, not one per table: on a server each is a round trip, and the
+        # trips, not the rows, were most of a GetProfile.
         with self._engine.connect() as conn:
-            profile = _load_members(conn, [member_id]).get(member_id)
-            if profile is None:
+            rows = conn.execute(_portrait_query(member_id)).all()
+            if not rows:
                 return None
+            profile = _member_of(rows[0])
             profile.recent = profile.recent[:recent_limit]
-            profile.purchased = list(
-                conn.execute(
-                    select(member_purchases.c.item_id)
-                    .where(member_purchases.c.member_id == member_id)
-                    .order_by(member_purchases.c.item_id)
-                ).scalars()
+            profile.manual_tags = sorted(
+                (ManualTag(r.tag, _utc(r.tag_set_at)) for r in rows if r.tag is not None),
+                key=lambda t: t.tag,
             )
-            profile.manual_tags = _manual_tags(conn, member_id)
-            profile.consent, profile.consent_at = _consent_choices(conn, [member_id]).get(
-                member_id, ({}, None)
-            )
+            if rows[0].consent_at is not None:
+                values = rows[0]._mapping
+                choices = {k: bool(values[k]) for k in CONSENT_KEYS if values[k] is not None}
+                profile.consent, profile.consent_at = choices, _utc(rows[0].consent_at)
+            purchased = []
+            for key, *stat in conn.execute(_holdings_query(member_id)):
+                if stat[0] is None:
+                    purchased.append(key)
+                else:
+                    profile.categories[key] = CategoryStat(*stat)
+            profile.purchased = sorted(purchased)
             return profile
 
     def iter_profiles(self, after: str | None = None, batch: int = 500) -> Iterator[MemberProfile]:
@@ -766,19 +778,7 @@ def _load_members(conn: Connection, member_ids: list[str]) -> dict[str, MemberPr
     for start in range(0, len(member_ids), 500):
         chunk = member_ids[start : start + 500]
         for row in conn.execute(select(members).where(members.c.member_id.in_(chunk))):
-            profiles[row.member_id] = MemberProfile(
-                member_id=row.member_id,
-                first_seen=_utc(row.first_seen),
-                last_seen=_utc(row.last_seen),
-                last_order_at=_utc(row.last_order_at) if row.last_order_at else None,
-                orders=row.orders,
-                spend=row.spend,
-                events=row.events,
-                recent=_read_recent(row.recent),
-                first_order_at=_utc(row.first_order_at) if row.first_order_at else None,
-                discounted_orders=row.discounted_orders,
-                channels=_read_channels(row.channels),
-            )
+            profiles[row.member_id] = _member_of(row)
         # Plain tuples in CategoryStat's field order: members have a row per category, and
         # a batch reads thousands of them.
         rows = conn.execute(
@@ -787,6 +787,51 @@ def _load_members(conn: Connection, member_ids: list[str]) -> dict[str, MemberPr
         for member_id, category, *stat in rows:
             profiles[member_id].categories[category] = CategoryStat(*stat)
     return profiles
+
+
+def _member_of(row: Row) -> MemberProfile:
+    return MemberProfile(
+        member_id=row.member_id,
+        first_seen=_utc(row.first_seen),
+        last_seen=_utc(row.last_seen),
+        last_order_at=_utc(row.last_order_at) if row.last_order_at else None,
+        orders=row.orders,
+        spend=row.spend,
+        events=row.events,
+        recent=_read_recent(row.recent),
+        first_order_at=_utc(row.first_order_at) if row.first_order_at else None,
+        discounted_orders=row.discounted_orders,
+        channels=_read_channels(row.channels),
+    )
+
+
+def _portrait_query(member_id: str) -> Select:
+    """The member's row with their consent and one row per manual tag (few, capped)."""
+    return (
+        select(
+            members,
+            *(member_consent.c[k] for k in CONSENT_KEYS),
+            member_consent.c.updated_at.label("consent_at"),
+            member_tags.c.tag,
+            member_tags.c.set_at.label("tag_set_at"),
+        )
+        .outerjoin(member_consent, member_consent.c.member_id == members.c.member_id)
+        .outerjoin(member_tags, member_tags.c.member_id == members.c.member_id)
+        .where(members.c.member_id == member_id)
+    )
+
+
+def _holdings_query(member_id: str) -> CompoundSelect:
+    """The member's category rows and purchased items in one statement: a purchase row has
+    a NULL weight (a category's never is)."""
+    stats = [c for c in member_categories.c if c.name not in ("member_id", "category")]
+    categories = select(member_categories.c.category, *stats).where(
+        member_categories.c.member_id == member_id
+    )
+    purchases = select(
+        member_purchases.c.item_id, *(cast(null(), c.type).label(c.name) for c in stats)
+    ).where(member_purchases.c.member_id == member_id)
+    return union_all(categories, purchases)
 
 
 def _save_members(
