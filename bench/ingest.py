@@ -203,18 +203,6 @@ async def paced_latency(fleet: Fleet, lines: Lines, run: str, args: Any) -> dict
     }
 
 
-@contextlib.contextmanager
-def kafka_cluster(bootstrap: str | None) -> Iterator[str]:
-    """The cluster named, or librdkafka's mock cluster on loopback for the run."""
-    if bootstrap:
-        yield bootstrap
-        return
-    from tests.kafka_mock import mock_kafka_cluster
-
-    with mock_kafka_cluster() as started:
-        yield started
-
-
 def measure(bus_kind: str, lines: Lines, args: Any) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -222,7 +210,10 @@ def measure(bus_kind: str, lines: Lines, args: Any) -> dict[str, Any]:
         env["RECOFLEET_GATEWAY_RATE_LIMIT_PER_S"] = "0"
         kafka = None
         if bus_kind == "kafka":
-            bootstrap = stack.enter_context(kafka_cluster(args.kafka_bootstrap))
+            from tests.kafka_mock import external_bootstrap, kafka_cluster
+
+            external = external_bootstrap(args.kafka_bootstrap)
+            bootstrap = stack.enter_context(kafka_cluster(external))
             kafka = KafkaSettings(bootstrap_servers=bootstrap)
             settings = settings.model_copy(update={"bus": "kafka"})
             env |= {
@@ -230,7 +221,7 @@ def measure(bus_kind: str, lines: Lines, args: Any) -> dict[str, Any]:
                 "RECOFLEET_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                 "RECOFLEET_PII_SECRET": "bench-pii-secret-0123456789abcdef",
             }
-            if not args.kafka_bootstrap:
+            if not external:
                 # The mock cluster holds every fetch for the full max wait even when records
                 # are there (a real broker answers once fetch_min_bytes is met); a short
                 # wait keeps that artefact of the mock out of the latency figures.

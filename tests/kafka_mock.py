@@ -134,6 +134,26 @@ def serve() -> None:
         os._exit(0)
 
 
+# Points every Kafka test (conformance, crash, fleet) at a real broker instead of the mock.
+EXTERNAL_BOOTSTRAP_ENV = "RECOFLEET_TEST_KAFKA_BOOTSTRAP"
+
+
+def external_bootstrap(given: str | None = None) -> str | None:
+    """The real broker to use: `given`, else RECOFLEET_TEST_KAFKA_BOOTSTRAP, else None."""
+    return given or os.environ.get(EXTERNAL_BOOTSTRAP_ENV, "").strip() or None
+
+
+@contextlib.contextmanager
+def kafka_cluster(bootstrap: str | None = None) -> Iterator[str]:
+    """The broker named (or named by RECOFLEET_TEST_KAFKA_BOOTSTRAP), else the mock."""
+    external = external_bootstrap(bootstrap)
+    if external:
+        yield external
+        return
+    with mock_kafka_cluster() as started:
+        yield started
+
+
 @contextlib.contextmanager
 def mock_kafka_cluster(start_timeout_s: float = START_TIMEOUT_S) -> Iterator[str]:
     """Start a mock Kafka cluster in a child process; yield its bootstrap "host:port"."""

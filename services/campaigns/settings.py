@@ -1,8 +1,8 @@
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class WelcomeOffer(BaseSettings):
+class WelcomeOffer(BaseModel):
     """The offer every member who has not ordered yet is eligible for."""
 
     enabled: bool = True

@@ -2,6 +2,11 @@
 
 Records are committed only after the handler has applied them, so a crash redelivers
 what was in flight (at least once) and the handlers' idempotency makes that harmless.
+
+A store or bus that cannot be reached (a transient error) pauses the worker, which retries
+with backoff until it clears, however long that takes: the records are valid and must not
+be dead-lettered. Only a record that fails on its own, with the store answering, goes to
+the dead letters.
 """
 
 from __future__ import annotations
@@ -13,12 +18,21 @@ from dataclasses import dataclass, field
 
 import msgspec
 from pydantic import ValidationError
+from sqlalchemy import exc as sql_errors
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_when_event_set,
+    wait_exponential_jitter,
+)
 
 from services.common.bus import (
     CATALOG_TOPIC,
     DEAD_LETTERS_TOPIC,
     EVENTS_TOPIC,
     MEMBERS_TOPIC,
+    BusError,
     EventBus,
     Record,
 )
@@ -40,6 +54,25 @@ class DeadLetter:
 # Applies a batch of records; returns those it rejected as permanently unusable.
 Handler = Callable[[Sequence[Record]], list[DeadLetter]]
 
+# Errors that say the store or the bus is out of reach, not that a record is wrong.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    sql_errors.OperationalError,
+    sql_errors.InterfaceError,
+    sql_errors.DisconnectionError,
+    sql_errors.TimeoutError,
+    BusError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether retrying the same work later can succeed: the store or bus was unreachable,
+    locked or restarting (as opposed to refusing the data)."""
+    if isinstance(exc, sql_errors.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, TRANSIENT_ERRORS)
+
 
 class BusWorker:
     """One consumer group member fed from a background thread."""
@@ -53,6 +86,7 @@ class BusWorker:
         *,
         batch_size: int = 2000,
         attempts: int = 5,
+        max_backoff_s: float = 5.0,
     ) -> None:
         self._bus = bus
         self._group = group
@@ -60,12 +94,15 @@ class BusWorker:
         self._handler = handler
         self._batch_size = batch_size
         self._attempts = attempts
+        self._max_backoff_s = max_backoff_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failure: BaseException | None = None
         self.applied = 0
         self.dead_lettered = 0
         self._last_error = ""
+        # How many times the worker paused on an unreachable store or bus.
+        self.transient_failures = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"bus-{self._group}", daemon=True)
@@ -96,15 +133,22 @@ class BusWorker:
 
     def _run(self) -> None:
         try:
-            with self._bus.consumer(self._group, self._topics) as consumer:
-                while not self._stop.is_set():
-                    records = consumer.poll(self._batch_size, timeout_s=0.2)
-                    if records:
-                        self._apply(records)
-                        consumer.commit()
+            # A bus that drops away mid-poll: reopen the consumer once it is back; what was
+            # polled and not committed is redelivered.
+            self._patiently("reading the bus")(self._consume)
         except BaseException as exc:  # the service reports itself unhealthy instead of dying
+            if self._stop.is_set() and transient(exc):
+                return
             self.failure = exc
             log.exception("consumer group %s stopped", self._group)
+
+    def _consume(self) -> None:
+        with self._bus.consumer(self._group, self._topics) as consumer:
+            while not self._stop.is_set():
+                records = consumer.poll(self._batch_size, timeout_s=0.2)
+                if records:
+                    self._apply(records)
+                    consumer.commit()
 
     def _apply(self, records: Sequence[Record]) -> None:
         rejected = self._with_retries(records)
@@ -116,9 +160,8 @@ class BusWorker:
                 one = self._with_retries([record], attempts=2)
                 rejected.extend(one if one is not None else [DeadLetter(record, self._last_error)])
         if rejected:
-            self._bus.publish(
-                DEAD_LETTERS_TOPIC, [encode(d.record, self._group, d.reason) for d in rejected]
-            )
+            letters = [encode(d.record, self._group, d.reason) for d in rejected]
+            self._patiently("dead-lettering")(self._bus.publish, DEAD_LETTERS_TOPIC, letters)
             self.dead_lettered += len(rejected)
             for letter in rejected:
                 log.warning("dead-lettered %s: %s", letter.record.key, letter.reason)
@@ -127,12 +170,17 @@ class BusWorker:
     def _with_retries(
         self, records: Sequence[Record], attempts: int | None = None
     ) -> list[DeadLetter] | None:
+        """The handler's rejections, or None when it failed `attempts` times on the records
+        themselves. Transient failures do not count: they are retried until they clear."""
+        apply = self._patiently(f"applying {len(records)} records")
         for attempt in range(attempts or self._attempts):
-            if attempt and self._stop.wait(min(0.1 * 2**attempt, 5.0)):
+            if attempt and self._stop.wait(min(0.1 * 2**attempt, self._max_backoff_s)):
                 break
             try:
-                return self._handler(records)
+                return apply(self._handler, records)
             except Exception as exc:
+                if self._stop.is_set():
+                    break
                 self._last_error = f"{type(exc).__name__}: {exc}"
                 log.warning(
                     "group %s: applying %d records failed: %s", self._group, len(records), exc
@@ -140,6 +188,32 @@ class BusWorker:
         if self._stop.is_set():
             raise InterruptedError("stopping before the batch could be applied")
         return None
+
+    def _pause_for(self, seconds: float) -> None:
+        self._stop.wait(seconds)  # wakes at once when the worker stops
+
+    def _patiently(self, doing: str) -> Retrying:
+        """Retries transient errors with backoff until they clear or the worker stops."""
+
+        def pause(state: RetryCallState) -> None:
+            self.transient_failures += 1
+            error = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "group %s: %s paused (attempt %d), store or bus unreachable: %s",
+                self._group,
+                doing,
+                state.attempt_number,
+                error,
+            )
+
+        return Retrying(
+            retry=retry_if_exception(transient),
+            wait=wait_exponential_jitter(initial=0.1, max=self._max_backoff_s),
+            stop=stop_when_event_set(self._stop),
+            sleep=self._pause_for,
+            before_sleep=pause,
+            reraise=True,
+        )
 
 
 @dataclass

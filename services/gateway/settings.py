@@ -1,13 +1,13 @@
 import ipaddress
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.grpc_server import MAX_MESSAGE_BYTES
 from services.gateway.access_keys import check_admin_key
 
 
-class Deadlines(BaseSettings):
+class Deadlines(BaseModel):
     """Per-call budgets in seconds; a call that overruns is abandoned and the answer degrades."""
 
     profiles: float = Field(default=0.25, gt=0)

@@ -1,8 +1,8 @@
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class BlendWeights(BaseSettings):
+class BlendWeights(BaseModel):
     """How much each signal counts in the blend ranker (they need not sum to 1)."""
 
     relevance: float = Field(default=0.55, ge=0)

@@ -19,7 +19,7 @@ import pytest
 from services.common.bus.base import EventBus
 from services.common.bus.kafka import KafkaBus, KafkaSettings
 from services.common.bus.local_log import LocalLogBus
-from tests.kafka_mock import mock_kafka_cluster
+from tests.kafka_mock import kafka_cluster
 
 BusFactory = Callable[[], EventBus]
 
@@ -32,8 +32,9 @@ def _local_buses(request: pytest.FixtureRequest, tmp_path: Path) -> BusFactory:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
-    """A mock Kafka cluster for the whole session (started only if a Kafka test runs)."""
-    with mock_kafka_cluster() as bootstrap:
+    """The broker RECOFLEET_TEST_KAFKA_BOOTSTRAP names, else a mock Kafka cluster for the
+    whole session (started only if a Kafka test runs)."""
+    with kafka_cluster() as bootstrap:
         yield bootstrap
 
 
@@ -45,9 +46,10 @@ def _kafka_buses(request: pytest.FixtureRequest, tmp_path: Path) -> BusFactory:
         partitions=4,
         replication_factor=1,
         linger_ms=5,
-        # Quick group turnover: a restarted member rejoins within about a second.
-        session_timeout_ms=2_000,
-        heartbeat_interval_ms=300,
+        # The shortest session a stock broker accepts (group.min.session.timeout.ms), so a
+        # member that vanishes without leaving hands its partitions on within 6 s.
+        session_timeout_ms=6_000,
+        heartbeat_interval_ms=1_000,
         max_poll_interval_ms=10_000,
         request_timeout_ms=10_000,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import random
 import time
 from collections import defaultdict
 
@@ -220,3 +222,24 @@ def test_ensure_topics_is_idempotent(bus_factory: BusFactory, topic: str) -> Non
 def test_an_open_bus_reports_healthy(bus: EventBus, topic: str) -> None:
     bus.ensure_topics([topic])
     assert bus.healthy()
+
+
+def test_a_consumer_starting_on_a_backlog_of_megabytes_reads_it_without_reconnecting(
+    bus: EventBus, topic: str, group: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 6 MB over every partition, in values that do not compress: one fetch of a full
+    # partition each exceeds a client's default frame limit unless the settings agree.
+    rng = random.Random(7)
+    sent = [
+        Message(key=KEYS[i % len(KEYS)], value=rng.randbytes(3000) + str(i).encode())
+        for i in range(2000)
+    ]
+    for start in range(0, len(sent), 200):
+        bus.publish(topic, sent[start : start + 200])
+
+    with caplog.at_level(logging.WARNING), bus.consumer(group, [topic]) as consumer:
+        got = _drain(consumer, len(sent), deadline_s=40.0)
+
+    assert len(got) == len(sent)
+    assert _pairs(got) == _pairs(sent)
+    assert "Invalid frame length" not in caplog.text

@@ -97,9 +97,10 @@ def fleet_env(data_dir: Path, kafka_bootstrap: str | None = None) -> dict[str, s
                 "RECOFLEET_BUS": "kafka",
                 "RECOFLEET_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
                 "RECOFLEET_PII_SECRET": "integration-tests-pii-secret-0123456789",
-                # A killed consumer's partitions move to its replacement within seconds.
-                "RECOFLEET_KAFKA_SESSION_TIMEOUT_MS": "3000",
-                "RECOFLEET_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+                # A killed consumer's partitions move to its replacement within seconds: the
+                # shortest session a stock broker accepts (group.min.session.timeout.ms).
+                "RECOFLEET_KAFKA_SESSION_TIMEOUT_MS": "6000",
+                "RECOFLEET_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
                 "RECOFLEET_KAFKA_FETCH_MAX_WAIT_MS": "100",
             }
         )

@@ -17,7 +17,7 @@ import pytest
 
 from services.datasets.online_retail import read_rows
 from tests.integration.conftest import RunningFleet, fleet_env, running_fleet, wait_ready
-from tests.kafka_mock import mock_kafka_cluster
+from tests.kafka_mock import kafka_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +89,7 @@ def crash_fleet(request, tmp_path) -> Iterator[RunningFleet]:
     with contextlib.ExitStack() as stack:
         bootstrap = None
         if request.param == "kafka":
-            bootstrap = stack.enter_context(mock_kafka_cluster())
+            bootstrap = stack.enter_context(kafka_cluster())
         env = fleet_env(tmp_path, bootstrap)
         env["RECOFLEET_GATEWAY_RATE_LIMIT_PER_S"] = "0"
         env["RECOFLEET_INGESTION_MAX_BATCH_EVENTS"] = "5000"

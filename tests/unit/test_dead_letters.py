@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from sqlalchemy.exc import IntegrityError, OperationalError
+
 from services.common import dead_letters
-from services.common.bus import CATALOG_TOPIC, EVENTS_TOPIC, Message
+from services.common.bus import CATALOG_TOPIC, EVENTS_TOPIC, BusError, Message
 from services.common.bus.local_log import LocalLogBus
-from services.common.consuming import BusWorker, decode
+from services.common.consuming import BusWorker, decode, transient
 from services.common.events import Event
 
 
@@ -73,3 +75,43 @@ def test_replay_republishes_once_and_listing_changes_nothing(tmp_path):
     applied: list[str] = []
     _recording_worker(bus, applied).drain()  # the cause is fixed: the replay now applies
     assert applied == ["poison"]
+
+
+class Outage:
+    """A store that cannot be reached for the first `calls` attempts, then answers."""
+
+    def __init__(self, calls: int) -> None:
+        self.left = calls
+
+    def check(self) -> None:
+        if self.left > 0:
+            self.left -= 1
+            raise OperationalError("INSERT", {}, ConnectionRefusedError("connection refused"))
+
+
+def test_an_unreachable_store_pauses_the_worker_and_dead_letters_nothing(tmp_path):
+    bus = _bus(tmp_path)
+    bus.publish(EVENTS_TOPIC, [_event("e-1"), _event("e-2"), _event("e-3")])
+    outage = Outage(calls=12)  # more than every attempt of the batch and of each record
+    applied: list[str] = []
+
+    def handle(records):
+        outage.check()
+        decoded = decode(records)
+        applied.extend(e.event_id for e in decoded.events)
+        return decoded.dead
+
+    worker = BusWorker(bus, "profiles", [EVENTS_TOPIC], handle, attempts=2, max_backoff_s=0.05)
+    worker.drain()
+
+    assert applied == ["e-1", "e-2", "e-3"]
+    assert list(dead_letters.read(bus)) == []
+    assert worker.transient_failures == 12 and worker.dead_lettered == 0
+    assert bus.lag("profiles", EVENTS_TOPIC) == 0
+
+
+def test_errors_of_the_data_are_not_mistaken_for_an_outage():
+    assert transient(OperationalError("SELECT", {}, ConnectionResetError("reset")))
+    assert transient(BusError("broker unreachable"))
+    assert not transient(IntegrityError("INSERT", {}, ValueError("duplicate key")))
+    assert not transient(ValueError("price must be positive"))

@@ -133,9 +133,21 @@ class KafkaSettings(BaseSettings):
     )
     fetch_max_wait_ms: int = Field(default=500, ge=0)
     fetch_min_bytes: int = Field(default=1, ge=1)
-    max_partition_fetch_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_partition_fetch_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Most bytes one fetch takes per partition."
+    )
+    fetch_max_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes one fetch response carries over all partitions; the client's "
+        "frame limit is set above it, so a consumer starting on a backlog never gets a "
+        "response larger than it accepts.",
+    )
     session_timeout_ms: int = Field(
-        default=30_000, ge=1_000, description="A member silent for this long is dropped."
+        default=30_000,
+        ge=1_000,
+        description="A member silent for this long is dropped. A stock broker accepts 6,000 "
+        "to 1,800,000 (group.min/max.session.timeout.ms).",
     )
     heartbeat_interval_ms: int = Field(
         default=3_000, ge=100, description="Below a third of session_timeout_ms."
@@ -161,6 +173,14 @@ class KafkaSettings(BaseSettings):
         if not servers:
             raise BusError("RECOFLEET_KAFKA_BOOTSTRAP_SERVERS names no broker")
         return servers
+
+    def receive_limit(self) -> int:
+        """The largest response frame the consumer accepts. A broker may exceed the fetch
+        limits by one record batch (at most its message.max.bytes, 1 MiB by default) so that
+        a large batch still makes progress, and kafka-python's own default (1,000,000 bytes)
+        is below a fetch of two full partitions."""
+        fetch = max(self.fetch_max_bytes, self.max_partition_fetch_bytes)
+        return fetch + max(self.max_request_size, 1024 * 1024) + 64 * 1024
 
     def common_config(self) -> dict[str, Any]:
         """Connection and security options every kafka-python client takes."""
@@ -208,6 +228,8 @@ class KafkaSettings(BaseSettings):
             "fetch_max_wait_ms": self.fetch_max_wait_ms,
             "fetch_min_bytes": self.fetch_min_bytes,
             "max_partition_fetch_bytes": self.max_partition_fetch_bytes,
+            "fetch_max_bytes": self.fetch_max_bytes,
+            "receive_message_max_bytes": self.receive_limit(),
             "metrics_enabled": False,
         }
         if group is None:
