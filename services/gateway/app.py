@@ -58,6 +58,7 @@ def create_app(
         refresher = asyncio.create_task(_keep_popular_fresh(composer, settings.popular_refresh_s))
         yield
         refresher.cancel()
+        await composer.close()
         await clients.close()
         if key_store is None:
             keys.close()

@@ -1,17 +1,23 @@
-"""Composes a recommendation: profile -> candidates -> rules -> rank, within deadlines.
+"""Composes a recommendation: profile and candidates at once, then rules, then rank.
 
-Every downstream call has its own deadline. When one fails or overruns, the answer
-degrades (flagged `degraded`) instead of failing: popular items stand in for
-candidates, local filters for the rules service, retrieval order for the ranker.
+A request has one time budget (`recommend_budget_s`); every downstream call gets its own
+deadline or what is left of the budget, whichever is shorter. When a call fails, overruns
+or no longer fits, the answer degrades (flagged `degraded`) instead of failing: popular
+items stand in for candidates, local filters for the rules service, retrieval order for
+the ranker. A service that keeps failing is not called at all until it answers a health
+check again (its circuit breaker), and past `max_in_flight` requests at once an answer
+is the popular items at once, so that overload does not queue without bound.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 import grpc
@@ -19,6 +25,7 @@ from prometheus_client import Counter
 
 from services.common.candidates import Candidate, from_protos, reason_for, to_protos
 from services.gateway.clients import FleetClients
+from services.gateway.resilience import Breaker, Budget, InFlight, Probe, health_probe
 from services.gateway.settings import GatewaySettings
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2
 from services.gen.recofleet.profiles.v1 import profiles_pb2
@@ -77,12 +84,42 @@ class PopularCache:
         self.refreshed_at = time.monotonic()
 
 
+@dataclass
+class Trip:
+    """One request on its way through the fleet: its time left and what degraded."""
+
+    budget: Budget
+    degraded: list[str] = field(default_factory=list)
+
+
+# The services a recommendation calls, each behind a breaker of its own.
+COMPOSED = ("profiles", "retrieval", "campaigns", "ranking")
+
+
 class Composer:
-    def __init__(self, clients: FleetClients, settings: GatewaySettings) -> None:
+    def __init__(
+        self,
+        clients: FleetClients,
+        settings: GatewaySettings,
+        probes: Mapping[str, Probe] | None = None,
+    ) -> None:
+        """`probes` tell each breaker whether its service is back: by default the standard
+        gRPC health check on the service's channel."""
         self._c = clients
         self._s = settings
         self._d = settings.deadlines
         self.popular = PopularCache()
+        if probes is None:
+            probes = {name: health_probe(clients.channels[name]) for name in COMPOSED}
+        self.breakers = {name: Breaker(name, probes[name], settings.breakers) for name in COMPOSED}
+        self.in_flight = InFlight(settings.max_in_flight)
+
+    async def close(self) -> None:
+        for breaker in self.breakers.values():
+            await breaker.close()
+
+    def _trip(self) -> Trip:
+        return Trip(Budget(self._s.recommend_budget_s))
 
     async def refresh_popular(self) -> None:
         response = await self._c.retrieval.GetPopularItems(
@@ -90,9 +127,10 @@ class Composer:
         )
         self.popular.update(response)
 
-    async def profile(self, member_id: str) -> profiles_pb2.Profile:
+    async def profile(self, member_id: str, timeout: float | None = None) -> profiles_pb2.Profile:
         reply = await self._c.profiles.GetProfile(
-            profiles_pb2.GetProfileRequest(member_id=member_id), timeout=self._d.profiles
+            profiles_pb2.GetProfileRequest(member_id=member_id),
+            timeout=timeout or self._d.profiles,
         )
         return reply.profile
 
@@ -113,45 +151,87 @@ class Composer:
         context_item: str | None,
         exclude: list[str],
     ) -> Recommendation:
-        degraded: list[str] = []
-        profile = await self._guard("profiles", degraded, self.profile(member_id))
-        if not personalizable(profile):
-            return await self._impersonal(
-                member_id, placement, limit, context_item, exclude, degraded
-            )
-        assert profile is not None
-        wanted = limit * self._s.candidate_factor
-        candidates, version = await self._candidates(
-            member_id, context_item, wanted, exclude, degraded, placement
-        )
-        kept = await self._rules(member_id, placement, candidates, [], exclude, degraded)
-        items, ranker = await self._rank(profile, member_id, placement, kept, limit, degraded)
-        return Recommendation(
-            recommendation_id=f"r-{uuid.uuid4()}",
-            member_id=member_id,
-            placement=placement,
-            items=items,
-            model=f"{ranker}+als@{version}" if version else ranker,
-            degraded=bool(degraded),
-            degraded_services=degraded,
-        )
+        if self.in_flight.full:
+            return self._overloaded(member_id, placement, limit, context_item, exclude)
+        with self.in_flight:
+            return await self._recommend(member_id, placement, limit, context_item, exclude)
 
-    async def _impersonal(
+    async def _recommend(
         self,
         member_id: str,
         placement: str,
         limit: int,
         context_item: str | None,
         exclude: list[str],
-        degraded: list[str],
+    ) -> Recommendation:
+        trip = self._trip()
+        wanted = limit * self._s.candidate_factor
+        # Profile and candidates at once: the candidates are thrown away, unseen, when the
+        # profile says the member withdrew consent (rare), which costs less than waiting.
+        ahead = Trip(trip.budget)
+        asked = asyncio.ensure_future(
+            self._candidates(ahead, member_id, context_item, wanted, exclude, placement)
+        )
+        profile = await self._call(
+            "profiles", trip, self._d.profiles, partial(self.profile, member_id)
+        )
+        if not personalizable(profile):
+            asked.cancel()
+            return await self._impersonal(trip, member_id, placement, limit, context_item, exclude)
+        assert profile is not None
+        candidates, version = await asked
+        trip.degraded.extend(ahead.degraded)
+        kept = await self._rules(trip, member_id, placement, candidates, [], exclude)
+        items, ranker = await self._rank(trip, profile, member_id, placement, kept, limit)
+        return Recommendation(
+            recommendation_id=f"r-{uuid.uuid4()}",
+            member_id=member_id,
+            placement=placement,
+            items=items,
+            model=f"{ranker}+als@{version}" if version else ranker,
+            degraded=bool(trip.degraded),
+            degraded_services=trip.degraded,
+        )
+
+    def _overloaded(
+        self,
+        member_id: str,
+        placement: str,
+        limit: int,
+        context_item: str | None,
+        exclude: list[str],
+    ) -> Recommendation:
+        """The cheapest valid answer, with no call at all: the shop's popular items."""
+        DEGRADED.labels("gateway").inc()
+        banned = {*exclude, *([context_item] if context_item else [])}
+        stand_in = [c for c in self.popular.candidates if c.item_id not in banned]
+        return Recommendation(
+            recommendation_id=f"r-{uuid.uuid4()}",
+            member_id=member_id,
+            placement=placement,
+            items=[_entry(c) for c in stand_in[:limit]],
+            model=f"popular@{self.popular.version}" if self.popular.version else "popular",
+            degraded=True,
+            degraded_services=["gateway"],
+            personalized=False,
+        )
+
+    async def _impersonal(
+        self,
+        trip: Trip,
+        member_id: str,
+        placement: str,
+        limit: int,
+        context_item: str | None,
+        exclude: list[str],
     ) -> Recommendation:
         """What anyone would get here: the item in view's neighbours or the shop's popular
         items, nothing of the member's (no consent, or none could be checked)."""
         wanted = limit * self._s.candidate_factor
         candidates, version = await self._candidates(
-            None, context_item, wanted, exclude, degraded, placement
+            trip, None, context_item, wanted, exclude, placement
         )
-        kept = await self._rules("", placement, candidates, [], exclude, degraded)
+        kept = await self._rules(trip, "", placement, candidates, [], exclude)
         items = [_entry(c) for c in sorted(kept, key=lambda c: -c.score)[:limit]]
         return Recommendation(
             recommendation_id=f"r-{uuid.uuid4()}",
@@ -159,17 +239,23 @@ class Composer:
             placement=placement,
             items=items,
             model=f"non-personalized+als@{version}" if version else "non-personalized",
-            degraded=bool(degraded),
-            degraded_services=degraded,
+            degraded=bool(trip.degraded),
+            degraded_services=trip.degraded,
             personalized=False,
         )
 
     async def similar(self, item_id: str, limit: int) -> Recommendation:
-        degraded: list[str] = []
+        if self.in_flight.full:
+            return self._overloaded("", "product", limit, item_id, [item_id])
+        with self.in_flight:
+            return await self._similar(item_id, limit)
+
+    async def _similar(self, item_id: str, limit: int) -> Recommendation:
+        trip = self._trip()
         candidates, version = await self._candidates(
-            None, item_id, limit * self._s.candidate_factor, [item_id], degraded, "product"
+            trip, None, item_id, limit * self._s.candidate_factor, [item_id], "product"
         )
-        kept = await self._rules("", "product", candidates, [], [item_id], degraded)
+        kept = await self._rules(trip, "", "product", candidates, [], [item_id])
         items = [_entry(c) for c in kept[:limit]]
         return Recommendation(
             recommendation_id=f"r-{uuid.uuid4()}",
@@ -177,40 +263,36 @@ class Composer:
             placement="product",
             items=items,
             model=f"als@{version}" if version else "popular",
-            degraded=bool(degraded),
-            degraded_services=degraded,
+            degraded=bool(trip.degraded),
+            degraded_services=trip.degraded,
         )
 
     async def _candidates(
         self,
+        trip: Trip,
         member_id: str | None,
         context_item: str | None,
         wanted: int,
         exclude: list[str],
-        degraded: list[str],
         placement: str = "home",
     ) -> tuple[list[Candidate], str]:
         """Retrieval's candidates for the placement. Whether the member's purchases may
         come back (buy again) is the placement's mix in retrieval, not decided here."""
         retrieval = self._c.retrieval
-        call: Awaitable[retrieval_pb2.CandidatesResponse]
+        call: Callable[..., Awaitable[retrieval_pb2.CandidatesResponse]]
         if member_id is None and not context_item:
-            call = retrieval.GetPopularItems(
-                retrieval_pb2.GetPopularItemsRequest(limit=wanted, exclude_item_ids=exclude),
-                timeout=self._d.retrieval,
-            )
+            popular = retrieval_pb2.GetPopularItemsRequest(limit=wanted, exclude_item_ids=exclude)
+            call = partial(retrieval.GetPopularItems, popular)
         else:
-            call = retrieval.GetCandidates(
-                retrieval_pb2.GetCandidatesRequest(
-                    member_id=member_id or "",
-                    limit=wanted,
-                    exclude_item_ids=exclude,
-                    placement=placement,
-                    context_item_ids=[context_item] if context_item else [],
-                ),
-                timeout=self._d.retrieval,
+            request = retrieval_pb2.GetCandidatesRequest(
+                member_id=member_id or "",
+                limit=wanted,
+                exclude_item_ids=exclude,
+                placement=placement,
+                context_item_ids=[context_item] if context_item else [],
             )
-        reply = await self._guard("retrieval", degraded, call)
+            call = partial(retrieval.GetCandidates, request)
+        reply = await self._call("retrieval", trip, self._d.retrieval, call)
         if reply is None:
             banned = {*exclude, *([context_item] if context_item else [])}
             stand_in = [c for c in self.popular.candidates if c.item_id not in banned]
@@ -219,26 +301,25 @@ class Composer:
 
     async def _rules(
         self,
+        trip: Trip,
         member_id: str,
         placement: str,
         candidates: list[Candidate],
         purchased: list[str],
         exclude: list[str],
-        degraded: list[str],
     ) -> list[Candidate]:
-        reply = await self._guard(
+        request = campaigns_pb2.ApplyRulesRequest(
+            member_id=member_id,
+            placement=placement,
+            candidates=to_protos(candidates),
+            purchased_item_ids=purchased,
+            exclude_item_ids=exclude,
+        )
+        reply = await self._call(
             "campaigns",
-            degraded,
-            self._c.campaigns.ApplyRules(
-                campaigns_pb2.ApplyRulesRequest(
-                    member_id=member_id,
-                    placement=placement,
-                    candidates=to_protos(candidates),
-                    purchased_item_ids=purchased,
-                    exclude_item_ids=exclude,
-                ),
-                timeout=self._d.campaigns,
-            ),
+            trip,
+            self._d.campaigns,
+            partial(self._c.campaigns.ApplyRules, request),
         )
         if reply is None:
             # Stock is unknown without campaigns; what the caller and the profile rule out
@@ -249,30 +330,26 @@ class Composer:
 
     async def _rank(
         self,
+        trip: Trip,
         profile: profiles_pb2.Profile | None,
         member_id: str,
         placement: str,
         candidates: list[Candidate],
         limit: int,
-        degraded: list[str],
     ) -> tuple[list[RankedEntry], str]:
         member = ranking_pb2.MemberContext(
             member_id=member_id,
             category_weights={c.category: c.weight for c in profile.categories} if profile else {},
             orders=profile.rfm.frequency if profile else 0,
         )
-        reply = await self._guard(
+        request = ranking_pb2.RankRequest(
+            member=member, candidates=to_protos(candidates), placement=placement, limit=limit
+        )
+        reply = await self._call(
             "ranking",
-            degraded,
-            self._c.ranking.Rank(
-                ranking_pb2.RankRequest(
-                    member=member,
-                    candidates=to_protos(candidates),
-                    placement=placement,
-                    limit=limit,
-                ),
-                timeout=self._d.ranking,
-            ),
+            trip,
+            self._d.ranking,
+            partial(self._c.ranking.Rank, request),
         )
         if reply is None:
             ordered = sorted(candidates, key=lambda c: -c.score)[:limit]
@@ -280,15 +357,32 @@ class Composer:
         items = [RankedEntry(i.item_id, i.score, list(i.reasons), i.category) for i in reply.items]
         return items, reply.model
 
-    @staticmethod
-    async def _guard(service: str, degraded: list[str], call: Awaitable[T]) -> T | None:
+    async def _call(
+        self,
+        service: str,
+        trip: Trip,
+        deadline_s: float,
+        call: Callable[..., Awaitable[T]],
+    ) -> T | None:
+        """The service's answer, or None (the trip degraded) when its breaker is open, the
+        budget has no room left for it, or it failed or overran."""
+        breaker = self.breakers[service]
+        timeout = trip.budget.timeout(deadline_s)
+        if breaker.open or timeout is None:
+            return self._degrade(service, trip)
         try:
-            return await call
+            reply = await call(timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             log.warning("%s failed with %s: %s; degrading", service, exc.code().name, exc.details())
-            DEGRADED.labels(service).inc()
-            degraded.append(service)
-            return None
+            breaker.failed(exc.code())
+            return self._degrade(service, trip)
+        breaker.succeeded()
+        return reply
+
+    @staticmethod
+    def _degrade(service: str, trip: Trip) -> None:
+        DEGRADED.labels(service).inc()
+        trip.degraded.append(service)
 
 
 def _entry(candidate: Candidate) -> RankedEntry:

@@ -37,6 +37,12 @@ class RecommendationsOut(BaseModel):
     model: str
     variant: str
     degraded: bool
+    degraded_services: list[str] = Field(
+        default_factory=list,
+        description="What degraded the answer: the services that failed, overran or were "
+        "skipped (their breaker open, the request's time budget spent), or `gateway` when "
+        "the gateway was past capacity and answered the popular items at once.",
+    )
     personalized: bool = Field(
         description="False when nothing of the member's shaped the answer: they withdrew "
         "personalization consent, or the profiles service could not say."
@@ -52,6 +58,7 @@ class RecommendationsOut(BaseModel):
             model=rec.model,
             variant=rec.variant,
             degraded=rec.degraded,
+            degraded_services=rec.degraded_services,
             personalized=rec.personalized,
         )
 
@@ -62,6 +69,12 @@ class SimilarOut(BaseModel):
     items: list[ItemOut]
     model: str
     degraded: bool
+    degraded_services: list[str] = Field(
+        default_factory=list,
+        description="What degraded the answer: the services that failed, overran or were "
+        "skipped (their breaker open, the request's time budget spent), or `gateway` when "
+        "the gateway was past capacity and answered the popular items at once.",
+    )
 
     @classmethod
     def of(cls, rec: Recommendation, item_id: str) -> SimilarOut:
@@ -71,6 +84,7 @@ class SimilarOut(BaseModel):
             items=[ItemOut.of(i) for i in rec.items],
             model=rec.model,
             degraded=rec.degraded,
+            degraded_services=rec.degraded_services,
         )
 
 

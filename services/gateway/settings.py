@@ -19,6 +19,18 @@ class Deadlines(BaseModel):
     segments: float = Field(default=120.0, gt=0)
 
 
+class Breakers(BaseModel):
+    """When the gateway stops waiting on a failing service, and how it notices it is back."""
+
+    failures: int = Field(
+        default=5, ge=1, description="Failed or overrun calls in a row that open a breaker."
+    )
+    probe_interval_s: float = Field(
+        default=1.0, gt=0, description="How often an open breaker health-checks its service."
+    )
+    probe_timeout_s: float = Field(default=0.5, gt=0)
+
+
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RECOFLEET_GATEWAY_",
@@ -28,6 +40,19 @@ class GatewaySettings(BaseSettings):
     )
 
     deadlines: Deadlines = Field(default_factory=Deadlines)
+    recommend_budget_s: float = Field(
+        default=0.3,
+        gt=0,
+        description="The whole time a recommendation may take: every downstream call fits in "
+        "what is left of it, and what does not fit degrades the answer.",
+    )
+    breakers: Breakers = Field(default_factory=Breakers)
+    max_in_flight: int = Field(
+        default=64,
+        ge=1,
+        description="Recommendation requests composed at once; past it, an answer degrades at "
+        "once to the popular items instead of queueing.",
+    )
     candidate_factor: int = Field(
         default=4, ge=1, description="Candidates fetched per item asked, to survive the rules."
     )

@@ -6,6 +6,8 @@ async methods that answer real protobuf messages, or raise the error a dead serv
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,9 +37,23 @@ class Stub:
     def __init__(self) -> None:
         self.requests: dict[str, list[Any]] = {}
         self.failing: set[str] = set()
+        # Seconds a method takes; past the caller's timeout it gives DEADLINE_EXCEEDED.
+        self.delay: dict[str, float] = {}
+        self.timeouts: dict[str, list[float | None]] = {}
 
-    def _called(self, method: str, request: Any) -> None:
+    async def _called(self, method: str, request: Any, timeout: float | None) -> None:
         self.requests.setdefault(method, []).append(request)
+        self.timeouts.setdefault(method, []).append(timeout)
+        delay = self.delay.get(method, 0.0)
+        if delay:
+            await asyncio.sleep(min(delay, timeout or delay))
+            if timeout is not None and delay > timeout:
+                raise grpc.aio.AioRpcError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.aio.Metadata(),
+                    grpc.aio.Metadata(),
+                    details="Deadline Exceeded",
+                )
         if method in self.failing or "*" in self.failing:
             raise down()
 
@@ -52,7 +68,7 @@ class FakeProfiles(Stub):
     async def GetProfile(
         self, request: profiles_pb2.GetProfileRequest, timeout: float | None = None
     ) -> profiles_pb2.GetProfileResponse:
-        self._called("GetProfile", request)
+        await self._called("GetProfile", request, timeout)
         return profiles_pb2.GetProfileResponse(
             profile=profiles_pb2.Profile(
                 member_id=request.member_id,
@@ -95,19 +111,19 @@ class FakeRetrieval(Stub):
     async def GetCandidates(
         self, request: retrieval_pb2.GetCandidatesRequest, timeout: float | None = None
     ) -> retrieval_pb2.CandidatesResponse:
-        self._called("GetCandidates", request)
+        await self._called("GetCandidates", request, timeout)
         return self._answer(self.pool, request, True)
 
     async def GetSimilarItems(
         self, request: retrieval_pb2.GetSimilarItemsRequest, timeout: float | None = None
     ) -> retrieval_pb2.CandidatesResponse:
-        self._called("GetSimilarItems", request)
+        await self._called("GetSimilarItems", request, timeout)
         return self._answer(self.pool, request, True)
 
     async def GetPopularItems(
         self, request: retrieval_pb2.GetPopularItemsRequest, timeout: float | None = None
     ) -> retrieval_pb2.CandidatesResponse:
-        self._called("GetPopularItems", request)
+        await self._called("GetPopularItems", request, timeout)
         return self._answer(self.popular, request, False)
 
 
@@ -121,7 +137,7 @@ class FakeCampaigns(Stub):
     async def ApplyRules(
         self, request: campaigns_pb2.ApplyRulesRequest, timeout: float | None = None
     ) -> campaigns_pb2.ApplyRulesResponse:
-        self._called("ApplyRules", request)
+        await self._called("ApplyRules", request, timeout)
         banned = set(request.purchased_item_ids) | set(request.exclude_item_ids) | self.sold_out
         return campaigns_pb2.ApplyRulesResponse(
             candidates=[c for c in request.candidates if c.item_id not in banned]
@@ -134,7 +150,7 @@ class FakeRanking(Stub):
     async def Rank(
         self, request: ranking_pb2.RankRequest, timeout: float | None = None
     ) -> ranking_pb2.RankResponse:
-        self._called("Rank", request)
+        await self._called("Rank", request, timeout)
         weights = dict(request.member.category_weights)
         ordered = sorted(
             request.candidates, key=lambda c: (-weights.get(c.category, 0.0), -c.score)
@@ -153,8 +169,26 @@ class FakeRanking(Stub):
         )
 
 
-class Fleet:
+class FakeProbes:
+    """Health checks the test answers: a service named in `up` is back."""
+
     def __init__(self) -> None:
+        self.up: set[str] = set()
+        self.asked: list[str] = []
+
+    def each(self) -> dict[str, Any]:
+        def probe_of(service: str) -> Any:
+            async def probe(timeout_s: float) -> bool:
+                self.asked.append(service)
+                return service in self.up
+
+            return probe
+
+        return {s: probe_of(s) for s in ("profiles", "retrieval", "campaigns", "ranking")}
+
+
+class Fleet:
+    def __init__(self, settings: GatewaySettings | None = None) -> None:
         # Scores deliberately out of order, so "ordered by score" is something to check.
         self.pool = [
             candidate("books-1", 0.4),
@@ -187,7 +221,8 @@ class Fleet:
             ranking=self.ranking,  # type: ignore[arg-type]
             campaigns=self.campaigns,  # type: ignore[arg-type]
         )
-        self.composer = Composer(clients, GatewaySettings())
+        self.probes = FakeProbes()
+        self.composer = Composer(clients, settings or GatewaySettings(), probes=self.probes.each())
 
     async def recommend(self, limit: int = 3, exclude: list[str] | None = None) -> Recommendation:
         return await self.composer.recommend("m-1", "home", limit, None, exclude or [])
@@ -321,8 +356,10 @@ async def test_profiles_down_still_recommends_without_the_members_data(fleet: Fl
     assert rec.degraded_services == ["profiles"]
     assert len(rec.items) == 3
     assert not rec.personalized
-    assert "GetCandidates" not in fleet.retrieval.requests
+    # The member's candidates, asked at once with the profile, are discarded unseen.
     assert fleet.retrieval.requests["GetPopularItems"]
+    popular = [c.item_id for c in fleet.retrieval.popular]
+    assert set(item_ids(rec)) <= set(popular)
     assert fleet.campaigns.requests["ApplyRules"][0].member_id == ""
 
 
@@ -334,7 +371,6 @@ async def test_no_personalization_consent_gets_what_anyone_would(fleet: Fleet) -
     assert not rec.degraded
     assert not rec.personalized
     assert rec.model.startswith("non-personalized")
-    assert "GetCandidates" not in fleet.retrieval.requests
     assert "Rank" not in fleet.ranking.requests
     popular = [c.item_id for c in fleet.retrieval.popular]
     assert item_ids(rec) == [i for i in popular if i in item_ids(rec)]
@@ -376,3 +412,80 @@ async def test_similar_items_exclude_the_item_itself(fleet: Fleet) -> None:
     assert len(rec.items) == 3
     assert rec.model == "als@v7"
     assert not rec.degraded
+
+
+async def test_a_request_fits_one_budget_not_the_sum_of_deadlines() -> None:
+    # Each call alone is within its deadline (0.25 s), together they are not.
+    fleet = Fleet(GatewaySettings(recommend_budget_s=0.3))
+    fleet.profiles.delay["GetProfile"] = 0.2
+    fleet.campaigns.delay["ApplyRules"] = 0.2
+    started = time.monotonic()
+
+    rec = await fleet.recommend(limit=3)
+
+    took = time.monotonic() - started
+    assert rec.degraded_services == ["campaigns", "ranking"]
+    assert len(rec.items) == 3  # still an answer: retrieval order, locally filtered
+    (rules_timeout,) = fleet.campaigns.timeouts["ApplyRules"]
+    assert rules_timeout is not None and rules_timeout <= 0.3 - 0.2 + 0.01
+    assert "Rank" not in fleet.ranking.requests  # no time left: not even asked
+    assert took < 0.3 + 0.2, f"{took:.3f} s, well past the 0.3 s budget"
+
+
+async def test_profile_and_candidates_are_asked_at_once() -> None:
+    fleet = Fleet()
+    fleet.profiles.delay["GetProfile"] = 0.2
+    answer = asyncio.ensure_future(fleet.recommend(limit=3))
+    await asyncio.sleep(0.05)
+
+    assert "GetCandidates" in fleet.retrieval.requests  # while the profile is on its way
+    assert not (await answer).degraded
+
+
+async def test_a_failing_service_is_skipped_until_it_answers_a_health_check() -> None:
+    settings = GatewaySettings.model_validate(
+        {"breakers": {"failures": 3, "probe_interval_s": 0.01}}
+    )
+    fleet = Fleet(settings)
+    fleet.ranking.failing.add("Rank")
+    for _ in range(3):
+        assert (await fleet.recommend()).degraded_services == ["ranking"]
+    assert fleet.composer.breakers["ranking"].open
+
+    rec = await fleet.recommend()
+    assert rec.degraded_services == ["ranking"]
+    assert len(fleet.ranking.requests["Rank"]) == 3  # open: not called, degraded at once
+
+    fleet.ranking.failing.clear()
+    fleet.probes.up.add("ranking")
+    await asyncio.sleep(0.05)  # a few probe intervals
+    assert not fleet.composer.breakers["ranking"].open
+    rec = await fleet.recommend()
+    assert not rec.degraded
+    assert len(fleet.ranking.requests["Rank"]) == 4
+    assert "ranking" in fleet.probes.asked
+    await fleet.composer.close()
+
+
+async def test_a_request_the_service_refuses_does_not_open_its_breaker() -> None:
+    fleet = Fleet(GatewaySettings.model_validate({"breakers": {"failures": 1}}))
+    fleet.composer.breakers["ranking"].failed(grpc.StatusCode.INVALID_ARGUMENT)
+    assert not fleet.composer.breakers["ranking"].open
+    fleet.composer.breakers["ranking"].failed(grpc.StatusCode.UNAVAILABLE)
+    assert fleet.composer.breakers["ranking"].open
+    await fleet.composer.close()
+
+
+async def test_past_capacity_an_answer_is_the_popular_items_at_once() -> None:
+    fleet = Fleet(GatewaySettings(max_in_flight=1))
+    await fleet.composer.refresh_popular()
+    fleet.profiles.delay["GetProfile"] = 0.1
+    first = asyncio.ensure_future(fleet.recommend(limit=2))
+    await asyncio.sleep(0.01)
+
+    rec = await fleet.recommend(limit=2, exclude=["bought-1"])
+
+    assert rec.degraded and rec.degraded_services == ["gateway"]
+    assert item_ids(rec) == ["toys-9", "unwanted-1"]
+    assert len(fleet.profiles.requests["GetProfile"]) == 1  # only the first one's
+    assert not (await first).degraded

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.gateway.compose import Composer
+from services.gateway.compose import COMPOSED, Composer
 from services.gen.recofleet.profiles.v1 import profiles_pb2
 from tests.unit.test_gateway_http import ADMIN_KEY, app_with, assert_error, rpc_error, settings
 
@@ -100,12 +100,17 @@ class Clients:
         self.profiles = FakeProfiles()
 
 
+async def never_back(timeout_s: float) -> bool:
+    return False
+
+
 @pytest.fixture
 async def gateway() -> AsyncIterator[tuple[httpx.AsyncClient, FakeProfiles]]:
     gateway_settings = settings()
     clients = Clients()
     app = app_with(gateway_settings, clients)  # type: ignore[arg-type]
-    app.state.composer = Composer(clients, gateway_settings)  # type: ignore[arg-type]
+    probes = {service: never_back for service in COMPOSED}  # no breaker opens here
+    app.state.composer = Composer(clients, gateway_settings, probes)  # type: ignore[arg-type]
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(
         transport=transport, base_url="http://gateway", headers={"x-api-key": ADMIN_KEY}
