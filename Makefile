@@ -30,10 +30,10 @@ test-unit: $(STAMP) ## the fast in-process tests only
 test-integration: $(STAMP) ## the tests that start real processes and servers
 	$(BIN)/pytest tests/integration tests/conformance
 
-lint: $(STAMP) ## ruff check, ruff format --check, mypy on services/
+lint: $(STAMP) ## ruff check, ruff format --check, mypy on services/ and bench/
 	$(BIN)/ruff check services tests bench proto
 	$(BIN)/ruff format --check services tests bench proto
-	$(BIN)/mypy services
+	$(BIN)/mypy services bench
 
 format: $(STAMP) ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix services tests bench proto

@@ -55,12 +55,14 @@ from bench.fleet import (
     table,
     wait_caught_up,
 )
+from bench.load import ceiling_app, open_loop, run_wrk, wrk_available
 from services.common.bus import EventBus, open_bus
 from services.common.settings import FleetSettings
 from services.loading import read_source, source_name
 from services.runner import SERVICES, Fleet, FleetFailed
 
 MAX_ERROR_RATE = 0.01
+SOAK_SAMPLE_S = 30.0
 LIMIT = 10
 
 
@@ -161,8 +163,10 @@ def event_calls(rng: random.Random, data: Data, batches: int, size: int) -> list
     return calls
 
 
-async def execute(client: httpx.AsyncClient, call: Call) -> Outcome:
-    started = time.perf_counter()
+async def execute(client: httpx.AsyncClient, call: Call, due: float | None = None) -> Outcome:
+    """Make the call; its latency counts from `due` (when an open-loop schedule wanted it
+    sent) when given, else from now."""
+    started = time.perf_counter() if due is None else due
     try:
         if call.body is None:
             response = await client.get(call.url, params={"limit": LIMIT})
@@ -324,10 +328,48 @@ def report(results: dict[str, Any]) -> str:
             row.append(seconds * 1000 / results["phases"][phase]["requests"])
         per_request.append(row)
     out.append(table(["process", *phases], per_request))
+    out += peak_lines(results.get("peak") or {})
+    out += soak_lines(results.get("soak") or {})
     errors = {n: f["error_kinds"] for n, f in results["phases"].items() if f["error_kinds"]}
     if errors:
         out += ["", f"errors   {errors}"]
     return "\n".join(out)
+
+
+def peak_lines(peak: dict[str, Any]) -> list[str]:
+    if not peak:
+        return []
+    fleet, ceiling = peak["fleet"], peak["ceiling"]
+    cpu = peak["cpu_ms_per_request"]
+    return [
+        "",
+        f"peak     wrk, {peak['connections']} connections, recommendations "
+        f"(answer of {peak['answer_bytes']:,} bytes):",
+        f"         fleet   {fleet['requests_per_s']:8.1f}/s  p50 {fleet['p50_ms']:.1f} ms  "
+        f"p99 {fleet['p99_ms']:.1f} ms  non-2xx {fleet['non_2xx']}",
+        f"         ceiling {ceiling['requests_per_s']:8.1f}/s  p50 {ceiling['p50_ms']:.1f} ms  "
+        f"p99 {ceiling['p99_ms']:.1f} ms  (bare FastAPI app, same uvicorn, same answer)",
+        f"         ratio   {peak['ratio']:.3f}",
+        "         fleet CPU ms per recommendation at the peak: "
+        + ", ".join(f"{n} {v:.2f}" for n, v in cpu.items())
+        + f"; total {sum(cpu.values()):.2f}",
+    ]
+
+
+def soak_lines(soak: dict[str, Any]) -> list[str]:
+    if not soak:
+        return []
+    out = [
+        "",
+        f"soak     {soak['rate_per_s']:g} recommendations/s for {soak['seconds']:g}s; RSS MiB "
+        f"every {SOAK_SAMPLE_S:g}s (first -> last, max), p99 ms per sample "
+        + " ".join(f"{v:.0f}" for v in soak["p99_ms_per_sample"]),
+    ]
+    for name, series in soak["rss_mib"].items():
+        out.append(
+            f"         {name:14} {series[0]:7.1f} -> {series[-1]:7.1f}  (max {max(series):.1f})"
+        )
+    return out
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -382,6 +424,14 @@ async def measure(
                 caught = await asyncio.to_thread(wait_caught_up, bus, fleet, args.drain_timeout)
                 drain = asdict(caught)
         degraded_after = await degraded_by_service(client)
+        answer = (await client.get(recommendation_calls(rng, data, 1, 0.0)[0].url)).json()
+    if args.rate > 0:
+        name = f"open loop {args.rate:g}/s"
+        say(f"measuring {name} for {args.open_seconds:g}s")
+        phases[name], cpu[name], lag = await open_loop_phase(fleet, rng, data, args)
+        phases[name]["generator_lag_ms"] = lag * 1000
+    peak = await asyncio.to_thread(peak_and_ceiling, fleet, rng, data, answer, args)
+    soak = await soak_phase(fleet, rng, data, args) if args.soak > 0 else {}
     # The known/unknown sub-rows right under the recommendations row.
     ordered = {
         n: phases[n] for n in ("GET recommendations", "  known members", "  unknown members")
@@ -393,6 +443,86 @@ async def measure(
         "events_drain": drain,
         "idle": idle,
         "degraded_by_service": dict(degraded_after - degraded_before),
+        "peak": peak,
+        "soak": soak,
+    }
+
+
+async def soak_phase(
+    fleet: Fleet, rng: random.Random, data: Data, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Open-loop recommendations at --rate for --soak seconds, each process's RSS read
+    every SOAK_SAMPLE_S: does any of them grow?"""
+    say(f"soaking: {args.rate:g}/s for {args.soak:g}s, RSS every {SOAK_SAMPLE_S:g}s")
+    samples = [process_rss_mib(fleet)]
+    p99s: list[float] = []
+    chunks = max(1, round(args.soak / SOAK_SAMPLE_S))
+    chunk_args = argparse.Namespace(**{**vars(args), "open_seconds": args.soak / chunks})
+    for _ in range(chunks):
+        figures, _, _ = await open_loop_phase(fleet, rng, data, chunk_args)
+        p99s.append(figures["p99_ms"])
+        samples.append(process_rss_mib(fleet))
+        check_alive(fleet)
+    names = [n for n in samples[0] if all(n in s for s in samples)]
+    return {
+        "seconds": args.soak,
+        "rate_per_s": args.rate,
+        "p99_ms_per_sample": p99s,
+        "rss_mib": {n: [round(s[n], 1) for s in samples] for n in names},
+    }
+
+
+async def open_loop_phase(
+    fleet: Fleet, rng: random.Random, data: Data, args: argparse.Namespace
+) -> tuple[dict[str, Any], dict[str, float], float]:
+    """Recommendations at a constant arrival rate: figures, CPU per process, generator lag."""
+    calls = iter(recommendation_calls(rng, data, int(args.rate * args.open_seconds), args.unknown))
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    async with httpx.AsyncClient(
+        base_url=fleet.gateway_url, timeout=args.timeout, limits=limits, headers=access_key(fleet)
+    ) as client:
+
+        async def send(due: float) -> Outcome:
+            return await execute(client, next(calls), due)
+
+        before = process_cpu(fleet)
+        outcomes, wall, lag = await open_loop(send, args.rate, args.open_seconds)
+        after = process_cpu(fleet)
+    return summarize(outcomes, wall), {p: after[p] - before.get(p, 0.0) for p in after}, lag
+
+
+def peak_and_ceiling(
+    fleet: Fleet, rng: random.Random, data: Data, answer: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Recommendations/s at the peak (wrk), the fleet's CPU per recommendation there, and
+    the same wrk against a bare app of the same web stack serving `answer`."""
+    if args.peak_seconds <= 0:
+        return {}
+    if not wrk_available():
+        say("wrk is not installed (apt-get install wrk): no peak or ceiling figures")
+        return {}
+    paths = [f"{c.url}?limit={LIMIT}" for c in recommendation_calls(rng, data, 5000, args.unknown)]
+    c, seconds = args.peak_connections, args.peak_seconds
+    say(f"measuring the peak: wrk, {c} connections, {seconds:g}s")
+    key = fleet.env["RECOFLEET_ADMIN_KEY"]
+    before = process_cpu(fleet)
+    fleet_peak = run_wrk(fleet.gateway_url, paths, key, c, seconds)
+    after = process_cpu(fleet)
+    used = {p: after[p] - before.get(p, 0.0) for p in after}
+    check_alive(fleet)
+    say("measuring the ceiling: a bare FastAPI app serving the same answer")
+    with ceiling_app(answer) as (url, _):
+        ceiling = run_wrk(url, paths, key, c, seconds)
+    fleet_names = [n for n in used if n in SERVICES or n == "gateway"]
+    return {
+        "connections": c,
+        "fleet": asdict(fleet_peak),
+        "ceiling": asdict(ceiling),
+        "ratio": fleet_peak.requests_per_s / ceiling.requests_per_s,
+        "answer_bytes": len(json.dumps(answer)),
+        "cpu_ms_per_request": {
+            n: used[n] * 1000 / max(1, fleet_peak.requests) for n in fleet_names
+        },
     }
 
 
@@ -414,6 +544,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-timeout", type=float, default=600.0)
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle measured")
     parser.add_argument("--keep-data", action="store_true", help="keep the temporary data dir")
+    parser.add_argument(
+        "--rate", type=float, default=200.0, help="open-loop recommendations per second (0: off)"
+    )
+    parser.add_argument("--open-seconds", type=float, default=20.0)
+    parser.add_argument("--peak-connections", type=int, default=16, help="wrk connections")
+    parser.add_argument("--peak-seconds", type=float, default=10.0, help="per wrk run (0: off)")
+    parser.add_argument(
+        "--soak", type=float, default=0.0, help="seconds of open-loop load, RSS sampled (0: off)"
+    )
     args = parser.parse_args(argv)
     if args.requests < 1 or args.concurrency < 1 or args.event_batches < 1:
         parser.error("--requests, --concurrency and --event-batches must be at least 1")

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.fleet import machine, say
-from bench.ingest import DEFAULT_SOURCE, Lines, batches, kafka_cluster
+from bench.ingest import DEFAULT_SOURCE, Lines, batches
 from services.common.bus import EVENTS_TOPIC, EventBus, open_bus
 from services.common.bus.kafka import KafkaSettings
 from services.common.consuming import BusWorker
@@ -45,6 +45,7 @@ from services.profiles.store import SqlProfileStore
 from services.retrieval.server import interaction_worker
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import SqlInteractionStore
+from tests.kafka_mock import kafka_cluster
 
 
 def timed(name: str, run: Callable[[], Any], events: int, profile: str | None) -> float:
@@ -94,13 +95,13 @@ def main() -> None:
 
     lines = Lines.read(args.source, args.events, args.shuffle)
     bodies = batches(lines.events("stage", args.events), args.batch)
-    say(machine())
+    say(str(machine()))
     with contextlib.ExitStack() as stack:
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recofleet-")))
         fleet = FleetSettings(data_dir=data_dir, bus=args.bus)
         kafka = None
         if args.bus == "kafka":
-            kafka = KafkaSettings(bootstrap_servers=stack.enter_context(kafka_cluster(None)))
+            kafka = KafkaSettings(bootstrap_servers=stack.enter_context(kafka_cluster()))
         bus = open_bus(fleet, kafka)
         profiles = SqlProfileStore.from_url(f"sqlite:///{data_dir / 'p.db'}", ProfilesSettings())
         retrieval_settings = RetrievalSettings()

@@ -41,7 +41,7 @@ def category_mask(factors: Factors, share: float, seed: int = 0) -> np.ndarray:
 
 def exact_top(items: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarray | None) -> list:
     """The true best `k` per query (filtered by `mask`), in blocks to bound memory."""
-    truth = []
+    truth: list[set[int]] = []
     for start in range(0, len(queries), 100):
         scores = queries[start : start + 100] @ items.T
         if mask is not None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
 import grpc
+from sqlalchemy.exc import SQLAlchemyError
 
 from services.campaigns.servicer import CampaignsServicer
 from services.campaigns.settings import CampaignsSettings
@@ -17,6 +19,7 @@ from services.common.settings import FleetSettings
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2_grpc
 
 SERVICE_NAME = "recofleet.campaigns.v1.CampaignsService"
+log = logging.getLogger(__name__)
 
 
 def catalog_worker(bus: EventBus, store: CatalogStore, settings: CampaignsSettings) -> BusWorker:
@@ -29,17 +32,29 @@ def catalog_worker(bus: EventBus, store: CatalogStore, settings: CampaignsSettin
     return BusWorker(bus, settings.consumer_group, [CATALOG_TOPIC], handle)
 
 
+async def keep_stock_fresh(store: CatalogStore, interval_s: float) -> None:
+    """What other replicas of campaigns saved reaches this one's memory within interval_s."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.to_thread(store.refresh)
+        except SQLAlchemyError as exc:
+            log.warning("stock not refreshed from the store: %s", exc)
+
+
 async def run(fleet: FleetSettings, settings: CampaignsSettings) -> None:
     bus = open_bus(fleet)
     store = SqlCatalogStore.from_url(settings.database_url or fleet.sqlite_url("campaigns"))
     worker = catalog_worker(bus, store, settings)
     worker.start()
     servicer = CampaignsServicer(store, settings)
+    refresher = asyncio.create_task(keep_stock_fresh(store, settings.stock_refresh_s))
 
     def register(server: grpc.aio.Server) -> None:
         campaigns_pb2_grpc.add_CampaignsServiceServicer_to_server(servicer, server)
 
     async def close() -> None:
+        refresher.cancel()
         await asyncio.to_thread(worker.stop)
         store.close()
         bus.close()

@@ -21,4 +21,10 @@ class CampaignsSettings(BaseSettings):
         default=None, description="SQLAlchemy URL; a SQLite file in the data dir when unset."
     )
     consumer_group: str = "campaigns"
+    stock_refresh_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often stock is read again from the store, for what other replicas "
+        "of campaigns applied from the catalog topic.",
+    )
     welcome: WelcomeOffer = Field(default_factory=WelcomeOffer)

@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Column, Connection, Dialect, Engine, Table, create_engine, event
 from sqlalchemy.engine import make_url
+
+T = TypeVar("T")
+
+
+def is_embedded(engine: Engine) -> bool:
+    """Whether the store is a local file (SQLite): a read then costs this process some
+    microseconds of CPU, never a wait on a server."""
+    return engine.dialect.name == "sqlite"
+
+
+async def served(inline: bool, call: Callable[..., T], *args: Any) -> T:
+    """`call(*args)` for a request handler: in place when it cannot wait on a server (an
+    embedded store, CPU work), since a hop to a worker thread cost more than such a read;
+    else in a worker thread, so that the event loop answers others meanwhile."""
+    if inline:
+        return call(*args)
+    return await asyncio.to_thread(call, *args)
 
 
 def make_engine(url: str) -> Engine:

@@ -6,14 +6,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.pii import PiiScrubber, pii_secret
 from services.common.settings import FleetSettings
@@ -73,7 +74,7 @@ def create_app(
     for router in (module.router for module in routers):
         app.include_router(router)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.middleware("http")(_measure)
+    app.add_middleware(Measured)
     app.openapi = _completed(app, app.openapi, settings)  # type: ignore[method-assign]
     return app
 
@@ -128,19 +129,42 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
 
 
-async def _measure(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    started = time.perf_counter()
-    try:
-        response = await call_next(request)
-    except Exception:
-        # Answered here, not re-raised: past this point the server would send a plain-text
-        # 500 and drop the keep-alive connection, failing the client's next request too.
-        log.exception("unhandled error answering %s %s", request.method, request.url.path)
-        response = JSONResponse({"detail": "internal error: the gateway logged it"}, 500)
-    route = request.scope.get("route")
-    path = getattr(route, "path", "unmatched")
-    LATENCY.labels(path, request.method).observe(time.perf_counter() - started)
-    REQUESTS.labels(path, request.method, str(response.status_code)).inc()
-    return response
+class Measured:
+    """Counts and times every request, and answers what a route failed to (a JSON 500).
+
+    Plain ASGI, not Starlette's BaseHTTPMiddleware: that one runs every request through an
+    extra task and memory streams, which cost more than the gateway's own work here.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        answered = False
+
+        async def sending(message: Message) -> None:
+            nonlocal status, answered
+            if message["type"] == "http.response.start":
+                status, answered = message["status"], True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            log.exception("unhandled error answering %s %s", scope["method"], scope["path"])
+            if answered:
+                raise  # the answer had begun: nothing better to send than a dropped stream
+            # Answered here, not re-raised: the server would send a plain-text 500 and drop
+            # the keep-alive connection, failing the client's next request too.
+            error = JSONResponse({"detail": "internal error: the gateway logged it"}, 500)
+            await error(scope, receive, send)
+            status = 500
+        route = scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        LATENCY.labels(path, scope["method"]).observe(time.perf_counter() - started)
+        REQUESTS.labels(path, scope["method"], str(status)).inc()

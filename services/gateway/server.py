@@ -21,12 +21,16 @@ def main() -> None:
     uvicorn.run(app, **server_options(fleet, settings))
 
 
+# uvicorn's event loop and HTTP parser, in C (the benchmark's ceiling app uses them too).
+WEB_STACK: dict[str, Any] = {"loop": "uvloop", "http": "httptools"}
+
+
 def server_options(fleet: FleetSettings, settings: GatewaySettings) -> dict[str, Any]:
     """uvicorn's options. Forwarding headers are believed from the trusted proxies only:
     uvicorn's own default (believe 127.0.0.1) would let any local caller pick its address,
     and with it the rate-limit bucket it is counted in."""
     proxies = settings.trusted_proxy_list
-    return {
+    return WEB_STACK | {
         "host": fleet.gateway_host,
         "port": fleet.gateway_port,
         "log_level": fleet.log_level.lower(),

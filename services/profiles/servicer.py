@@ -10,6 +10,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.clock import Clock
+from services.common.db import served
 from services.common.events import check_member_id
 from services.common.members import CHANNELS, CONSENT_KEYS
 from services.gen.recofleet.profiles.v1 import profiles_pb2, profiles_pb2_grpc
@@ -47,13 +48,17 @@ class ProfilesServicer(profiles_pb2_grpc.ProfilesServiceServicer):
     ) -> profiles_pb2.GetProfileResponse:
         if not request.member_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "member_id is required")
-        limit = request.recent_limit or self._default_recent
-        # One trip to a worker thread for everything: the hops, not the work, dominated.
-        profile = await asyncio.to_thread(self._profile, request.member_id, limit)
+        basic = request.view == profiles_pb2.PROFILE_VIEW_BASIC
+        limit = 0 if basic else request.recent_limit or self._default_recent
+        # One trip to a worker thread for everything (none on an embedded store): the hops,
+        # not the work, dominated.
+        profile = await served(
+            self._store.embedded, self._profile, request.member_id, limit, not basic
+        )
         return profiles_pb2.GetProfileResponse(profile=profile)
 
-    def _profile(self, member_id: str, limit: int) -> profiles_pb2.Profile:
-        profile = self._store.get(member_id, limit)
+    def _profile(self, member_id: str, limit: int, purchases: bool) -> profiles_pb2.Profile:
+        profile = self._store.get(member_id, limit, purchases)
         if profile is None:
             choices, at = self._store.consent_choices(member_id)
             consent = consent_of(self._portraitist.consent_defaults, choices)

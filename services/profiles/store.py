@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     cast,
     delete,
     func,
@@ -35,7 +36,14 @@ from sqlalchemy import (
 from sqlalchemy.sql import CompoundSelect, Select
 
 from services.common.catalog import catalog_table, load_items, save_items
-from services.common.db import insert_ignore, make_engine, scrub_freed, unseen, upsert
+from services.common.db import (
+    insert_ignore,
+    is_embedded,
+    make_engine,
+    scrub_freed,
+    unseen,
+    upsert,
+)
 from services.common.events import AnyEvent, CatalogItem, EventType
 from services.common.members import (
     CONSENT_KEYS,
@@ -80,6 +88,9 @@ class TooManyTags(ValueError):
 class ProfileStore(abc.ABC):
     """Applies events to profiles exactly once per event id and reads profiles back."""
 
+    # Reads are local and never wait on a server (an embedded database).
+    embedded: bool = False
+
     @abc.abstractmethod
     def apply_events(self, events: Sequence[AnyEvent]) -> int:
         """Apply the events not applied before (by event_id), atomically; return how many."""
@@ -89,9 +100,11 @@ class ProfileStore(abc.ABC):
         """Remember item categories, for events that do not carry them."""
 
     @abc.abstractmethod
-    def get(self, member_id: str, recent_limit: int = 20) -> MemberProfile | None:
-        """The member's profile (with manual tags), or None when no event of theirs was
-        ever applied."""
+    def get(
+        self, member_id: str, recent_limit: int = 20, purchases: bool = True
+    ) -> MemberProfile | None:
+        """The member's profile (with manual tags; with the items they bought unless not
+        `purchases`), or None when no event of theirs was ever applied."""
 
     @abc.abstractmethod
     def iter_profiles(self, after: str | None = None, batch: int = 500) -> Iterator[MemberProfile]:
@@ -283,6 +296,7 @@ class SqlProfileStore(ProfileStore):
         # they survive restarts (a random one otherwise, for tests that do not erase).
         self._secret = secret if secret is not None else os.urandom(32)
         self._engine = engine
+        self.embedded = is_embedded(engine)
         self._settings = settings
         self._half_life_s = settings.affinity_half_life_days * 86400
         self._orders_applied = 0
@@ -359,11 +373,14 @@ class SqlProfileStore(ProfileStore):
         with self._engine.begin() as conn:
             save_items(conn, catalog, items)
 
-    def get(self, member_id: str, recent_limit: int = 20) -> MemberProfile | None:
+    def get(
+        self, member_id: str, recent_limit: int = 20, purchases: bool = True
+    ) -> MemberProfile | None:
         # Two statements, not one per table: on a server each is a round trip, and the
         # trips, not the rows, were most of a GetProfile.
         with self._engine.connect() as conn:
-            rows = conn.execute(_portrait_query(member_id)).all()
+            wanted = {"member_id": member_id}
+            rows = conn.execute(PORTRAIT_QUERY, wanted).all()
             if not rows:
                 return None
             profile = _member_of(rows[0])
@@ -377,7 +394,7 @@ class SqlProfileStore(ProfileStore):
                 choices = {k: bool(values[k]) for k in CONSENT_KEYS if values[k] is not None}
                 profile.consent, profile.consent_at = choices, _utc(rows[0].consent_at)
             purchased = []
-            for key, *stat in conn.execute(_holdings_query(member_id)):
+            for key, *stat in conn.execute(HOLDINGS_QUERIES[purchases], wanted):
                 if stat[0] is None:
                     purchased.append(key)
                 else:
@@ -805,8 +822,9 @@ def _member_of(row: Row) -> MemberProfile:
     )
 
 
-def _portrait_query(member_id: str) -> Select:
+def _portrait_query() -> Select:
     """The member's row with their consent and one row per manual tag (few, capped)."""
+    member_id = bindparam("member_id", type_=String)
     return (
         select(
             members,
@@ -821,17 +839,20 @@ def _portrait_query(member_id: str) -> Select:
     )
 
 
-def _holdings_query(member_id: str) -> CompoundSelect:
-    """The member's category rows and purchased items in one statement: a purchase row has
-    a NULL weight (a category's never is)."""
+def _holdings_query(purchases: bool) -> Select | CompoundSelect:
+    """The member's category rows and (when `purchases`) purchased items in one statement:
+    a purchase row has a NULL weight (a category's never is)."""
+    member_id = bindparam("member_id", type_=String)
     stats = [c for c in member_categories.c if c.name not in ("member_id", "category")]
     categories = select(member_categories.c.category, *stats).where(
         member_categories.c.member_id == member_id
     )
-    purchases = select(
+    if not purchases:
+        return categories
+    bought = select(
         member_purchases.c.item_id, *(cast(null(), c.type).label(c.name) for c in stats)
     ).where(member_purchases.c.member_id == member_id)
-    return union_all(categories, purchases)
+    return union_all(categories, bought)
 
 
 def _save_members(
@@ -872,6 +893,10 @@ def _save_members(
     ]
     upsert(conn, member_categories, stats, keys=["member_id", "category"])
 
+
+# Built once: building a statement per read cost more than running it.
+PORTRAIT_QUERY = _portrait_query()
+HOLDINGS_QUERIES = {purchases: _holdings_query(purchases) for purchases in (True, False)}
 
 _read_recent = msgspec.json.Decoder(list[RecentItem]).decode
 _recent_encoder = msgspec.json.Encoder()

@@ -72,6 +72,12 @@ class Retriever:
         )
 
     @property
+    def inline(self) -> bool:
+        """Whether an answer may be computed on the event loop: the work is CPU, and the
+        only read (a member's lines, once) is from an embedded store."""
+        return self._store.embedded
+
+    @property
     def model(self) -> RetrievalModel:
         if self._model is None:
             raise NoModel("no trained retrieval model yet; run `recofleet train`")

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from services.common.candidates import to_protos
+from services.common.db import served
 from services.gen.recofleet.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.domain import Answer, CandidateRequest, NoModel, Retriever
 from services.retrieval.model_store import ModelStore, NoPreviousVersion, UnknownVersion
@@ -41,7 +42,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             exclude=list(request.exclude_item_ids),
             category=request.category,
         )
-        return await _answer(context, self._retriever.candidates, wanted)
+        return await _answer(context, self._retriever, self._retriever.candidates, wanted)
 
     async def GetSimilarItems(
         self, request: retrieval_pb2.GetSimilarItemsRequest, context: grpc.aio.ServicerContext
@@ -50,7 +51,12 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "item_id is required")
         limit = await _limit(request.limit, context)
         return await _answer(
-            context, self._retriever.similar, request.item_id, limit, list(request.exclude_item_ids)
+            context,
+            self._retriever,
+            self._retriever.similar,
+            request.item_id,
+            limit,
+            list(request.exclude_item_ids),
         )
 
     async def GetPopularItems(
@@ -59,6 +65,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         limit = await _limit(request.limit, context)
         return await _answer(
             context,
+            self._retriever,
             self._retriever.popular,
             limit,
             list(request.exclude_item_ids),
@@ -197,10 +204,13 @@ async def _limit(requested: int, context: grpc.aio.ServicerContext) -> int:
 
 
 async def _answer(
-    context: grpc.aio.ServicerContext, call: Callable[..., Answer], *args: object
+    context: grpc.aio.ServicerContext,
+    retriever: Retriever,
+    call: Callable[..., Answer],
+    *args: object,
 ) -> retrieval_pb2.CandidatesResponse:
     try:
-        answer = await asyncio.to_thread(call, *args)
+        answer = await served(retriever.inline, call, *args)
     except NoModel as exc:
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
     return retrieval_pb2.CandidatesResponse(

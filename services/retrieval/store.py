@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from services.common.catalog import catalog_table, load_items, save_items
-from services.common.db import insert_ignore, make_engine
+from services.common.db import insert_ignore, is_embedded, make_engine
 from services.common.events import AnyEvent, CatalogItem
 from services.common.members import (
     Erase,
@@ -75,6 +75,9 @@ class TrainingRow:
 
 
 class InteractionStore(abc.ABC):
+    # Reads are local and never wait on a server (an embedded database).
+    embedded: bool = False
+
     @abc.abstractmethod
     def apply_events(self, events: Sequence[AnyEvent]) -> int:
         """Record the weighted interactions of events not recorded before; return how many
@@ -166,6 +169,7 @@ class SqlInteractionStore(InteractionStore):
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._engine = engine
+        self.embedded = is_embedded(engine)
         self._weights = dict(weights)
         self._secret = secret
         self._clock = clock

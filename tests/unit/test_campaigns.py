@@ -166,3 +166,16 @@ def test_the_store_feeds_the_rules(catalog: SqlCatalogStore) -> None:
 
     assert [c.item_id for c in result.kept] == ["here"]
     assert result.removed == [Removal("gone", "out_of_stock")]
+
+
+def test_a_replica_sees_what_another_saved_once_it_refreshes(engine: Engine) -> None:
+    one, other = SqlCatalogStore(engine), SqlCatalogStore(engine)
+    one.save([CatalogItem(item_id="gone", in_stock=False)])
+    assert other.out_of_stock(["gone"]) == set()  # in memory: not read per request
+
+    other.refresh()
+
+    assert other.out_of_stock(["gone"]) == {"gone"}
+    one.save([CatalogItem(item_id="gone", in_stock=True)])
+    other.refresh()
+    assert other.out_of_stock(["gone"]) == set()

@@ -20,6 +20,7 @@ import grpc
 import httpx
 import pytest
 import uvicorn
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
@@ -278,6 +279,25 @@ async def test_an_unhandled_error_is_a_json_500_not_a_dropped_connection(gateway
     assert "a bug" not in reply.text
     gateway.ingestion.error = None
     assert (await gateway.http.post("/v1/events", json=EVENT)).status_code == 202
+
+
+def answered(route: str, method: str, status: str) -> float:
+    labels = {"route": route, "method": method, "status": status}
+    return REGISTRY.get_sample_value("recofleet_gateway_requests_total", labels) or 0.0
+
+
+async def test_every_answer_is_counted_by_route_and_status(gateway: Gateway):
+    before = {s: answered("/v1/events", "POST", s) for s in ("202", "500")}
+    unmatched = answered("unmatched", "GET", "404")
+
+    assert (await gateway.http.post("/v1/events", json=EVENT)).status_code == 202
+    gateway.ingestion.error = RuntimeError("a bug")
+    assert (await gateway.http.post("/v1/events", json=EVENT)).status_code == 500
+    assert (await gateway.http.get("/v1/no-such-thing")).status_code == 404
+
+    assert answered("/v1/events", "POST", "202") == before["202"] + 1
+    assert answered("/v1/events", "POST", "500") == before["500"] + 1
+    assert answered("unmatched", "GET", "404") == unmatched + 1
 
 
 async def test_nothing_accepted_is_422_with_the_summary_and_a_detail(gateway: Gateway):

@@ -239,3 +239,18 @@ async def test_an_export_streams_every_member_in_pages(service) -> None:
         ):
             pass
     assert missing.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_the_basic_view_carries_what_a_recommendation_needs_and_no_item_lists(
+    service,
+) -> None:
+    full = await service.GetProfile(profiles_pb2.GetProfileRequest(member_id="m-4"), Context())
+    basic = await service.GetProfile(
+        profiles_pb2.GetProfileRequest(member_id="m-4", view=profiles_pb2.PROFILE_VIEW_BASIC),
+        Context(),
+    )
+
+    assert list(full.profile.purchased_item_ids) == ["pan"] and full.profile.recent_items
+    assert list(basic.profile.purchased_item_ids) == [] and not basic.profile.recent_items
+    for kept in ("rfm", "categories", "consent", "segments", "lifecycle"):
+        assert getattr(basic.profile, kept) == getattr(full.profile, kept), kept

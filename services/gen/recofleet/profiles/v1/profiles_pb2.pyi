@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,24 +20,51 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ProfileView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProfileViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProfileView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROFILE_VIEW_UNSPECIFIED: _ProfileView.ValueType  # 0
+    """Everything."""
+    PROFILE_VIEW_BASIC: _ProfileView.ValueType  # 1
+    """What a recommendation needs (figures, scores, segments, affinities, consent), without
+    the purchased items and the recent items, which are read and carried only when asked.
+    """
+
+class ProfileView(_ProfileView, metaclass=_ProfileViewEnumTypeWrapper): ...
+
+PROFILE_VIEW_UNSPECIFIED: ProfileView.ValueType  # 0
+"""Everything."""
+PROFILE_VIEW_BASIC: ProfileView.ValueType  # 1
+"""What a recommendation needs (figures, scores, segments, affinities, consent), without
+the purchased items and the recent items, which are read and carried only when asked.
+"""
+Global___ProfileView: _TypeAlias = ProfileView  # noqa: Y015
+
 @_typing.final
 class GetProfileRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     RECENT_LIMIT_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     recent_limit: _builtins.int
     """How many recent items to return (0: the service default)."""
+    view: Global___ProfileView.ValueType
+    """How much of the portrait to return."""
     def __init__(
         self,
         *,
         member_id: _builtins.str = ...,
         recent_limit: _builtins.int = ...,
+        view: Global___ProfileView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "recent_limit", b"recent_limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "recent_limit", b"recent_limit", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
