@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from services.campaigns.settings import WelcomeOffer
-from services.common.candidates import Candidate
+from services.common.candidates import CandidateLike
+
+C = TypeVar("C", bound=CandidateLike)
 
 
 @dataclass(frozen=True)
@@ -16,18 +19,18 @@ class Removal:
 
 
 @dataclass(frozen=True)
-class Filtered:
-    kept: list[Candidate]
+class Filtered(Generic[C]):
+    kept: list[C]
     removed: list[Removal]
 
 
 def apply_rules(
-    candidates: Sequence[Candidate],
+    candidates: Sequence[C],
     *,
     purchased: Iterable[str],
     excluded: Iterable[str],
     out_of_stock: Callable[[Sequence[str]], set[str]],
-) -> Filtered:
+) -> Filtered[C]:
     """Drop what a shop must never recommend: bought already, excluded by the caller, sold out.
 
     Items the catalog does not know are kept: a missing catalog entry is no reason to hide
@@ -35,7 +38,7 @@ def apply_rules(
     """
     bought, asked = set(purchased), set(excluded)
     sold_out = out_of_stock([c.item_id for c in candidates])
-    kept: list[Candidate] = []
+    kept: list[C] = []
     removed: list[Removal] = []
     seen: set[str] = set()
     for candidate in candidates:

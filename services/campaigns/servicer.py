@@ -7,7 +7,6 @@ import grpc
 from services.campaigns.rules import apply_rules, eligible_offers
 from services.campaigns.settings import CampaignsSettings
 from services.campaigns.store import CatalogStore
-from services.common.candidates import from_protos, to_protos
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 
 
@@ -21,13 +20,13 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
     ) -> campaigns_pb2.ApplyRulesResponse:
         # In memory and a few dozen candidates: cheaper than a hop to a worker thread.
         filtered = apply_rules(
-            from_protos(request.candidates),
+            request.candidates,
             purchased=list(request.purchased_item_ids),
             excluded=list(request.exclude_item_ids),
             out_of_stock=self._store.out_of_stock,
         )
         return campaigns_pb2.ApplyRulesResponse(
-            candidates=to_protos(filtered.kept),
+            candidates=filtered.kept,
             removed=[
                 campaigns_pb2.Removal(item_id=r.item_id, reason=r.reason) for r in filtered.removed
             ],

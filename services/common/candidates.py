@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from services.gen.recofleet.common.v1 import common_pb2
 
@@ -38,6 +39,23 @@ class Candidate:
             source=message.source,
             sources=dict(message.sources),
         )
+
+
+class CandidateLike(Protocol):
+    """What rules and rankers read of a candidate: a Candidate, or the protobuf message a
+    request carries, used as it is (converting each to a Candidate and back cost more than
+    a ranker's or a rule's own work)."""
+
+    @property
+    def item_id(self) -> str: ...
+    @property
+    def score(self) -> float: ...
+    @property
+    def popularity(self) -> float: ...
+    @property
+    def category(self) -> str: ...
+    @property
+    def source(self) -> str: ...
 
 
 # What a shop can show for the source that argued most for an item (services/retrieval).

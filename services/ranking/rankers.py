@@ -10,7 +10,7 @@ import abc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from services.common.candidates import SOURCE_REASONS, Candidate
+from services.common.candidates import SOURCE_REASONS, CandidateLike
 from services.ranking.settings import BlendWeights, RankingSettings
 
 
@@ -20,9 +20,11 @@ class MemberContext:
     category_weights: Mapping[str, float] = field(default_factory=dict)
     orders: int = 0
 
-    def affinity(self, category: str) -> float:
-        """Share of the member's weighted interactions that went to `category`, in [0, 1]."""
-        total = sum(self.category_weights.values())
+    def affinity(self, category: str, total: float | None = None) -> float:
+        """Share of the member's weighted interactions that went to `category`, in [0, 1]
+        (`total`: their weights' sum, when the caller has it already)."""
+        if total is None:
+            total = sum(self.category_weights.values())
         if not category or total <= 0:
             return 0.0
         return self.category_weights.get(category, 0.0) / total
@@ -41,7 +43,7 @@ class Ranker(abc.ABC):
 
     @abc.abstractmethod
     def rank(
-        self, member: MemberContext, candidates: Sequence[Candidate], placement: str, limit: int
+        self, member: MemberContext, candidates: Sequence[CandidateLike], placement: str, limit: int
     ) -> list[RankedItem]:
         """The best `limit` candidates for the member, best first."""
 
@@ -59,12 +61,13 @@ class BlendRanker(Ranker):
         self._w = weights
 
     def rank(
-        self, member: MemberContext, candidates: Sequence[Candidate], placement: str, limit: int
+        self, member: MemberContext, candidates: Sequence[CandidateLike], placement: str, limit: int
     ) -> list[RankedItem]:
         relevance = _scaled([c.score for c in candidates])
+        total = sum(member.category_weights.values())
         ranked = []
         for candidate, rel in zip(candidates, relevance, strict=True):
-            affinity = member.affinity(candidate.category)
+            affinity = member.affinity(candidate.category, total)
             score = (
                 self._w.relevance * rel
                 + self._w.popularity * candidate.popularity
@@ -92,7 +95,7 @@ def _scaled(values: list[float]) -> list[float]:
 STATED_SOURCES = SOURCE_REASONS.keys() - {"als", "popular"}
 
 
-def _reasons(candidate: Candidate, relevance: float, affinity: float) -> list[str]:
+def _reasons(candidate: CandidateLike, relevance: float, affinity: float) -> list[str]:
     reasons = []
     if candidate.source == "als" and relevance >= 0.5:
         reasons.append("bought by members with similar taste")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import grpc
 
-from services.common.candidates import from_protos
 from services.gen.recofleet.common.v1 import common_pb2
 from services.gen.recofleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
 from services.ranking.rankers import MemberContext, Ranker
@@ -33,7 +32,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
             orders=request.member.orders,
         )
         limit = request.limit or len(request.candidates)
-        ranked = ranker.rank(member, from_protos(request.candidates), request.placement, limit)
+        ranked = ranker.rank(member, request.candidates, request.placement, limit)
         return ranking_pb2.RankResponse(
             model=ranker.name,
             items=[
