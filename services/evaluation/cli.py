@@ -21,8 +21,10 @@ from services.evaluation.models import DEFAULT_MODELS, models_by_name
 from services.evaluation.report import evaluate, write_report
 
 SPLITS = {"temporal": "temporal", "last-basket": "last_basket", "random": "random"}
-# `--data store`: the interactions the fleet's retrieval service recorded.
+# `--data store`: the interactions the fleet's retrieval service recorded; `--data bus`:
+# what the event bus still holds.
 STORE = "store"
+BUS = "bus"
 DEFAULT_LAST_DAYS = 30.0
 SUMMARY_METRICS = ("ndcg", "recall", "hit_rate")
 SUMMARY_MODES = (("models", ""), ("models_excluding_bought", " excl."))
@@ -42,7 +44,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--data",
         type=Path,
         metavar="FILE",
-        help="one data set to split; 'store' reads the fleet's retrieval store",
+        help="one data set to split; 'store' reads the fleet's retrieval store, 'bus' what "
+        "the fleet's event bus still holds",
     )
     source.add_argument(
         "--format", choices=("auto", *KINDS), default="auto", help="data format (default: auto)"
@@ -205,8 +208,8 @@ def _data_and_split(
 ) -> tuple[Dataset, splits.Split]:
     """Read the data and split it (or read both parts); records the seconds of each step."""
     started = time.perf_counter()
-    if args.data is not None and str(args.data) == STORE:
-        dataset = _read_store()
+    if args.data is not None and str(args.data) in (STORE, BUS):
+        dataset = _read_store() if str(args.data) == STORE else _read_bus()
         timings["read_seconds"] = time.perf_counter() - started
         split = split_dataset(dataset, args)
     elif args.data is not None:
@@ -222,6 +225,21 @@ def _data_and_split(
         dataset = _merged(train, test)
     timings["split_seconds"] = time.perf_counter() - started - timings["read_seconds"]
     return dataset, split
+
+
+def _read_bus() -> Dataset:
+    """The fleet's event bus, found as the services find it (RECOFLEET_BUS and its
+    settings), read from the earliest record it keeps without moving any service."""
+    from services.common.bus import open_bus
+    from services.common.settings import FleetSettings
+    from services.evaluation.bus_data import read_bus
+
+    fleet = FleetSettings()
+    bus = open_bus(fleet)
+    try:
+        return read_bus(bus, bus.location())
+    finally:
+        bus.close()
 
 
 def _read_store() -> Dataset:

@@ -105,6 +105,11 @@ class EventBus(abc.ABC):
         """Whether publishing can work right now (storage writable, brokers reachable)."""
         return True
 
+    def drop_group(self, group: str) -> None:
+        """Forget a group that never committed (a reader's own, closed): by default nothing
+        to do, as a Kafka cluster expires groups without offsets by itself."""
+        return None
+
     def location(self) -> str:
         """Where the records live, in words (a log directory, a cluster's brokers)."""
         return type(self).__name__

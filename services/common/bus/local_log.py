@@ -67,6 +67,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import struct
 import threading
 import time
@@ -650,6 +651,12 @@ class LocalLogBus(EventBus):
         with self._lock:
             self._consumers.add(consumer)
         return consumer
+
+    def drop_group(self, group: str) -> None:
+        """Remove the folder of a group that never committed (its lock file alone)."""
+        group_dir = self.group_dir(_check_name("group", group))
+        if group_dir.is_dir() and {p.name for p in group_dir.iterdir()} <= {".lock"}:
+            shutil.rmtree(group_dir, ignore_errors=True)
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         """Offset after the last record per partition ({} while the topic does not exist);
