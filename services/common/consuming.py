@@ -208,7 +208,7 @@ class BusWorker:
 
         return Retrying(
             retry=retry_if_exception(transient),
-            wait=wait_exponential_jitter(initial=0.1, max=self._max_backoff_s),
+            wait=wait_exponential_jitter(multiplier=0.1, max=self._max_backoff_s, jitter=0.1),
             stop=stop_when_event_set(self._stop),
             sleep=self._pause_for,
             before_sleep=pause,

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from services.common.candidates import Candidate
 from services.common.events import CatalogItem
 from services.retrieval import sources
 from services.retrieval.activity import ActivityCache
+from services.retrieval.answers import AnswerCache
 from services.retrieval.catalog_view import CatalogView
 from services.retrieval.fusion import Fused, fuse
 from services.retrieval.model import CorruptModel, RetrievalModel
@@ -70,6 +72,11 @@ class Retriever:
         self.activity = ActivityCache(
             lambda m: store.member_activity(m, settings.history_limit), settings.activity_members
         )
+        # Filled and read by the servicer (what it keeps is its answers); emptied here, by
+        # what changes them.
+        self.answers: AnswerCache[Any] = AnswerCache(
+            settings.answer_cache_size, settings.answer_cache_ttl_s
+        )
 
     @property
     def inline(self) -> bool:
@@ -105,15 +112,19 @@ class Retriever:
                 log.error("refused retrieval model %s: %s; serving the last one", version, exc)
                 return False
             self._model = loaded  # one reference swap: calls in flight finish on the old model
+        self.answers.clear()
         log.info("serving retrieval model %s (%d items)", version, loaded.item_count)
         return True
 
     # What the consumer tells the server, after each batch is committed.
     def members_changed(self, member_ids: Iterable[str]) -> None:
-        self.activity.touched(member_ids)
+        members = list(member_ids)
+        self.activity.touched(members)
+        self.answers.touched(members)
 
     def catalog_changed(self, items: Sequence[CatalogItem]) -> None:
         self.catalog.update(items)
+        self.answers.clear()
 
     def candidates(self, request: CandidateRequest) -> Answer:
         model = self.model

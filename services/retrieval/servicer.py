@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from services.common.candidates import to_protos
 from services.common.db import served
@@ -42,7 +43,9 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             exclude=list(request.exclude_item_ids),
             category=request.category,
         )
-        return await _answer(context, self._retriever, self._retriever.candidates, wanted)
+        return await _answer(
+            context, self._retriever, request, request.member_id, self._retriever.candidates, wanted
+        )
 
     async def GetSimilarItems(
         self, request: retrieval_pb2.GetSimilarItemsRequest, context: grpc.aio.ServicerContext
@@ -53,6 +56,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         return await _answer(
             context,
             self._retriever,
+            request,
+            "",
             self._retriever.similar,
             request.item_id,
             limit,
@@ -66,6 +71,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         return await _answer(
             context,
             self._retriever,
+            request,
+            "",
             self._retriever.popular,
             limit,
             list(request.exclude_item_ids),
@@ -206,15 +213,27 @@ async def _limit(requested: int, context: grpc.aio.ServicerContext) -> int:
 async def _answer(
     context: grpc.aio.ServicerContext,
     retriever: Retriever,
+    request: Message,
+    member_id: str,
     call: Callable[..., Answer],
     *args: object,
 ) -> retrieval_pb2.CandidatesResponse:
+    """The answer to `request`: kept from an earlier one until the member's next event (or
+    the catalog, or the model) changes it, else `call(*args)`."""
+    answers = retriever.answers
+    key = (type(request).__name__, request.SerializeToString(deterministic=True))
+    kept = answers.get(member_id, key)
+    if kept is not None:
+        return kept
+    started = answers.generation()
     try:
         answer = await served(retriever.inline, call, *args)
     except NoModel as exc:
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-    return retrieval_pb2.CandidatesResponse(
+    response = retrieval_pb2.CandidatesResponse(
         candidates=to_protos(answer.candidates),
         model_version=answer.model_version,
         personalized=answer.personalized,
     )
+    answers.put(member_id, key, response, started)
+    return response

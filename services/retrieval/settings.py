@@ -105,6 +105,15 @@ class RetrievalSettings(BaseSettings):
         description="Members whose latest interactions are kept in memory (least recently "
         "asked for go first).",
     )
+    answer_cache_size: int = Field(
+        default=10_000,
+        ge=0,
+        description="Answers kept until the member's next event, a catalog change or a new "
+        "model (about 6 KiB each with 40 candidates; 0: none kept).",
+    )
+    answer_cache_ttl_s: float = Field(
+        default=60.0, gt=0, description="Longest an answer is kept even when nothing changed."
+    )
     reload_interval_s: float = Field(
         default=2.0, gt=0, description="How often to look for a newer model."
     )

@@ -318,3 +318,29 @@ async def test_model_rpcs_without_a_model_store_are_unimplemented(served) -> Non
         await servicer.ListModels(retrieval_pb2.ListModelsRequest(), Context())
 
     assert caught.value.code == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_a_kept_answer_gives_way_to_the_members_next_event_and_a_new_model(
+    served, store: SqlInteractionStore
+) -> None:
+    servicer, retriever, _ = served
+    ask = retrieval_pb2.GetCandidatesRequest(member_id="m-1", limit=5, placement="home")
+    first = await servicer.GetCandidates(ask, Context())
+    assert await servicer.GetCandidates(ask, Context()) is first  # kept, not computed again
+
+    bought = first.candidates[0].item_id
+    store.apply_events([Event(event_id="e-new", type="purchase", member_id="m-1", item_id=bought)])
+    retriever.members_changed(["m-1"])  # what the consumer says after committing the batch
+    after = await servicer.GetCandidates(ask, Context())
+    assert after is not first
+    # ALS no longer proposes what the member now owns; buy-again may.
+    assert after.candidates[0].item_id != bought or after.candidates[0].source == "buy_again"
+
+    other = await servicer.GetCandidates(
+        retrieval_pb2.GetCandidatesRequest(member_id="m-2", limit=5), Context()
+    )
+    await servicer.RollbackModel(retrieval_pb2.RollbackModelRequest(), Context())
+    rolled = await servicer.GetCandidates(
+        retrieval_pb2.GetCandidatesRequest(member_id="m-2", limit=5), Context()
+    )
+    assert rolled.model_version != other.model_version
