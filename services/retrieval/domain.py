@@ -12,7 +12,6 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 
@@ -74,7 +73,7 @@ class Retriever:
         )
         # Filled and read by the servicer (what it keeps is its answers); emptied here, by
         # what changes them.
-        self.answers: AnswerCache[Any] = AnswerCache(
+        self.answers: AnswerCache[bytes] = AnswerCache(
             settings.answer_cache_size, settings.answer_cache_ttl_s
         )
 

@@ -224,7 +224,8 @@ async def _answer(
     key = (type(request).__name__, request.SerializeToString(deterministic=True))
     kept = answers.get(member_id, key)
     if kept is not None:
-        return kept
+        # Kept serialised: a third of the memory of the message object.
+        return retrieval_pb2.CandidatesResponse.FromString(kept)
     started = answers.generation()
     try:
         answer = await served(retriever.inline, call, *args)
@@ -235,5 +236,5 @@ async def _answer(
         model_version=answer.model_version,
         personalized=answer.personalized,
     )
-    answers.put(member_id, key, response, started)
+    answers.put(member_id, key, response.SerializeToString(), started)
     return response
