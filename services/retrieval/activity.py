@@ -17,14 +17,43 @@ from services.retrieval.store import Activity
 Loader = Callable[[str], list[Activity]]
 
 
+class MemberMarks:
+    """Which members changed, and when, in generations: what a cache needs to refuse a value
+    computed from lines that changed while it was computed. Not thread-safe: its cache's
+    lock guards it."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = max(capacity, 1)
+        self._touched: dict[str, int] = {}
+        self.generation = 0
+        self._forgot_all_at = 0
+
+    def mark(self, member_ids: Iterable[str]) -> None:
+        self.generation += 1
+        for member_id in member_ids:
+            self._touched[member_id] = self.generation
+        if len(self._touched) > 4 * self._capacity:
+            # Forget who was touched when; values computed before now are not kept.
+            self.forget_all()
+
+    def forget_all(self) -> None:
+        self.generation += 1
+        self._forgot_all_at = self.generation
+        self._touched.clear()
+
+    def fresh(self, member_id: str, started: int) -> bool:
+        """Whether a value of the member's computed from generation `started` is current."""
+        if started < self._forgot_all_at:
+            return False
+        return self._touched.get(member_id, 0) <= started
+
+
 class ActivityCache:
     def __init__(self, load: Loader, capacity: int) -> None:
         self._load = load
         self._capacity = capacity
         self._lines: OrderedDict[str, list[Activity]] = OrderedDict()
-        self._touched: dict[str, int] = {}
-        self._generation = 0
-        self._forgot_all_at = 0
+        self._marks = MemberMarks(capacity)
         self._lock = threading.Lock()
 
     def get(self, member_id: str) -> list[Activity]:
@@ -33,10 +62,10 @@ class ActivityCache:
             if lines is not None:
                 self._lines.move_to_end(member_id)
                 return lines
-            started = self._generation
+            started = self._marks.generation
         lines = self._load(member_id)
         with self._lock:
-            if self._fresh(member_id, started):
+            if self._marks.fresh(member_id, started):
                 self._lines[member_id] = lines
                 while len(self._lines) > self._capacity:
                     self._lines.popitem(last=False)
@@ -44,27 +73,16 @@ class ActivityCache:
 
     def touched(self, member_ids: Iterable[str]) -> None:
         """These members' lines changed in the store (new events, a link, an erasure)."""
+        members = list(member_ids)
         with self._lock:
-            self._generation += 1
-            for member_id in member_ids:
+            self._marks.mark(members)
+            for member_id in members:
                 self._lines.pop(member_id, None)
-                self._touched[member_id] = self._generation
-            if len(self._touched) > 4 * self._capacity:
-                # Forget who was touched when; loads in flight then are not kept.
-                self._touched.clear()
-                self._forgot_all_at = self._generation
 
     def clear(self) -> None:
         with self._lock:
-            self._generation += 1
-            self._forgot_all_at = self._generation
+            self._marks.forget_all()
             self._lines.clear()
-            self._touched.clear()
 
     def __len__(self) -> int:
         return len(self._lines)
-
-    def _fresh(self, member_id: str, started: int) -> bool:
-        if started < self._forgot_all_at:
-            return False
-        return self._touched.get(member_id, 0) <= started

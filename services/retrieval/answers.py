@@ -21,6 +21,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
+from services.retrieval.activity import MemberMarks
+
 V = TypeVar("V")
 
 
@@ -33,9 +35,7 @@ class AnswerCache(Generic[V]):
         self._clock = clock
         self._answers: OrderedDict[tuple[str, Hashable], tuple[float, V]] = OrderedDict()
         self._by_member: dict[str, set[Hashable]] = {}
-        self._touched: dict[str, int] = {}
-        self._generation = 0
-        self._forgot_all_at = 0
+        self._marks = MemberMarks(capacity)
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -46,7 +46,8 @@ class AnswerCache(Generic[V]):
 
     def generation(self) -> int:
         """Read before computing an answer, passed to `put` with it."""
-        return self._generation
+        with self._lock:
+            return self._marks.generation
 
     def get(self, member_id: str, key: Hashable) -> V | None:
         with self._lock:
@@ -62,7 +63,7 @@ class AnswerCache(Generic[V]):
         if not self.enabled:
             return
         with self._lock:
-            if started < self._forgot_all_at or self._touched.get(member_id, 0) > started:
+            if not self._marks.fresh(member_id, started):
                 return  # computed from what changed meanwhile
             self._answers[(member_id, key)] = (self._clock() + self._ttl_s, answer)
             self._answers.move_to_end((member_id, key))
@@ -73,24 +74,19 @@ class AnswerCache(Generic[V]):
 
     def touched(self, member_ids: Iterable[str]) -> None:
         """These members' lines changed in the store: their answers go."""
+        members = list(member_ids)
         with self._lock:
-            self._generation += 1
-            for member_id in member_ids:
+            self._marks.mark(members)
+            for member_id in members:
                 for key in self._by_member.pop(member_id, ()):
                     self._answers.pop((member_id, key), None)
-                self._touched[member_id] = self._generation
-            if len(self._touched) > 4 * max(self._capacity, 1):
-                self._touched.clear()
-                self._forgot_all_at = self._generation
 
     def clear(self) -> None:
         """Everything an answer depends on may have changed (catalog, model)."""
         with self._lock:
-            self._generation += 1
-            self._forgot_all_at = self._generation
+            self._marks.forget_all()
             self._answers.clear()
             self._by_member.clear()
-            self._touched.clear()
 
     def __len__(self) -> int:
         return len(self._answers)
