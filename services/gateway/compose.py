@@ -97,6 +97,31 @@ class Trip:
     degraded: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Asked:
+    """What a recommendation request asks for."""
+
+    member_id: str
+    placement: str
+    limit: int
+    context_item: str | None
+    exclude: list[str]
+
+    def answer(
+        self, items: list[RankedEntry], model: str, degraded: list[str], personalized: bool = True
+    ) -> Recommendation:
+        return Recommendation(
+            recommendation_id=f"r-{uuid.uuid4()}",
+            member_id=self.member_id,
+            placement=self.placement,
+            items=items,
+            model=model,
+            degraded=bool(degraded),
+            degraded_services=degraded,
+            personalized=personalized,
+        )
+
+
 # The services a recommendation calls, each behind a breaker of its own.
 COMPOSED = ("profiles", "retrieval", "campaigns", "ranking")
 
@@ -161,26 +186,22 @@ class Composer:
         context_item: str | None,
         exclude: list[str],
     ) -> Recommendation:
+        asked = Asked(member_id, placement, limit, context_item, exclude)
         if self.in_flight.full:
-            return self._overloaded(member_id, placement, limit, context_item, exclude)
+            return self._overloaded(asked)
         with self.in_flight:
-            return await self._recommend(member_id, placement, limit, context_item, exclude)
+            return await self._recommend(asked)
 
-    async def _recommend(
-        self,
-        member_id: str,
-        placement: str,
-        limit: int,
-        context_item: str | None,
-        exclude: list[str],
-    ) -> Recommendation:
+    async def _recommend(self, asked: Asked) -> Recommendation:
         trip = self._trip()
-        wanted = limit * self._s.candidate_factor
+        member_id, placement = asked.member_id, asked.placement
         # Profile and candidates at once: the candidates are thrown away, unseen, when the
         # profile says the member withdrew consent (rare), which costs less than waiting.
         ahead = Trip(trip.budget)
-        asked = asyncio.ensure_future(
-            self._candidates(ahead, member_id, context_item, wanted, exclude, placement)
+        coming = asyncio.ensure_future(
+            self._candidates(
+                ahead, member_id, asked.context_item, self._wanted(asked), asked.exclude, placement
+            )
         )
         profile = await self._call(
             "profiles",
@@ -189,96 +210,56 @@ class Composer:
             partial(self.profile, member_id, view=profiles_pb2.PROFILE_VIEW_BASIC),
         )
         if not personalizable(profile):
-            asked.cancel()
-            return await self._impersonal(trip, member_id, placement, limit, context_item, exclude)
+            coming.cancel()
+            return await self._impersonal(trip, asked)
         assert profile is not None
-        candidates, version = await asked
+        candidates, version = await coming
         trip.degraded.extend(ahead.degraded)
-        kept = await self._rules(trip, member_id, placement, candidates, [], exclude)
-        items, ranker = await self._rank(trip, profile, member_id, placement, kept, limit)
-        return Recommendation(
-            recommendation_id=f"r-{uuid.uuid4()}",
-            member_id=member_id,
-            placement=placement,
-            items=items,
-            model=f"{ranker}+als@{version}" if version else ranker,
-            degraded=bool(trip.degraded),
-            degraded_services=trip.degraded,
-        )
+        kept = await self._rules(trip, member_id, placement, candidates, [], asked.exclude)
+        items, ranker = await self._rank(trip, profile, member_id, placement, kept, asked.limit)
+        model = f"{ranker}+als@{version}" if version else ranker
+        return asked.answer(items, model, trip.degraded)
 
-    def _overloaded(
-        self,
-        member_id: str,
-        placement: str,
-        limit: int,
-        context_item: str | None,
-        exclude: list[str],
-    ) -> Recommendation:
+    def _wanted(self, asked: Asked) -> int:
+        """Candidates to ask for: enough to survive the rules."""
+        return asked.limit * self._s.candidate_factor
+
+    def _overloaded(self, asked: Asked) -> Recommendation:
         """The cheapest valid answer, with no call at all: the shop's popular items."""
         DEGRADED.labels("gateway").inc()
-        banned = {*exclude, *([context_item] if context_item else [])}
+        banned = {*asked.exclude, *([asked.context_item] if asked.context_item else [])}
         stand_in = [c for c in self.popular.candidates if c.item_id not in banned]
-        return Recommendation(
-            recommendation_id=f"r-{uuid.uuid4()}",
-            member_id=member_id,
-            placement=placement,
-            items=[_entry(c) for c in stand_in[:limit]],
-            model=f"popular@{self.popular.version}" if self.popular.version else "popular",
-            degraded=True,
-            degraded_services=["gateway"],
-            personalized=False,
-        )
+        version = self.popular.version
+        items = [_entry(c) for c in stand_in[: asked.limit]]
+        model = f"popular@{version}" if version else "popular"
+        return asked.answer(items, model, ["gateway"], personalized=False)
 
-    async def _impersonal(
-        self,
-        trip: Trip,
-        member_id: str,
-        placement: str,
-        limit: int,
-        context_item: str | None,
-        exclude: list[str],
-    ) -> Recommendation:
+    async def _impersonal(self, trip: Trip, asked: Asked) -> Recommendation:
         """What anyone would get here: the item in view's neighbours or the shop's popular
         items, nothing of the member's (no consent, or none could be checked)."""
-        wanted = limit * self._s.candidate_factor
         candidates, version = await self._candidates(
-            trip, None, context_item, wanted, exclude, placement
+            trip, None, asked.context_item, self._wanted(asked), asked.exclude, asked.placement
         )
-        kept = await self._rules(trip, "", placement, candidates, [], exclude)
-        items = [_entry(c) for c in sorted(kept, key=lambda c: -c.score)[:limit]]
-        return Recommendation(
-            recommendation_id=f"r-{uuid.uuid4()}",
-            member_id=member_id,
-            placement=placement,
-            items=items,
-            model=f"non-personalized+als@{version}" if version else "non-personalized",
-            degraded=bool(trip.degraded),
-            degraded_services=trip.degraded,
-            personalized=False,
-        )
+        kept = await self._rules(trip, "", asked.placement, candidates, [], asked.exclude)
+        items = [_entry(c) for c in sorted(kept, key=lambda c: -c.score)[: asked.limit]]
+        model = f"non-personalized+als@{version}" if version else "non-personalized"
+        return asked.answer(items, model, trip.degraded, personalized=False)
 
     async def similar(self, item_id: str, limit: int) -> Recommendation:
+        asked = Asked("", "product", limit, item_id, [item_id])
         if self.in_flight.full:
-            return self._overloaded("", "product", limit, item_id, [item_id])
+            return self._overloaded(asked)
         with self.in_flight:
-            return await self._similar(item_id, limit)
+            return await self._similar(asked)
 
-    async def _similar(self, item_id: str, limit: int) -> Recommendation:
+    async def _similar(self, asked: Asked) -> Recommendation:
         trip = self._trip()
         candidates, version = await self._candidates(
-            trip, None, item_id, limit * self._s.candidate_factor, [item_id], "product"
+            trip, None, asked.context_item, self._wanted(asked), asked.exclude, asked.placement
         )
-        kept = await self._rules(trip, "", "product", candidates, [], [item_id])
-        items = [_entry(c) for c in kept[:limit]]
-        return Recommendation(
-            recommendation_id=f"r-{uuid.uuid4()}",
-            member_id="",
-            placement="product",
-            items=items,
-            model=f"als@{version}" if version else "popular",
-            degraded=bool(trip.degraded),
-            degraded_services=trip.degraded,
-        )
+        kept = await self._rules(trip, "", asked.placement, candidates, [], asked.exclude)
+        items = [_entry(c) for c in kept[: asked.limit]]
+        return asked.answer(items, f"als@{version}" if version else "popular", trip.degraded)
 
     async def _candidates(
         self,
