@@ -33,6 +33,7 @@ from sqlalchemy import (
     select,
     union_all,
 )
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.sql import CompoundSelect, Select
 
 from services.common.catalog import catalog_table, load_items, save_items
@@ -390,8 +391,7 @@ class SqlProfileStore(ProfileStore):
                 key=lambda t: t.tag,
             )
             if rows[0].consent_at is not None:
-                values = rows[0]._mapping
-                choices = {k: bool(values[k]) for k in CONSENT_KEYS if values[k] is not None}
+                choices = _choices_of(rows[0]._mapping)
                 profile.consent, profile.consent_at = choices, _utc(rows[0].consent_at)
             purchased = []
             for key, *stat in conn.execute(HOLDINGS_QUERIES[purchases], wanted):
@@ -696,10 +696,13 @@ def _consent_choices(
     found: dict[str, tuple[dict[str, bool], datetime]] = {}
     rows = conn.execute(select(member_consent).where(member_consent.c.member_id.in_(member_ids)))
     for row in rows:
-        values = row._mapping
-        choices = {k: bool(values[k]) for k in CONSENT_KEYS if values[k] is not None}
-        found[row.member_id] = (choices, _utc(row.updated_at))
+        found[row.member_id] = (_choices_of(row._mapping), _utc(row.updated_at))
     return found
+
+
+def _choices_of(values: RowMapping) -> dict[str, bool]:
+    """The consent choices a row holds (NULL: no choice, the default applies)."""
+    return {k: bool(values[k]) for k in CONSENT_KEYS if values[k] is not None}
 
 
 def _move_rows(conn: Connection, visitor_id: str, member_id: str) -> None:
