@@ -29,6 +29,7 @@ from services.common.grpc_server import configure_logging
 from services.common.migrations import OutdatedSchema
 from services.common.settings import FleetSettings
 from services.evaluation import cli as evaluation_cli
+from services.evaluation.bus_data import bus_events
 from services.gateway.access_keys import (
     ENV_KEY_ID,
     SCOPE_MEANINGS,
@@ -50,6 +51,7 @@ from services.profiles import discovery
 from services.profiles.portrait import Portraitist
 from services.profiles.settings import ProfilesSettings
 from services.profiles.store import SqlProfileStore
+from services.ranking.settings import RankingSettings
 from services.retrieval.server import interaction_worker, open_models, open_store
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.training import NotEnoughData, train
@@ -126,6 +128,44 @@ def cmd_train(fleet: FleetSettings, force: bool, catch_up: bool | None) -> None:
             )
     else:
         print(f"model {outcome.version} is current for this data; not retrained (--force to)")
+
+
+def cmd_train_ranker(fleet: FleetSettings) -> int:
+    """Train the learned ranker on every event the bus keeps; publish it as a version."""
+    # Imported here: LightGBM takes over a second to import, which the other commands
+    # need not pay.
+    from services.ranking.ltr import NotEnoughData as TooFewGroups
+    from services.ranking.training import train_ranker
+
+    bus = open_bus(fleet)
+    try:
+        events = bus_events(bus)
+    finally:
+        bus.close()
+    print(f"read {len(events):,} events from the bus")
+    try:
+        trained = train_ranker(fleet, RankingSettings(), events)
+    except TooFewGroups as exc:
+        print(f"recofleet train-ranker: {exc}", file=sys.stderr)
+        return 1
+    meta = trained.meta
+    scored = meta["metrics"][next(k for k in meta["metrics"] if k.startswith("validation_ndcg"))]
+    source = meta["trained_from"]
+    why = (
+        "logged impressions and their outcomes"
+        if source == "impressions"
+        else "interactions with sampled negatives: no impressions with outcomes logged yet"
+    )
+    print(f"trained ltr {trained.version} in {trained.seconds:.1f}s from {why}")
+    print(
+        f"validation NDCG@10 (the newest fifth of the groups): ltr {scored['ltr']}, "
+        f"{meta['metrics']['baseline']} order {scored['baseline']} (gain {scored['gain']:+})"
+    )
+    print(
+        "not served yet: activate it with POST /v1/models/ltr/activate, or name it in an "
+        "experiment's variant (docs/models.md)"
+    )
+    return 0
 
 
 def cmd_dead_letters(fleet: FleetSettings, action: str, dry_run: bool) -> None:
@@ -340,13 +380,16 @@ def main(argv: list[str] | None = None) -> int:
     letters = commands.add_parser("dead-letters", help="list or replay records consumers refused")
     letters.add_argument("action", choices=["list", "replay"])
     letters.add_argument("--dry-run", action="store_true", help="replay: only say what would go")
+    commands.add_parser(
+        "train-ranker", help="train the learned ranker (ltr) on the bus's events, as a version"
+    )
     up = commands.add_parser("up", help="load-sample, train, run")
     up.add_argument("--source", type=Path, help="Online Retail CSV (default: bundled sample)")
     _keys_parser(commands)
     _segments_parser(commands)
     evaluation_cli.add_parser(commands)
     args = parser.parse_args(argv)
-    if args.command == "evaluate":
+    if args.command in evaluation_cli.COMMANDS:
         return evaluation_cli.run(args)
 
     fleet = FleetSettings()
@@ -358,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_load_sample(fleet, args.source, getattr(args, "redate", None))
         if args.command == "train":
             cmd_train(fleet, args.force, args.catch_up)
+        if args.command == "train-ranker":
+            return cmd_train_ranker(fleet)
         if args.command == "up":
             # The fleet is not running yet: the trainer may take the retrieval group's place.
             cmd_train(fleet, force=False, catch_up=True)

@@ -48,6 +48,14 @@ def read_bus(bus: EventBus, source: str, idle_polls: int = 3) -> Dataset:
     return Dataset("event-bus", source, by_time(rows), read.categories, dropped=dropped)
 
 
+def bus_events(bus: EventBus, idle_polls: int = 3) -> list[AnyEvent]:
+    """Every event on the bus, oldest first, without those of erased members from before
+    their erasure (what `recofleet train-ranker` learns from)."""
+    read = _drain(bus, idle_polls)
+    kept = [e for e in read.events if not _erased(e, read.erased)]
+    return sorted(kept, key=lambda e: e.timestamp)
+
+
 def _drain(bus: EventBus, idle_polls: int) -> _Read:
     ends = {t: bus.end_offsets(t) for t in TOPICS}
     seen: dict[tuple[str, int], int] = {}

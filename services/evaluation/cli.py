@@ -1,7 +1,8 @@
-"""`recofleet evaluate`: offline evaluation of the baselines and the fleet's models.
+"""`recofleet evaluate`: offline evaluation of the baselines and the fleet's models, and
+`recofleet evaluate-off-policy`: rankers' click rates estimated from logged bandit feedback.
 
-`add_parser(subparsers)` adds the sub-command to the main argparse parser and `run(args)`
-executes it; `main(argv)` runs it alone (`python -m services.evaluation.cli ...`).
+`add_parser(subparsers)` adds both sub-commands to the main argparse parser and `run(args)`
+executes either; `main(argv)` runs them alone (`python -m services.evaluation.cli ...`).
 """
 
 from __future__ import annotations
@@ -10,15 +11,16 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from services.evaluation import splits
+from services.evaluation import off_policy, splits
 from services.evaluation.baselines import Model
 from services.evaluation.data import KINDS, DataError, Dataset, by_time, read_dataset
 from services.evaluation.models import DEFAULT_MODELS, models_by_name
-from services.evaluation.report import evaluate, write_report
+from services.evaluation.report import evaluate, machine, versions, write_report
 
 SPLITS = {"temporal": "temporal", "last-basket": "last_basket", "random": "random"}
 # `--data store`: the interactions the fleet's retrieval service recorded; `--data bus`:
@@ -28,10 +30,14 @@ BUS = "bus"
 DEFAULT_LAST_DAYS = 30.0
 SUMMARY_METRICS = ("ndcg", "recall", "hit_rate")
 SUMMARY_MODES = (("models", ""), ("models_excluding_bought", " excl."))
+OFF_POLICY = "evaluate-off-policy"
+# The sub-commands `add_parser` adds; `run` executes any of them.
+COMMANDS = ("evaluate", OFF_POLICY)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `evaluate` to an argparse subparsers object; returns its parser."""
+    """Add `evaluate` and `evaluate-off-policy` to an argparse subparsers object; returns the
+    parser of `evaluate`."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "evaluate",
         help="offline evaluation of recommendation models on a data set",
@@ -76,6 +82,77 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="report folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run)
+    add_off_policy_parser(subparsers)
+    return parser
+
+
+def add_off_policy_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add `evaluate-off-policy` (docs/models.md) to an argparse subparsers object."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        OFF_POLICY,
+        help="estimate rankers' click rates from logged bandit feedback (Open Bandit Dataset)",
+        description="Estimate, from the logs of one policy, the click rate other ranking "
+        "policies would get (IPS, self-normalised IPS and doubly robust, each with an "
+        "interval and its effective sample size), print the table and write "
+        "off_policy.json into --out.",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the Open Bandit Dataset's folder (read with --behavior and --campaign), or one "
+        "campaign folder (its log CSV and item_context.csv)",
+    )
+    parser.add_argument(
+        "--behavior",
+        choices=off_policy.BEHAVIORS,
+        default="random",
+        help="logging policy: uniform random or Bernoulli Thompson sampling (default: random)",
+    )
+    parser.add_argument(
+        "--campaign", choices=off_policy.CAMPAIGNS, default="all", help="(default: all)"
+    )
+    parser.add_argument(
+        "--folds",
+        type=_at_least_two,
+        default=off_policy.DEFAULT_FOLDS,
+        metavar="K",
+        help="cross-fitting folds: the reward model and the rankers' click rates of each fold "
+        f"come from the others (default: {off_policy.DEFAULT_FOLDS})",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=off_policy.DEFAULT_SEED,
+        metavar="S",
+        help=f"the folds' draw (default: {off_policy.DEFAULT_SEED})",
+    )
+    parser.add_argument(
+        "--confidence",
+        type=_share,
+        default=off_policy.DEFAULT_CONFIDENCE,
+        metavar="C",
+        help=f"of the intervals (default: {off_policy.DEFAULT_CONFIDENCE})",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=_positive,
+        default=off_policy.DEFAULT_TEMPERATURE,
+        metavar="T",
+        help="of the softened rankers: softmax(standardised scores / T) "
+        f"(default: {off_policy.DEFAULT_TEMPERATURE:g})",
+    )
+    parser.add_argument(
+        "--regularization",
+        type=_positive,
+        default=off_policy.DEFAULT_REGULARIZATION,
+        metavar="C",
+        help="the reward model's inverse L2 strength (default: "
+        f"{off_policy.DEFAULT_REGULARIZATION:g})",
+    )
+    parser.add_argument("--out", type=Path, metavar="DIR", help="write off_policy.json here")
+    parser.set_defaults(handler=run_off_policy)
     return parser
 
 
@@ -118,6 +195,36 @@ def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _at_least_two(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number, not {text!r}") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"at least 2, not {value}")
+    return value
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number, not {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"between 0 and 1 (exclusive), not {value}")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number, not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"a positive number, not {value}")
+    return value
+
+
 def _cutoff(text: str) -> datetime:
     try:
         return datetime.fromisoformat(text)
@@ -129,7 +236,11 @@ def _cutoff(text: str) -> datetime:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Execute `recofleet evaluate`; 0 on success, 1 on bad data, 2 on bad options."""
+    """Execute `recofleet evaluate` (or the sub-command whose handler `args` carries); 0 on
+    success, 1 on bad data, 2 on bad options."""
+    handler = getattr(args, "handler", run)
+    if handler is not run:
+        return int(handler(args))
     problem = _check_options(args)
     if problem:
         print(f"recofleet evaluate: {problem}", file=sys.stderr)
@@ -312,8 +423,50 @@ def _columns(headers: list[str], rows: list[list[str]]) -> str:
     )
 
 
+def run_off_policy(args: argparse.Namespace) -> int:
+    """Execute `recofleet evaluate-off-policy`; 0 on success, 1 on bad data."""
+    steps: dict[str, float] = {}
+    started = time.perf_counter()
+    try:
+        folder = off_policy.campaign_folder(args.data, args.behavior, args.campaign)
+        log = off_policy.read_open_bandit(folder)
+        steps["read_seconds"] = time.perf_counter() - started
+        if log.n_rounds < args.folds:
+            raise DataError(f"{log.source}: {log.n_rounds} rounds, fewer than {args.folds} folds")
+        report = off_policy.evaluate_off_policy(
+            log,
+            folds=args.folds,
+            seed=args.seed,
+            confidence=args.confidence,
+            temperature=args.temperature,
+            regularization=args.regularization,
+        )
+    except DataError as exc:
+        print(f"recofleet {OFF_POLICY}: {exc}", file=sys.stderr)
+        return 1
+    report["timings"] = {**steps, **report["timings"]}
+    report["versions"] = {**versions(), "scikit-learn": _version("scikit-learn")}
+    report["machine"] = machine()
+    report["created_at"] = datetime.now(UTC).isoformat()
+    print(off_policy.format_table(report))
+    if args.out is not None:
+        print(f"wrote {off_policy.write_report(report, args.out)}")
+    print(
+        "wall time: "
+        + ", ".join(f"{k.removesuffix('_seconds')} {v:.1f} s" for k, v in report["timings"].items())
+    )
+    return 0
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`recofleet evaluate` on its own, until the main CLI has the sub-command."""
+    """`recofleet evaluate` and `recofleet evaluate-off-policy` on their own."""
     parser = argparse.ArgumentParser(prog="recofleet")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -24,7 +24,16 @@ from services.gateway.clients import FleetClients
 from services.gateway.compose import Composer
 from services.gateway.limits import RateLimiter
 from services.gateway.responses import complete
-from services.gateway.routers import events, items, members, models, ops, segment, segments
+from services.gateway.routers import (
+    events,
+    experiments,
+    items,
+    members,
+    models,
+    ops,
+    segment,
+    segments,
+)
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -70,7 +79,7 @@ def create_app(
         description="Events in, member profiles, recommendations and offers out.",
         lifespan=lifespan,
     )
-    routers = (events, segment, members, segments, items, models, ops)
+    routers = (events, segment, members, segments, items, models, experiments, ops)
     for router in (module.router for module in routers):
         app.include_router(router)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -39,6 +39,8 @@ T = TypeVar("T")
 # them between messages is done in C, converting them to Python objects and back was a
 # fifth of the gateway's CPU per recommendation.
 Candidates = Sequence[common_pb2.Candidate]
+# What members outside every experiment are in.
+DEFAULT_VARIANT = "default"
 DEGRADED = Counter(
     "recofleet_gateway_degraded_total",
     "Answers that fell back because a service failed or overran its deadline.",
@@ -61,7 +63,9 @@ class Recommendation:
     placement: str
     items: list[RankedEntry]
     model: str
+    # The experiment variant the member is in here; "default" outside any experiment.
     variant: str = "default"
+    experiment_id: str = ""
     degraded: bool = False
     degraded_services: list[str] = field(default_factory=list)
     personalized: bool = True
@@ -108,7 +112,12 @@ class Asked:
     exclude: list[str]
 
     def answer(
-        self, items: list[RankedEntry], model: str, degraded: list[str], personalized: bool = True
+        self,
+        items: list[RankedEntry],
+        model: str,
+        degraded: list[str],
+        personalized: bool = True,
+        ranked: Ranked | None = None,
     ) -> Recommendation:
         return Recommendation(
             recommendation_id=f"r-{uuid.uuid4()}",
@@ -119,7 +128,18 @@ class Asked:
             degraded=bool(degraded),
             degraded_services=degraded,
             personalized=personalized,
+            variant=ranked.variant if ranked else DEFAULT_VARIANT,
+            experiment_id=ranked.experiment_id if ranked else "",
         )
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """What ranking said besides the order."""
+
+    model: str
+    variant: str = DEFAULT_VARIANT
+    experiment_id: str = ""
 
 
 # The services a recommendation calls, each behind a breaker of its own.
@@ -162,9 +182,10 @@ class Composer:
         member_id: str,
         timeout: float | None = None,
         view: profiles_pb2.ProfileView.ValueType = profiles_pb2.PROFILE_VIEW_UNSPECIFIED,
+        recent: int = 0,
     ) -> profiles_pb2.Profile:
         reply = await self._c.profiles.GetProfile(
-            profiles_pb2.GetProfileRequest(member_id=member_id, view=view),
+            profiles_pb2.GetProfileRequest(member_id=member_id, view=view, recent_limit=recent),
             timeout=timeout or self._d.profiles,
         )
         return reply.profile
@@ -207,7 +228,12 @@ class Composer:
             "profiles",
             trip,
             self._d.profiles,
-            partial(self.profile, member_id, view=profiles_pb2.PROFILE_VIEW_BASIC),
+            partial(
+                self.profile,
+                member_id,
+                view=profiles_pb2.PROFILE_VIEW_BASIC,
+                recent=self._s.ranking_recent_items,
+            ),
         )
         if not personalizable(profile):
             coming.cancel()
@@ -216,9 +242,9 @@ class Composer:
         candidates, version = await coming
         trip.degraded.extend(ahead.degraded)
         kept = await self._rules(trip, member_id, placement, candidates, [], asked.exclude)
-        items, ranker = await self._rank(trip, profile, member_id, placement, kept, asked.limit)
-        model = f"{ranker}+als@{version}" if version else ranker
-        return asked.answer(items, model, trip.degraded)
+        items, ranked = await self._rank(trip, profile, member_id, placement, kept, asked.limit)
+        model = f"{ranked.model}+als@{version}" if version else ranked.model
+        return asked.answer(items, model, trip.degraded, ranked=ranked)
 
     def _wanted(self, asked: Asked) -> int:
         """Candidates to ask for: enough to survive the rules."""
@@ -330,14 +356,12 @@ class Composer:
         placement: str,
         candidates: Candidates,
         limit: int,
-    ) -> tuple[list[RankedEntry], str]:
-        member = ranking_pb2.MemberContext(
-            member_id=member_id,
-            category_weights={c.category: c.weight for c in profile.categories} if profile else {},
-            orders=profile.rfm.frequency if profile else 0,
-        )
+    ) -> tuple[list[RankedEntry], Ranked]:
         request = ranking_pb2.RankRequest(
-            member=member, candidates=candidates, placement=placement, limit=limit
+            member=member_context(member_id, profile),
+            candidates=candidates,
+            placement=placement,
+            limit=limit,
         )
         reply = await self._call(
             "ranking",
@@ -347,9 +371,9 @@ class Composer:
         )
         if reply is None:
             ordered = sorted(candidates, key=lambda c: -c.score)[:limit]
-            return [_entry(c) for c in ordered], "retrieval-order"
+            return [_entry(c) for c in ordered], Ranked("retrieval-order")
         items = [RankedEntry(i.item_id, i.score, list(i.reasons), i.category) for i in reply.items]
-        return items, reply.model
+        return items, Ranked(reply.model, reply.variant or DEFAULT_VARIANT, reply.experiment_id)
 
     async def _call(
         self,
@@ -377,6 +401,28 @@ class Composer:
     def _degrade(service: str, trip: Trip) -> None:
         DEGRADED.labels(service).inc()
         trip.degraded.append(service)
+
+
+def member_context(
+    member_id: str, profile: profiles_pb2.Profile | None
+) -> ranking_pb2.MemberContext:
+    """What ranking knows of the member: the portrait's figures a ranker may use."""
+    if profile is None:
+        return ranking_pb2.MemberContext(member_id=member_id)
+    rfm, price = profile.rfm, profile.price
+    return ranking_pb2.MemberContext(
+        member_id=member_id,
+        category_weights={c.category: c.weight for c in profile.categories},
+        orders=rfm.frequency,
+        r_score=rfm.r_score,
+        f_score=rfm.f_score,
+        m_score=rfm.m_score,
+        price_band=price.band,
+        price_percentile=price.percentile if price.HasField("percentile") else None,
+        affinities={a.category: a.share for a in profile.affinities},
+        lifecycle=profile.lifecycle,
+        recent_item_ids=[r.item_id for r in profile.recent_items],
+    )
 
 
 def _entry(candidate: common_pb2.Candidate) -> RankedEntry:

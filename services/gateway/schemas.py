@@ -35,7 +35,13 @@ class RecommendationsOut(BaseModel):
     placement: str
     items: list[ItemOut]
     model: str
-    variant: str
+    variant: str = Field(
+        description="The experiment variant that ranked the answer (log it with clicks to "
+        "attribute them); `default` outside every experiment."
+    )
+    experiment_id: str | None = Field(
+        default=None, description="The running experiment that chose the ranker, if any."
+    )
     degraded: bool
     degraded_services: list[str] = Field(
         default_factory=list,
@@ -57,6 +63,7 @@ class RecommendationsOut(BaseModel):
             items=[ItemOut.of(i) for i in rec.items],
             model=rec.model,
             variant=rec.variant,
+            experiment_id=rec.experiment_id or None,
             degraded=rec.degraded,
             degraded_services=rec.degraded_services,
             personalized=rec.personalized,

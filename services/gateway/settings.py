@@ -56,6 +56,13 @@ class GatewaySettings(BaseSettings):
     candidate_factor: int = Field(
         default=4, ge=1, description="Candidates fetched per item asked, to survive the rules."
     )
+    ranking_recent_items: int = Field(
+        default=20,
+        ge=0,
+        le=200,
+        description="The member's latest items passed to the ranker (the learned ranker's "
+        "co-view, co-buy and seen-recently features read them).",
+    )
     max_limit: int = Field(default=100, ge=1)
     max_body_bytes: int = Field(
         default=5_000_000,

@@ -49,7 +49,7 @@ class ProfilesServicer(profiles_pb2_grpc.ProfilesServiceServicer):
         if not request.member_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "member_id is required")
         basic = request.view == profiles_pb2.PROFILE_VIEW_BASIC
-        limit = 0 if basic else request.recent_limit or self._default_recent
+        limit = request.recent_limit if basic else request.recent_limit or self._default_recent
         # One trip to a worker thread for everything (none on an embedded store): the hops,
         # not the work, dominated.
         profile = await served(

@@ -7,11 +7,11 @@ returns them in the order to show, each with the reasons a shop can display.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from services.common.candidates import SOURCE_REASONS, CandidateLike
-from services.ranking.settings import BlendWeights, RankingSettings
+from services.ranking.settings import BlendWeights
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,17 @@ class MemberContext:
     member_id: str
     category_weights: Mapping[str, float] = field(default_factory=dict)
     orders: int = 0
+    # RFM scores 1-5, 0 when unknown.
+    r_score: int = 0
+    f_score: int = 0
+    m_score: int = 0
+    price_band: str = ""
+    price_percentile: float | None = None
+    # Category -> share of the member's time-decayed weight (the portrait's affinities).
+    affinities: Mapping[str, float] = field(default_factory=dict)
+    lifecycle: str = ""
+    # The member's latest items, newest first.
+    recent_items: Sequence[str] = ()
 
     def affinity(self, category: str, total: float | None = None) -> float:
         """Share of the member's weighted interactions that went to `category`, in [0, 1]
@@ -106,16 +117,3 @@ def _reasons(candidate: CandidateLike, relevance: float, affinity: float) -> lis
     if candidate.popularity >= 0.5 or candidate.source == "popular":
         reasons.append("popular in the shop")
     return reasons or ["picked for you"]
-
-
-RankerFactory = Callable[[RankingSettings], Ranker]
-RANKERS: dict[str, RankerFactory] = {"blend": lambda settings: BlendRanker(settings.blend)}
-
-
-def build_rankers(settings: RankingSettings) -> dict[str, Ranker]:
-    """Every registered ranker, built once; fails fast when the default is unknown."""
-    if settings.default_ranker not in RANKERS:
-        raise ValueError(
-            f"unknown default ranker '{settings.default_ranker}'; known: {sorted(RANKERS)}"
-        )
-    return {name: factory(settings) for name, factory in RANKERS.items()}

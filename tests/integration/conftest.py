@@ -166,7 +166,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFleet]:
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 # Services with a database of their own: each gets a schema of its own on PostgreSQL.
-STORED = ("profiles", "retrieval", "campaigns", "gateway")
+STORED = ("profiles", "retrieval", "campaigns", "gateway", "ranking")
 
 
 @contextlib.contextmanager

@@ -125,4 +125,12 @@ Table(
     Column("revoked_at", DateTime(timezone=True)),
 )
 
-SCHEMAS = {"profiles": profiles, "retrieval": retrieval, "campaigns": campaigns, "gateway": gateway}
+# Ranking kept nothing then.
+ranking = MetaData()
+SCHEMAS = {
+    "profiles": profiles,
+    "retrieval": retrieval,
+    "campaigns": campaigns,
+    "gateway": gateway,
+    "ranking": ranking,
+}

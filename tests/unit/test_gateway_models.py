@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from services.gateway.access_keys import SqlAccessKeyStore, create_key
+from services.gen.recofleet.ranking.v1 import ranking_pb2
 from services.gen.recofleet.retrieval.v1 import retrieval_pb2
 from tests.unit.test_gateway_http import (
     ADMIN_KEY,
@@ -77,9 +78,18 @@ class FakeRetrieval:
         )
 
 
+class FakeRanking:
+    """The blend ranker alone, active."""
+
+    async def ListRankers(self, request: Any, timeout: float | None = None) -> Any:
+        blend = ranking_pb2.RankerInfo(name="blend", origin="built-in", active=True)
+        return ranking_pb2.ListRankersResponse(rankers=[blend], active="blend")
+
+
 class Clients:
     def __init__(self) -> None:
         self.retrieval = FakeRetrieval()
+        self.ranking = FakeRanking()
 
 
 @pytest.fixture
@@ -121,6 +131,8 @@ async def test_the_listing_shows_every_kept_version_oldest_first(gateway) -> Non
     }
     assert models[0]["refused"] == "could not be loaded: truncated"
     assert not models[0]["current"] and not models[0]["served"]
+    assert reply.json()["active_ranker"] == "blend"
+    assert [r["name"] for r in reply.json()["rankers"]] == ["blend"]
 
 
 async def test_a_rollback_without_a_body_goes_to_the_previous_version(gateway) -> None:

@@ -14,6 +14,8 @@ INGESTION = {"400", "413", "415", "422", "429", "500", "503"}
 SEGMENT = INGESTION | {"401", "404"}
 # An access key missing or unknown (401), without the scope (403), or not checkable (503).
 KEYED = {"401", "403", "503"}
+# A change with a body, of something that may be missing or refuse it.
+BODY_CHANGE = {"200", "400", "404", "409", "413", "415", "422"}
 STATUSES = {
     ("post", "/v1/events"): {"202"} | INGESTION | KEYED,
     ("put", "/v1/items"): {"200"} | INGESTION | KEYED,
@@ -37,6 +39,14 @@ STATUSES = {
     ("get", "/v1/models"): {"200"} | KEYED,
     ("post", "/v1/models/retrieval/rollback"): {"200", "400", "404", "409", "413", "415", "422"}
     | KEYED,
+    ("post", "/v1/models/{name}/activate"): BODY_CHANGE | KEYED,
+    ("post", "/v1/experiments"): {"201", "400", "413", "415", "422"} | KEYED,
+    ("get", "/v1/experiments"): {"200"} | KEYED,
+    ("get", "/v1/experiments/{experiment_id}"): {"200", "404", "422"} | KEYED,
+    ("put", "/v1/experiments/{experiment_id}/shares"): BODY_CHANGE | KEYED,
+    ("post", "/v1/experiments/{experiment_id}/start"): {"200", "404", "409", "422"} | KEYED,
+    ("post", "/v1/experiments/{experiment_id}/pause"): {"200", "404", "409", "422"} | KEYED,
+    ("post", "/v1/experiments/{experiment_id}/stop"): BODY_CHANGE | KEYED,
     ("get", "/healthz"): {"200"},
     ("get", "/readyz"): {"200", "503"},
     ("get", "/metrics"): {"200"},
@@ -61,6 +71,14 @@ SCOPES = {
     ("get", "/v1/segments/{name}/export"): "profiles:read",
     ("get", "/v1/models"): "recommendations:read",
     ("post", "/v1/models/retrieval/rollback"): "admin",
+    ("post", "/v1/models/{name}/activate"): "admin",
+    ("post", "/v1/experiments"): "admin",
+    ("get", "/v1/experiments"): "admin",
+    ("get", "/v1/experiments/{experiment_id}"): "admin",
+    ("put", "/v1/experiments/{experiment_id}/shares"): "admin",
+    ("post", "/v1/experiments/{experiment_id}/start"): "admin",
+    ("post", "/v1/experiments/{experiment_id}/pause"): "admin",
+    ("post", "/v1/experiments/{experiment_id}/stop"): "admin",
 }
 
 

@@ -47,6 +47,8 @@ from services.profiles.server import keep_processed_pruned
 from services.profiles.settings import ProfilesSettings
 from services.profiles.store import SqlProfileStore
 from services.profiles.store import metadata as profiles_tables
+from services.ranking.store import SqlRankingStore
+from services.ranking.store import metadata as ranking_tables
 from services.retrieval.store import SqlInteractionStore
 from services.retrieval.store import metadata as retrieval_tables
 from tests import interactions as stored
@@ -57,6 +59,7 @@ STORE_TABLES: dict[str, MetaData] = {
     "campaigns": campaigns_tables,
     "gateway": gateway_tables,
     "profiles": profiles_tables,
+    "ranking": ranking_tables,
     "retrieval": retrieval_tables,
 }
 WEIGHTS = {"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0}
@@ -361,6 +364,11 @@ def test_a_data_dir_of_the_previous_release_upgrades_in_place(data_dir: dict[str
     assert create_key(keys, ["admin"], "ops")[0].allows("admin")
     assert len(keys.all()) == 2
     keys.close()
+
+    # Ranking kept nothing in that release: its tables start empty.
+    ranking = SqlRankingStore(data_dir["ranking"])
+    assert ranking.active() is None and ranking.experiments() == []
+    ranking.close()
 
     for service, engine in data_dir.items():
         with engine.connect() as conn:

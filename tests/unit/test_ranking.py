@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from services.common.candidates import Candidate
-from services.ranking.rankers import BlendRanker, MemberContext, build_rankers
-from services.ranking.settings import BlendWeights, RankingSettings
+from services.ranking.rankers import BlendRanker, MemberContext
+from services.ranking.settings import BlendWeights
 
 
 @pytest.fixture
@@ -96,15 +96,3 @@ def test_ranked_items_carry_their_category(ranker: BlendRanker) -> None:
     ranked = ranker.rank(MemberContext("m"), [Candidate("x", 1.0, category="toys")], "home", 1)
 
     assert ranked[0].category == "toys"
-
-
-def test_build_rankers_knows_blend() -> None:
-    rankers = build_rankers(RankingSettings())
-
-    assert isinstance(rankers["blend"], BlendRanker)
-    assert rankers["blend"].name == "blend"
-
-
-def test_build_rankers_rejects_an_unknown_default() -> None:
-    with pytest.raises(ValueError, match=r"unknown default ranker 'xgboost'.*blend"):
-        build_rankers(RankingSettings(default_ranker="xgboost"))

@@ -1,17 +1,22 @@
-"""Models: the retrieval model versions kept, and rolling back to an earlier one.
+"""Models: the retrieval model versions and the rankers, rollback and activation.
 
-The retrieval service owns its model versions (DESIGN.md): the gateway checks the key and
-shapes the answers. A rollback moves the model store's CURRENT, which every retrieval
-replica follows within its reload interval; the replica that answers serves it at once.
+The retrieval service owns its model versions and the ranking service its rankers
+(DESIGN.md): the gateway checks the key and shapes the answers. A retrieval rollback moves
+the model store's CURRENT, which every retrieval replica follows within its reload
+interval; a ranker's activation is probed first and reaches every ranking replica within
+its refresh interval (half a second by default).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import grpc
 from fastapi import APIRouter, HTTPException, Request
+from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.gateway.auth import require
@@ -19,6 +24,7 @@ from services.gateway.bodies import model_body, read_model
 from services.gateway.deps import ClientsDep
 from services.gateway.responses import errors
 from services.gateway.routing import AllowingRoute
+from services.gen.recofleet.ranking.v1 import ranking_pb2
 from services.gen.recofleet.retrieval.v1 import retrieval_pb2
 
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=AllowingRoute)
@@ -53,8 +59,51 @@ class ModelOut(BaseModel):
     )
 
 
+class RankerVersionOut(BaseModel):
+    version: str
+    trained_at: datetime | None
+    current: bool = Field(description="The version the ranker serves when asked for by name.")
+    refused: str | None = Field(description="Why it was refused at activation, if it was.")
+    meta: dict[str, Any] = Field(
+        description="What the artifact says of itself: training data window, what it was "
+        "trained from, settings, offline metrics."
+    )
+
+
+class RankerOut(BaseModel):
+    service: Literal["ranking"] = "ranking"
+    name: str
+    origin: str = Field(description="`built-in`, or the package that registered it.")
+    trained: bool = Field(description="Whether it needs a trained version.")
+    active: bool = Field(description="The ranker answers use outside experiments.")
+    versions: list[RankerVersionOut] = Field(description="Oldest first.")
+    broken: str | None = Field(description="Why it cannot be built, if it cannot.")
+
+
 class ModelsOut(BaseModel):
-    models: list[ModelOut] = Field(description="Oldest first.")
+    models: list[ModelOut] = Field(description="The retrieval model versions, oldest first.")
+    rankers: list[RankerOut] = Field(description="Every registered ranker, by name.")
+    active_ranker: str = Field(description='The active ranker, as "name" or "name@version".')
+
+
+class ActivateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    version: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=VERSION_PATTERN,
+        description="A kept version; none: the ranker's current one (retrieval: required).",
+    )
+
+
+class ActivatedOut(BaseModel):
+    name: str
+    version: str | None
+    activated_at: datetime | None
+    probe_median_ms: float = Field(description="Its median time on the probe request.")
+    probe_p99_ms: float
 
 
 class RollbackIn(BaseModel):
@@ -76,10 +125,34 @@ ROLLBACK_BODY = model_body(
     '`{"version": "..."}` makes that kept version current.',
 )
 ROLLBACK_BODY["requestBody"]["required"] = False
+ACTIVATE_BODY = model_body(
+    ActivateIn,
+    'Optional for a ranker: no body activates its current version; `{"version": "..."}` '
+    "that kept version. Required for `retrieval`.",
+)
+ACTIVATE_BODY["requestBody"]["required"] = False
+ACTIVATE_STATUS = {
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.INVALID_ARGUMENT: 422,
+}
+ModelName = Annotated[
+    str,
+    PathParam(
+        pattern=r"^[0-9A-Za-z._-]+$",
+        max_length=64,
+        description="`retrieval`, or a ranker's name (`GET /v1/models`).",
+    ),
+]
+B = TypeVar("B", bound=BaseModel)
 
 
 async def _call(
-    method: Any, request: Any, timeout: float, statuses: dict[grpc.StatusCode, int]
+    method: Any,
+    request: Any,
+    timeout: float,
+    statuses: dict[grpc.StatusCode, int],
+    service: str = "retrieval",
 ) -> Any:
     """The reply; a refusal as the HTTP status `statuses` gives its code, anything else
     as 503."""
@@ -90,7 +163,7 @@ async def _call(
         if status is None:
             raise HTTPException(
                 503,
-                f"retrieval unavailable ({exc.code().name}); retry",
+                f"{service} unavailable ({exc.code().name}); retry",
                 headers={"Retry-After": "1"},
             ) from exc
         raise HTTPException(status, exc.details() or exc.code().name) from exc
@@ -102,17 +175,89 @@ async def _call(
     dependencies=[require("recommendations:read")],
     response_model=ModelsOut,
     responses={
-        200: {"description": "The retrieval model versions kept, oldest first."},
+        200: {"description": "The retrieval model versions kept, and every ranker."},
         **errors(503, descriptions={503: LIST_UNAVAILABLE}),
     },
 )
 async def list_models(clients: ClientsDep) -> ModelsOut:
     """The retrieval model versions kept, with their training figures, which one is current
-    and why any was refused."""
-    reply = await _call(
-        clients.retrieval.ListModels, retrieval_pb2.ListModelsRequest(), LIST_DEADLINE_S, {}
+    and why any was refused; and every ranker with its versions and which one is active."""
+    models, rankers = await asyncio.gather(
+        _call(clients.retrieval.ListModels, retrieval_pb2.ListModelsRequest(), LIST_DEADLINE_S, {}),
+        _call(
+            clients.ranking.ListRankers,
+            ranking_pb2.ListRankersRequest(),
+            LIST_DEADLINE_S,
+            {},
+            "ranking",
+        ),
     )
-    return ModelsOut(models=[_listed(m, reply.served) for m in reply.models])
+    return ModelsOut(
+        models=[_listed(m, models.served) for m in models.models],
+        rankers=[_ranker(r) for r in rankers.rankers],
+        active_ranker=rankers.active,
+    )
+
+
+@router.post(
+    "/{name}/activate",
+    operation_id="activate_model",
+    dependencies=[require("admin")],
+    response_model=ActivatedOut,
+    responses={
+        200: {"description": "Active now, on every replica within a second."},
+        **errors(
+            400,
+            404,
+            409,
+            413,
+            415,
+            422,
+            503,
+            descriptions={
+                404: "No ranker of that name, or no kept version of that name.",
+                409: "It failed to load or answered the probe wrongly (the detail says how): "
+                "the active one stays.",
+                503: "The service is unavailable: nothing changed, retry.",
+            },
+        ),
+    },
+    openapi_extra=ACTIVATE_BODY,
+)
+async def activate_model(name: ModelName, request: Request, clients: ClientsDep) -> ActivatedOut:
+    """Make a ranker (or one of its versions) the one answers use outside experiments; for
+    `retrieval`, make the version named current (as the rollback with a version does)."""
+    body = await _body(request, ActivateIn)
+    if name == "retrieval":
+        if body.version is None:
+            raise HTTPException(422, "version: required to activate a retrieval model")
+        info = await _call(
+            clients.retrieval.RollbackModel,
+            retrieval_pb2.RollbackModelRequest(version=body.version),
+            ROLLBACK_DEADLINE_S,
+            ROLLBACK_STATUS,
+        )
+        return ActivatedOut(
+            name="retrieval",
+            version=info.version,
+            activated_at=None,
+            probe_median_ms=0.0,
+            probe_p99_ms=0.0,
+        )
+    done = await _call(
+        clients.ranking.ActivateRanker,
+        ranking_pb2.ActivateRankerRequest(name=name, version=body.version or ""),
+        ROLLBACK_DEADLINE_S,
+        ACTIVATE_STATUS,
+        "ranking",
+    )
+    return ActivatedOut(
+        name=done.name,
+        version=done.version or None,
+        activated_at=_instant(done.activated_at),
+        probe_median_ms=done.probe_median_ms,
+        probe_p99_ms=done.probe_p99_ms,
+    )
 
 
 @router.post(
@@ -143,7 +288,7 @@ async def list_models(clients: ClientsDep) -> ModelsOut:
 async def rollback_retrieval_model(request: Request, clients: ClientsDep) -> ModelOut:
     """Make an earlier retrieval model current: the one before the current, or the version
     the body names. Every replica follows within its reload interval."""
-    body = await _rollback_body(request)
+    body = await _body(request, RollbackIn)
     info = await _call(
         clients.retrieval.RollbackModel,
         retrieval_pb2.RollbackModelRequest(version=body.version or ""),
@@ -162,12 +307,41 @@ async def rollback_retrieval_model(request: Request, clients: ClientsDep) -> Mod
     )
 
 
-async def _rollback_body(request: Request) -> RollbackIn:
+async def _body(request: Request, model: type[B]) -> B:
+    """The body, or the model's defaults when there is none at all."""
     declared = request.headers.get("content-length")
     chunked = "transfer-encoding" in request.headers
     if declared == "0" or (declared is None and not chunked):
-        return RollbackIn()  # no body at all: roll back to the previous version
-    return await read_model(request, RollbackIn)
+        return model()
+    return await read_model(request, model)
+
+
+def _ranker(info: ranking_pb2.RankerInfo) -> RankerOut:
+    return RankerOut(
+        name=info.name,
+        origin=info.origin,
+        trained=info.trained,
+        active=info.active,
+        broken=info.broken_reason or None,
+        versions=[
+            RankerVersionOut(
+                version=v.version,
+                trained_at=_instant(v.trained_at),
+                current=v.current,
+                refused=v.refused_reason or None,
+                meta=_meta(v.meta_json),
+            )
+            for v in info.versions
+        ],
+    )
+
+
+def _meta(text: str) -> dict[str, Any]:
+    try:
+        loaded = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def _listed(model: retrieval_pb2.ModelVersion, served: str) -> ModelOut:

@@ -30,7 +30,7 @@ class _ProfileViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProfileVi
     """Everything."""
     PROFILE_VIEW_BASIC: _ProfileView.ValueType  # 1
     """What a recommendation needs (figures, scores, segments, affinities, consent), without
-    the purchased items and the recent items, which are read and carried only when asked.
+    the purchased items, and without the recent items unless recent_limit asks for some.
     """
 
 class ProfileView(_ProfileView, metaclass=_ProfileViewEnumTypeWrapper): ...
@@ -39,7 +39,7 @@ PROFILE_VIEW_UNSPECIFIED: ProfileView.ValueType  # 0
 """Everything."""
 PROFILE_VIEW_BASIC: ProfileView.ValueType  # 1
 """What a recommendation needs (figures, scores, segments, affinities, consent), without
-the purchased items and the recent items, which are read and carried only when asked.
+the purchased items, and without the recent items unless recent_limit asks for some.
 """
 Global___ProfileView: _TypeAlias = ProfileView  # noqa: Y015
 
@@ -52,7 +52,7 @@ class GetProfileRequest(_message.Message):
     VIEW_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     recent_limit: _builtins.int
-    """How many recent items to return (0: the service default)."""
+    """How many recent items to return (0: the service default; with the basic view, 0: none)."""
     view: Global___ProfileView.ValueType
     """How much of the portrait to return."""
     def __init__(

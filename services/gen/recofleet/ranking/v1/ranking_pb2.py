@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.gen.recofleet.common.v1 import common_pb2 as recofleet_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"recofleet/ranking/v1/ranking.proto\x12\x14recofleet.ranking.v1\x1a recofleet/common/v1/common.proto\"\xbe\x01\n\rMemberContext\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12R\n\x10\x63\x61tegory_weights\x18\x02 \x03(\x0b\x32\x38.recofleet.ranking.v1.MemberContext.CategoryWeightsEntry\x12\x0e\n\x06orders\x18\x03 \x01(\x03\x1a\x36\n\x14\x43\x61tegoryWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa8\x01\n\x0bRankRequest\x12\x33\n\x06member\x18\x01 \x01(\x0b\x32#.recofleet.ranking.v1.MemberContext\x12\x32\n\ncandidates\x18\x02 \x03(\x0b\x32\x1e.recofleet.common.v1.Candidate\x12\x11\n\tplacement\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x0e\n\x06ranker\x18\x05 \x01(\t\"M\n\x0cRankResponse\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.recofleet.common.v1.ScoredItem\x12\r\n\x05model\x18\x02 \x01(\t2_\n\x0eRankingService\x12M\n\x04Rank\x12!.recofleet.ranking.v1.RankRequest\x1a\".recofleet.ranking.v1.RankResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"recofleet/ranking/v1/ranking.proto\x12\x14recofleet.ranking.v1\x1a recofleet/common/v1/common.proto\"\xe1\x03\n\rMemberContext\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12R\n\x10\x63\x61tegory_weights\x18\x02 \x03(\x0b\x32\x38.recofleet.ranking.v1.MemberContext.CategoryWeightsEntry\x12\x0e\n\x06orders\x18\x03 \x01(\x03\x12\x0f\n\x07r_score\x18\x04 \x01(\x05\x12\x0f\n\x07\x66_score\x18\x05 \x01(\x05\x12\x0f\n\x07m_score\x18\x06 \x01(\x05\x12\x12\n\nprice_band\x18\x07 \x01(\t\x12\x1d\n\x10price_percentile\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12G\n\naffinities\x18\t \x03(\x0b\x32\x33.recofleet.ranking.v1.MemberContext.AffinitiesEntry\x12\x11\n\tlifecycle\x18\n \x01(\t\x12\x17\n\x0frecent_item_ids\x18\x0b \x03(\t\x1a\x36\n\x14\x43\x61tegoryWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x31\n\x0f\x41\x66\x66initiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x13\n\x11_price_percentile\"\xa8\x01\n\x0bRankRequest\x12\x33\n\x06member\x18\x01 \x01(\x0b\x32#.recofleet.ranking.v1.MemberContext\x12\x32\n\ncandidates\x18\x02 \x03(\x0b\x32\x1e.recofleet.common.v1.Candidate\x12\x11\n\tplacement\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x0e\n\x06ranker\x18\x05 \x01(\t\"u\n\x0cRankResponse\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.recofleet.common.v1.ScoredItem\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x15\n\rexperiment_id\x18\x04 \x01(\t\"p\n\rRankerVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\ntrained_at\x18\x02 \x01(\t\x12\x11\n\tmeta_json\x18\x03 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x04 \x01(\x08\x12\x16\n\x0erefused_reason\x18\x05 \x01(\t\"\x99\x01\n\nRankerInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x0f\n\x07trained\x18\x03 \x01(\x08\x12\x35\n\x08versions\x18\x04 \x03(\x0b\x32#.recofleet.ranking.v1.RankerVersion\x12\x0e\n\x06\x61\x63tive\x18\x05 \x01(\x08\x12\x15\n\rbroken_reason\x18\x06 \x01(\t\"\x14\n\x12ListRankersRequest\"X\n\x13ListRankersResponse\x12\x31\n\x07rankers\x18\x01 \x03(\x0b\x32 .recofleet.ranking.v1.RankerInfo\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\t\"6\n\x15\x41\x63tivateRankerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"|\n\x16\x41\x63tivateRankerResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0c\x61\x63tivated_at\x18\x03 \x01(\t\x12\x14\n\x0cprobe_p99_ms\x18\x04 \x01(\x01\x12\x17\n\x0fprobe_median_ms\x18\x05 \x01(\x01\"N\n\x07Variant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06ranker\x18\x02 \x01(\t\x12\x16\n\x0eranker_version\x18\x03 \x01(\t\x12\r\n\x05share\x18\x04 \x01(\x01\"\x8e\x02\n\nExperiment\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tplacement\x18\x03 \x01(\t\x12/\n\x08variants\x18\x04 \x03(\x0b\x32\x1d.recofleet.ranking.v1.Variant\x12\x16\n\x0eprimary_metric\x18\x05 \x01(\t\x12\x12\n\nguardrails\x18\x06 \x03(\t\x12\x0e\n\x06status\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\t\x12\x12\n\nstarted_at\x18\t \x01(\t\x12\x12\n\nstopped_at\x18\n \x01(\t\x12\x0e\n\x06winner\x18\x0b \x01(\t\x12\x0f\n\x07\x63ontrol\x18\x0c \x01(\t\"-\n\x14GetExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"\x18\n\x16ListExperimentsRequest\"P\n\x17ListExperimentsResponse\x12\x35\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32 .recofleet.ranking.v1.Experiment\"\x9c\x01\n\x10SetSharesRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x42\n\x06shares\x18\x02 \x03(\x0b\x32\x32.recofleet.ranking.v1.SetSharesRequest.SharesEntry\x1a-\n\x0bSharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"P\n\x17\x43hangeExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0e\n\x06winner\x18\x03 \x01(\t2\x93\x06\n\x0eRankingService\x12M\n\x04Rank\x12!.recofleet.ranking.v1.RankRequest\x1a\".recofleet.ranking.v1.RankResponse\x12\x62\n\x0bListRankers\x12(.recofleet.ranking.v1.ListRankersRequest\x1a).recofleet.ranking.v1.ListRankersResponse\x12k\n\x0e\x41\x63tivateRanker\x12+.recofleet.ranking.v1.ActivateRankerRequest\x1a,.recofleet.ranking.v1.ActivateRankerResponse\x12V\n\x10\x43reateExperiment\x12 .recofleet.ranking.v1.Experiment\x1a .recofleet.ranking.v1.Experiment\x12]\n\rGetExperiment\x12*.recofleet.ranking.v1.GetExperimentRequest\x1a .recofleet.ranking.v1.Experiment\x12n\n\x0fListExperiments\x12,.recofleet.ranking.v1.ListExperimentsRequest\x1a-.recofleet.ranking.v1.ListExperimentsResponse\x12U\n\tSetShares\x12&.recofleet.ranking.v1.SetSharesRequest\x1a .recofleet.ranking.v1.Experiment\x12\x63\n\x10\x43hangeExperiment\x12-.recofleet.ranking.v1.ChangeExperimentRequest\x1a .recofleet.ranking.v1.Experimentb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,14 +34,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MEMBERCONTEXT_CATEGORYWEIGHTSENTRY']._loaded_options = None
   _globals['_MEMBERCONTEXT_CATEGORYWEIGHTSENTRY']._serialized_options = b'8\001'
+  _globals['_MEMBERCONTEXT_AFFINITIESENTRY']._loaded_options = None
+  _globals['_MEMBERCONTEXT_AFFINITIESENTRY']._serialized_options = b'8\001'
+  _globals['_SETSHARESREQUEST_SHARESENTRY']._loaded_options = None
+  _globals['_SETSHARESREQUEST_SHARESENTRY']._serialized_options = b'8\001'
   _globals['_MEMBERCONTEXT']._serialized_start=95
-  _globals['_MEMBERCONTEXT']._serialized_end=285
-  _globals['_MEMBERCONTEXT_CATEGORYWEIGHTSENTRY']._serialized_start=231
-  _globals['_MEMBERCONTEXT_CATEGORYWEIGHTSENTRY']._serialized_end=285
-  _globals['_RANKREQUEST']._serialized_start=288
-  _globals['_RANKREQUEST']._serialized_end=456
-  _globals['_RANKRESPONSE']._serialized_start=458
-  _globals['_RANKRESPONSE']._serialized_end=535
-  _globals['_RANKINGSERVICE']._serialized_start=537
-  _globals['_RANKINGSERVICE']._serialized_end=632
+  _globals['_MEMBERCONTEXT']._serialized_end=576
+  _globals['_MEMBERCONTEXT_CATEGORYWEIGHTSENTRY']._serialized_start=450
+  _globals['_MEMBERCONTEXT_CATEGORYWEIGHTSENTRY']._serialized_end=504
+  _globals['_MEMBERCONTEXT_AFFINITIESENTRY']._serialized_start=506
+  _globals['_MEMBERCONTEXT_AFFINITIESENTRY']._serialized_end=555
+  _globals['_RANKREQUEST']._serialized_start=579
+  _globals['_RANKREQUEST']._serialized_end=747
+  _globals['_RANKRESPONSE']._serialized_start=749
+  _globals['_RANKRESPONSE']._serialized_end=866
+  _globals['_RANKERVERSION']._serialized_start=868
+  _globals['_RANKERVERSION']._serialized_end=980
+  _globals['_RANKERINFO']._serialized_start=983
+  _globals['_RANKERINFO']._serialized_end=1136
+  _globals['_LISTRANKERSREQUEST']._serialized_start=1138
+  _globals['_LISTRANKERSREQUEST']._serialized_end=1158
+  _globals['_LISTRANKERSRESPONSE']._serialized_start=1160
+  _globals['_LISTRANKERSRESPONSE']._serialized_end=1248
+  _globals['_ACTIVATERANKERREQUEST']._serialized_start=1250
+  _globals['_ACTIVATERANKERREQUEST']._serialized_end=1304
+  _globals['_ACTIVATERANKERRESPONSE']._serialized_start=1306
+  _globals['_ACTIVATERANKERRESPONSE']._serialized_end=1430
+  _globals['_VARIANT']._serialized_start=1432
+  _globals['_VARIANT']._serialized_end=1510
+  _globals['_EXPERIMENT']._serialized_start=1513
+  _globals['_EXPERIMENT']._serialized_end=1783
+  _globals['_GETEXPERIMENTREQUEST']._serialized_start=1785
+  _globals['_GETEXPERIMENTREQUEST']._serialized_end=1830
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=1832
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=1856
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=1858
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=1938
+  _globals['_SETSHARESREQUEST']._serialized_start=1941
+  _globals['_SETSHARESREQUEST']._serialized_end=2097
+  _globals['_SETSHARESREQUEST_SHARESENTRY']._serialized_start=2052
+  _globals['_SETSHARESREQUEST_SHARESENTRY']._serialized_end=2097
+  _globals['_CHANGEEXPERIMENTREQUEST']._serialized_start=2099
+  _globals['_CHANGEEXPERIMENTREQUEST']._serialized_end=2179
+  _globals['_RANKINGSERVICE']._serialized_start=2182
+  _globals['_RANKINGSERVICE']._serialized_end=2969
 # @@protoc_insertion_point(module_scope)

@@ -43,14 +43,61 @@ class MemberContext(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class AffinitiesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     CATEGORY_WEIGHTS_FIELD_NUMBER: _builtins.int
     ORDERS_FIELD_NUMBER: _builtins.int
+    R_SCORE_FIELD_NUMBER: _builtins.int
+    F_SCORE_FIELD_NUMBER: _builtins.int
+    M_SCORE_FIELD_NUMBER: _builtins.int
+    PRICE_BAND_FIELD_NUMBER: _builtins.int
+    PRICE_PERCENTILE_FIELD_NUMBER: _builtins.int
+    AFFINITIES_FIELD_NUMBER: _builtins.int
+    LIFECYCLE_FIELD_NUMBER: _builtins.int
+    RECENT_ITEM_IDS_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     orders: _builtins.int
+    r_score: _builtins.int
+    """RFM scores 1-5; 0 when unknown (no order, or no boundaries yet)."""
+    f_score: _builtins.int
+    m_score: _builtins.int
+    price_band: _builtins.str
+    """"low", "mid" or "high"; empty when unknown."""
+    price_percentile: _builtins.float
+    """Where the member's paid prices fall within their categories' price distributions, 0..1;
+    unset when unknown.
+    """
+    lifecycle: _builtins.str
     @_builtins.property
     def category_weights(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Category -> weighted interactions, from the member's profile."""
+
+    @_builtins.property
+    def affinities(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Category -> share of the member's time-decayed weight, 0..1 (the portrait's affinities)."""
+
+    @_builtins.property
+    def recent_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The member's latest items, newest first (the profile's recent items)."""
 
     def __init__(
         self,
@@ -58,12 +105,22 @@ class MemberContext(_message.Message):
         member_id: _builtins.str = ...,
         category_weights: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         orders: _builtins.int = ...,
+        r_score: _builtins.int = ...,
+        f_score: _builtins.int = ...,
+        m_score: _builtins.int = ...,
+        price_band: _builtins.str = ...,
+        price_percentile: _builtins.float | None = ...,
+        affinities: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        lifecycle: _builtins.str = ...,
+        recent_item_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_price_percentile", b"_price_percentile", "price_percentile", b"price_percentile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category_weights", b"category_weights", "member_id", b"member_id", "orders", b"orders"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_price_percentile", b"_price_percentile", "affinities", b"affinities", "category_weights", b"category_weights", "f_score", b"f_score", "lifecycle", b"lifecycle", "m_score", b"m_score", "member_id", b"member_id", "orders", b"orders", "price_band", b"price_band", "price_percentile", b"price_percentile", "r_score", b"r_score", "recent_item_ids", b"recent_item_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__price_percentile: _TypeAlias = _typing.Literal["price_percentile"]  # noqa: Y015
+    _WhichOneofArgType__price_percentile: _TypeAlias = _typing.Literal["_price_percentile", b"_price_percentile"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__price_percentile) -> _WhichOneofReturnType__price_percentile | None: ...
 
 Global___MemberContext: _TypeAlias = MemberContext  # noqa: Y015
 
@@ -107,8 +164,16 @@ class RankResponse(_message.Message):
 
     ITEMS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
     model: _builtins.str
-    """Name of the ranker that produced the order."""
+    """Name of the ranker that produced the order, with its version when it has one
+    ("ltr@20261201T...").
+    """
+    variant: _builtins.str
+    """The experiment variant the member is in for this placement; "default" outside any."""
+    experiment_id: _builtins.str
+    """The running experiment that chose the ranker; empty outside any."""
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ScoredItem]: ...
     def __init__(
@@ -116,11 +181,398 @@ class RankResponse(_message.Message):
         *,
         items: _abc.Iterable[_common_pb2.ScoredItem] | None = ...,
         model: _builtins.str = ...,
+        variant: _builtins.str = ...,
+        experiment_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_id", b"experiment_id", "items", b"items", "model", b"model", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RankResponse: _TypeAlias = RankResponse  # noqa: Y015
+
+@_typing.final
+class RankerVersion(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    TRAINED_AT_FIELD_NUMBER: _builtins.int
+    META_JSON_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    REFUSED_REASON_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    trained_at: _builtins.str
+    meta_json: _builtins.str
+    """The model's own description of what it was trained on and how it scored offline (JSON)."""
+    current: _builtins.bool
+    """The version this ranker serves when it is asked for."""
+    refused_reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        trained_at: _builtins.str = ...,
+        meta_json: _builtins.str = ...,
+        current: _builtins.bool = ...,
+        refused_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "meta_json", b"meta_json", "refused_reason", b"refused_reason", "trained_at", b"trained_at", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RankerVersion: _TypeAlias = RankerVersion  # noqa: Y015
+
+@_typing.final
+class RankerInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    TRAINED_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    BROKEN_REASON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    origin: _builtins.str
+    """"built-in" or the distribution that registered it through the `recofleet.rankers`
+    entry point.
+    """
+    trained: _builtins.bool
+    """Whether it needs a trained version from the model store."""
+    active: _builtins.bool
+    """The ranker answers use outside experiments."""
+    broken_reason: _builtins.str
+    """Why it cannot be built, when it cannot (a plug-in that fails to import, say)."""
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RankerVersion]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        origin: _builtins.str = ...,
+        trained: _builtins.bool = ...,
+        versions: _abc.Iterable[Global___RankerVersion] | None = ...,
+        active: _builtins.bool = ...,
+        broken_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "broken_reason", b"broken_reason", "name", b"name", "origin", b"origin", "trained", b"trained", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RankerInfo: _TypeAlias = RankerInfo  # noqa: Y015
+
+@_typing.final
+class ListRankersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRankersRequest: _TypeAlias = ListRankersRequest  # noqa: Y015
+
+@_typing.final
+class ListRankersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RANKERS_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    active: _builtins.str
+    """The active ranker and version, as "name" or "name@version"."""
+    @_builtins.property
+    def rankers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RankerInfo]: ...
+    def __init__(
+        self,
+        *,
+        rankers: _abc.Iterable[Global___RankerInfo] | None = ...,
+        active: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "rankers", b"rankers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRankersResponse: _TypeAlias = ListRankersResponse  # noqa: Y015
+
+@_typing.final
+class ActivateRankerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    """A kept version; empty: the ranker's current one (none for an untrained ranker)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivateRankerRequest: _TypeAlias = ActivateRankerRequest  # noqa: Y015
+
+@_typing.final
+class ActivateRankerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ACTIVATED_AT_FIELD_NUMBER: _builtins.int
+    PROBE_P99_MS_FIELD_NUMBER: _builtins.int
+    PROBE_MEDIAN_MS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    activated_at: _builtins.str
+    probe_p99_ms: _builtins.float
+    """What the probe measured ranking its 200 candidates, in milliseconds."""
+    probe_median_ms: _builtins.float
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        activated_at: _builtins.str = ...,
+        probe_p99_ms: _builtins.float = ...,
+        probe_median_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activated_at", b"activated_at", "name", b"name", "probe_median_ms", b"probe_median_ms", "probe_p99_ms", b"probe_p99_ms", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivateRankerResponse: _TypeAlias = ActivateRankerResponse  # noqa: Y015
+
+@_typing.final
+class Variant(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    RANKER_FIELD_NUMBER: _builtins.int
+    RANKER_VERSION_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    ranker: _builtins.str
+    """A registered ranker, and optionally one of its versions (empty: its current one)."""
+    ranker_version: _builtins.str
+    share: _builtins.float
+    """Share of the placement's traffic, 0..1; the shares of an experiment sum to at most 1."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        ranker: _builtins.str = ...,
+        ranker_version: _builtins.str = ...,
+        share: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "ranker", b"ranker", "ranker_version", b"ranker_version", "share", b"share"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Variant: _TypeAlias = Variant  # noqa: Y015
+
+@_typing.final
+class Experiment(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
+    VARIANTS_FIELD_NUMBER: _builtins.int
+    PRIMARY_METRIC_FIELD_NUMBER: _builtins.int
+    GUARDRAILS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    STOPPED_AT_FIELD_NUMBER: _builtins.int
+    WINNER_FIELD_NUMBER: _builtins.int
+    CONTROL_FIELD_NUMBER: _builtins.int
+    experiment_id: _builtins.str
+    """Assigned at creation."""
+    name: _builtins.str
+    placement: _builtins.str
+    """The placement it applies to (home, product, cart, email, ...)."""
+    primary_metric: _builtins.str
+    """The metric that decides: ctr, add_to_cart_rate, conversion_rate or revenue_per_member."""
+    status: _builtins.str
+    """draft, running, paused or stopped."""
+    created_at: _builtins.str
+    started_at: _builtins.str
+    stopped_at: _builtins.str
+    winner: _builtins.str
+    control: _builtins.str
+    """The variant the control is (the first by default); differences are against it."""
+    @_builtins.property
+    def variants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Variant]: ...
+    @_builtins.property
+    def guardrails(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Metrics that must not get worse (latency_p99_ms, refund_rate, ...)."""
+
+    def __init__(
+        self,
+        *,
+        experiment_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        placement: _builtins.str = ...,
+        variants: _abc.Iterable[Global___Variant] | None = ...,
+        primary_metric: _builtins.str = ...,
+        guardrails: _abc.Iterable[_builtins.str] | None = ...,
+        status: _builtins.str = ...,
+        created_at: _builtins.str = ...,
+        started_at: _builtins.str = ...,
+        stopped_at: _builtins.str = ...,
+        winner: _builtins.str = ...,
+        control: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["control", b"control", "created_at", b"created_at", "experiment_id", b"experiment_id", "guardrails", b"guardrails", "name", b"name", "placement", b"placement", "primary_metric", b"primary_metric", "started_at", b"started_at", "status", b"status", "stopped_at", b"stopped_at", "variants", b"variants", "winner", b"winner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Experiment: _TypeAlias = Experiment  # noqa: Y015
+
+@_typing.final
+class GetExperimentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
+    experiment_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        experiment_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_id", b"experiment_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetExperimentRequest: _TypeAlias = GetExperimentRequest  # noqa: Y015
+
+@_typing.final
+class ListExperimentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListExperimentsRequest: _TypeAlias = ListExperimentsRequest  # noqa: Y015
+
+@_typing.final
+class ListExperimentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERIMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def experiments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Experiment]: ...
+    def __init__(
+        self,
+        *,
+        experiments: _abc.Iterable[Global___Experiment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiments", b"experiments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListExperimentsResponse: _TypeAlias = ListExperimentsResponse  # noqa: Y015
+
+@_typing.final
+class SetSharesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SharesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
+    SHARES_FIELD_NUMBER: _builtins.int
+    experiment_id: _builtins.str
+    @_builtins.property
+    def shares(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Variant name -> its new share."""
+
+    def __init__(
+        self,
+        *,
+        experiment_id: _builtins.str = ...,
+        shares: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_id", b"experiment_id", "shares", b"shares"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSharesRequest: _TypeAlias = SetSharesRequest  # noqa: Y015
+
+@_typing.final
+class ChangeExperimentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    WINNER_FIELD_NUMBER: _builtins.int
+    experiment_id: _builtins.str
+    action: _builtins.str
+    """"start", "pause" or "stop"."""
+    winner: _builtins.str
+    """With stop: the variant whose ranker becomes active; empty: none, the active stays."""
+    def __init__(
+        self,
+        *,
+        experiment_id: _builtins.str = ...,
+        action: _builtins.str = ...,
+        winner: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "experiment_id", b"experiment_id", "winner", b"winner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeExperimentRequest: _TypeAlias = ChangeExperimentRequest  # noqa: Y015

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class RankingServiceStub:
-    """Orders candidates for a member with a swappable ranking model.
+    """Orders candidates for a member with a swappable ranking model, and runs the experiments
+    that put rankers against each other on live traffic (docs/models.md).
     """
 
     def __init__(self, channel):
@@ -40,14 +41,101 @@ class RankingServiceStub:
                 request_serializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.RankRequest.SerializeToString,
                 response_deserializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.RankResponse.FromString,
                 _registered_method=True)
+        self.ListRankers = channel.unary_unary(
+                '/recofleet.ranking.v1.RankingService/ListRankers',
+                request_serializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ListRankersRequest.SerializeToString,
+                response_deserializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ListRankersResponse.FromString,
+                _registered_method=True)
+        self.ActivateRanker = channel.unary_unary(
+                '/recofleet.ranking.v1.RankingService/ActivateRanker',
+                request_serializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ActivateRankerRequest.SerializeToString,
+                response_deserializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ActivateRankerResponse.FromString,
+                _registered_method=True)
+        self.CreateExperiment = channel.unary_unary(
+                '/recofleet.ranking.v1.RankingService/CreateExperiment',
+                request_serializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.Experiment.SerializeToString,
+                response_deserializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.Experiment.FromString,
+                _registered_method=True)
+        self.GetExperiment = channel.unary_unary(
+                '/recofleet.ranking.v1.RankingService/GetExperiment',
+                request_serializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.GetExperimentRequest.SerializeToString,
+                response_deserializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.Experiment.FromString,
+                _registered_method=True)
+        self.ListExperiments = channel.unary_unary(
+                '/recofleet.ranking.v1.RankingService/ListExperiments',
+                request_serializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ListExperimentsRequest.SerializeToString,
+                response_deserializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ListExperimentsResponse.FromString,
+                _registered_method=True)
+        self.SetShares = channel.unary_unary(
+                '/recofleet.ranking.v1.RankingService/SetShares',
+                request_serializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.SetSharesRequest.SerializeToString,
+                response_deserializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.Experiment.FromString,
+                _registered_method=True)
+        self.ChangeExperiment = channel.unary_unary(
+                '/recofleet.ranking.v1.RankingService/ChangeExperiment',
+                request_serializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ChangeExperimentRequest.SerializeToString,
+                response_deserializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.Experiment.FromString,
+                _registered_method=True)
 
 
 class RankingServiceServicer:
-    """Orders candidates for a member with a swappable ranking model.
+    """Orders candidates for a member with a swappable ranking model, and runs the experiments
+    that put rankers against each other on live traffic (docs/models.md).
     """
 
     def Rank(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRankers(self, request, context):
+        """Every registered ranker (built in or from an installed plug-in) with its versions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ActivateRanker(self, request, context):
+        """Make a ranker (and one of its versions) the one answers use outside experiments. It is
+        loaded and probed first: FAILED_PRECONDITION with the reason when it fails, and the
+        active ranker stays. NOT_FOUND for an unknown ranker or version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateExperiment(self, request, context):
+        """Create an experiment (a draft); INVALID_ARGUMENT names the field that is wrong.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetExperiment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListExperiments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetShares(self, request, context):
+        """Change the traffic shares of an experiment (ramping): only its coverage may change while
+        it has run, so that no member already assigned moves to another variant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeExperiment(self, request, context):
+        """start, pause or stop (with a winner, whose ranker then becomes the active one).
+        FAILED_PRECONDITION when the transition is not allowed from the current status.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -60,6 +148,41 @@ def add_RankingServiceServicer_to_server(servicer, server):
                     request_deserializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.RankRequest.FromString,
                     response_serializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.RankResponse.SerializeToString,
             ),
+            'ListRankers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRankers,
+                    request_deserializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ListRankersRequest.FromString,
+                    response_serializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ListRankersResponse.SerializeToString,
+            ),
+            'ActivateRanker': grpc.unary_unary_rpc_method_handler(
+                    servicer.ActivateRanker,
+                    request_deserializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ActivateRankerRequest.FromString,
+                    response_serializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ActivateRankerResponse.SerializeToString,
+            ),
+            'CreateExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateExperiment,
+                    request_deserializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.Experiment.FromString,
+                    response_serializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.Experiment.SerializeToString,
+            ),
+            'GetExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExperiment,
+                    request_deserializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.GetExperimentRequest.FromString,
+                    response_serializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.Experiment.SerializeToString,
+            ),
+            'ListExperiments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExperiments,
+                    request_deserializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ListExperimentsRequest.FromString,
+                    response_serializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ListExperimentsResponse.SerializeToString,
+            ),
+            'SetShares': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetShares,
+                    request_deserializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.SetSharesRequest.FromString,
+                    response_serializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.Experiment.SerializeToString,
+            ),
+            'ChangeExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeExperiment,
+                    request_deserializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ChangeExperimentRequest.FromString,
+                    response_serializer=recofleet_dot_ranking_dot_v1_dot_ranking__pb2.Experiment.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'recofleet.ranking.v1.RankingService', rpc_method_handlers)
@@ -69,7 +192,8 @@ def add_RankingServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RankingService:
-    """Orders candidates for a member with a swappable ranking model.
+    """Orders candidates for a member with a swappable ranking model, and runs the experiments
+    that put rankers against each other on live traffic (docs/models.md).
     """
 
     @staticmethod
@@ -89,6 +213,195 @@ class RankingService:
             '/recofleet.ranking.v1.RankingService/Rank',
             recofleet_dot_ranking_dot_v1_dot_ranking__pb2.RankRequest.SerializeToString,
             recofleet_dot_ranking_dot_v1_dot_ranking__pb2.RankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRankers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.ranking.v1.RankingService/ListRankers',
+            recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ListRankersRequest.SerializeToString,
+            recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ListRankersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ActivateRanker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.ranking.v1.RankingService/ActivateRanker',
+            recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ActivateRankerRequest.SerializeToString,
+            recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ActivateRankerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.ranking.v1.RankingService/CreateExperiment',
+            recofleet_dot_ranking_dot_v1_dot_ranking__pb2.Experiment.SerializeToString,
+            recofleet_dot_ranking_dot_v1_dot_ranking__pb2.Experiment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.ranking.v1.RankingService/GetExperiment',
+            recofleet_dot_ranking_dot_v1_dot_ranking__pb2.GetExperimentRequest.SerializeToString,
+            recofleet_dot_ranking_dot_v1_dot_ranking__pb2.Experiment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExperiments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.ranking.v1.RankingService/ListExperiments',
+            recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ListExperimentsRequest.SerializeToString,
+            recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ListExperimentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetShares(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.ranking.v1.RankingService/SetShares',
+            recofleet_dot_ranking_dot_v1_dot_ranking__pb2.SetSharesRequest.SerializeToString,
+            recofleet_dot_ranking_dot_v1_dot_ranking__pb2.Experiment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.ranking.v1.RankingService/ChangeExperiment',
+            recofleet_dot_ranking_dot_v1_dot_ranking__pb2.ChangeExperimentRequest.SerializeToString,
+            recofleet_dot_ranking_dot_v1_dot_ranking__pb2.Experiment.FromString,
             options,
             channel_credentials,
             insecure,

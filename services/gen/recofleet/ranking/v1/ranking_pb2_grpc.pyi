@@ -27,23 +27,67 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class RankingServiceStub:
-    """Orders candidates for a member with a swappable ranking model."""
+    """Orders candidates for a member with a swappable ranking model, and runs the experiments
+    that put rankers against each other on live traffic (docs/models.md).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RankingServiceAsyncStub: ...
     Rank: _grpc.UnaryUnaryMultiCallable[_ranking_pb2.RankRequest, _ranking_pb2.RankResponse]
+    ListRankers: _grpc.UnaryUnaryMultiCallable[_ranking_pb2.ListRankersRequest, _ranking_pb2.ListRankersResponse]
+    """Every registered ranker (built in or from an installed plug-in) with its versions."""
+    ActivateRanker: _grpc.UnaryUnaryMultiCallable[_ranking_pb2.ActivateRankerRequest, _ranking_pb2.ActivateRankerResponse]
+    """Make a ranker (and one of its versions) the one answers use outside experiments. It is
+    loaded and probed first: FAILED_PRECONDITION with the reason when it fails, and the
+    active ranker stays. NOT_FOUND for an unknown ranker or version.
+    """
+    CreateExperiment: _grpc.UnaryUnaryMultiCallable[_ranking_pb2.Experiment, _ranking_pb2.Experiment]
+    """Create an experiment (a draft); INVALID_ARGUMENT names the field that is wrong."""
+    GetExperiment: _grpc.UnaryUnaryMultiCallable[_ranking_pb2.GetExperimentRequest, _ranking_pb2.Experiment]
+    ListExperiments: _grpc.UnaryUnaryMultiCallable[_ranking_pb2.ListExperimentsRequest, _ranking_pb2.ListExperimentsResponse]
+    SetShares: _grpc.UnaryUnaryMultiCallable[_ranking_pb2.SetSharesRequest, _ranking_pb2.Experiment]
+    """Change the traffic shares of an experiment (ramping): only its coverage may change while
+    it has run, so that no member already assigned moves to another variant.
+    """
+    ChangeExperiment: _grpc.UnaryUnaryMultiCallable[_ranking_pb2.ChangeExperimentRequest, _ranking_pb2.Experiment]
+    """start, pause or stop (with a winner, whose ranker then becomes the active one).
+    FAILED_PRECONDITION when the transition is not allowed from the current status.
+    """
 
 @_typing.type_check_only
 class RankingServiceAsyncStub(RankingServiceStub):
-    """Orders candidates for a member with a swappable ranking model."""
+    """Orders candidates for a member with a swappable ranking model, and runs the experiments
+    that put rankers against each other on live traffic (docs/models.md).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Rank: _aio.UnaryUnaryMultiCallable[_ranking_pb2.RankRequest, _ranking_pb2.RankResponse]  # type: ignore[assignment]
+    ListRankers: _aio.UnaryUnaryMultiCallable[_ranking_pb2.ListRankersRequest, _ranking_pb2.ListRankersResponse]  # type: ignore[assignment]
+    """Every registered ranker (built in or from an installed plug-in) with its versions."""
+    ActivateRanker: _aio.UnaryUnaryMultiCallable[_ranking_pb2.ActivateRankerRequest, _ranking_pb2.ActivateRankerResponse]  # type: ignore[assignment]
+    """Make a ranker (and one of its versions) the one answers use outside experiments. It is
+    loaded and probed first: FAILED_PRECONDITION with the reason when it fails, and the
+    active ranker stays. NOT_FOUND for an unknown ranker or version.
+    """
+    CreateExperiment: _aio.UnaryUnaryMultiCallable[_ranking_pb2.Experiment, _ranking_pb2.Experiment]  # type: ignore[assignment]
+    """Create an experiment (a draft); INVALID_ARGUMENT names the field that is wrong."""
+    GetExperiment: _aio.UnaryUnaryMultiCallable[_ranking_pb2.GetExperimentRequest, _ranking_pb2.Experiment]  # type: ignore[assignment]
+    ListExperiments: _aio.UnaryUnaryMultiCallable[_ranking_pb2.ListExperimentsRequest, _ranking_pb2.ListExperimentsResponse]  # type: ignore[assignment]
+    SetShares: _aio.UnaryUnaryMultiCallable[_ranking_pb2.SetSharesRequest, _ranking_pb2.Experiment]  # type: ignore[assignment]
+    """Change the traffic shares of an experiment (ramping): only its coverage may change while
+    it has run, so that no member already assigned moves to another variant.
+    """
+    ChangeExperiment: _aio.UnaryUnaryMultiCallable[_ranking_pb2.ChangeExperimentRequest, _ranking_pb2.Experiment]  # type: ignore[assignment]
+    """start, pause or stop (with a winner, whose ranker then becomes the active one).
+    FAILED_PRECONDITION when the transition is not allowed from the current status.
+    """
 
 class RankingServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Orders candidates for a member with a swappable ranking model."""
+    """Orders candidates for a member with a swappable ranking model, and runs the experiments
+    that put rankers against each other on live traffic (docs/models.md).
+    """
 
     @_abc_1.abstractmethod
     def Rank(
@@ -51,5 +95,66 @@ class RankingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ranking_pb2.RankRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ranking_pb2.RankResponse, _abc.Awaitable[_ranking_pb2.RankResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListRankers(
+        self,
+        request: _ranking_pb2.ListRankersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ranking_pb2.ListRankersResponse, _abc.Awaitable[_ranking_pb2.ListRankersResponse]]:
+        """Every registered ranker (built in or from an installed plug-in) with its versions."""
+
+    @_abc_1.abstractmethod
+    def ActivateRanker(
+        self,
+        request: _ranking_pb2.ActivateRankerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ranking_pb2.ActivateRankerResponse, _abc.Awaitable[_ranking_pb2.ActivateRankerResponse]]:
+        """Make a ranker (and one of its versions) the one answers use outside experiments. It is
+        loaded and probed first: FAILED_PRECONDITION with the reason when it fails, and the
+        active ranker stays. NOT_FOUND for an unknown ranker or version.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateExperiment(
+        self,
+        request: _ranking_pb2.Experiment,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ranking_pb2.Experiment, _abc.Awaitable[_ranking_pb2.Experiment]]:
+        """Create an experiment (a draft); INVALID_ARGUMENT names the field that is wrong."""
+
+    @_abc_1.abstractmethod
+    def GetExperiment(
+        self,
+        request: _ranking_pb2.GetExperimentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ranking_pb2.Experiment, _abc.Awaitable[_ranking_pb2.Experiment]]: ...
+
+    @_abc_1.abstractmethod
+    def ListExperiments(
+        self,
+        request: _ranking_pb2.ListExperimentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ranking_pb2.ListExperimentsResponse, _abc.Awaitable[_ranking_pb2.ListExperimentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetShares(
+        self,
+        request: _ranking_pb2.SetSharesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ranking_pb2.Experiment, _abc.Awaitable[_ranking_pb2.Experiment]]:
+        """Change the traffic shares of an experiment (ramping): only its coverage may change while
+        it has run, so that no member already assigned moves to another variant.
+        """
+
+    @_abc_1.abstractmethod
+    def ChangeExperiment(
+        self,
+        request: _ranking_pb2.ChangeExperimentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ranking_pb2.Experiment, _abc.Awaitable[_ranking_pb2.Experiment]]:
+        """start, pause or stop (with a winner, whose ranker then becomes the active one).
+        FAILED_PRECONDITION when the transition is not allowed from the current status.
+        """
 
 def add_RankingServiceServicer_to_server(servicer: RankingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

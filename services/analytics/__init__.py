@@ -1,0 +1,1 @@
+"""analytics: impressions, attribution, experiment and campaign reports."""

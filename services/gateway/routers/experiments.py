@@ -1,0 +1,297 @@
+"""Experiments: rankers against each other on shares of a placement's live traffic.
+
+The ranking service owns experiments (DESIGN.md): it validates them, assigns members by
+hash and serves each member their variant's ranker; the gateway checks the key (admin) and
+shapes the answers (docs/models.md).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import grpc
+from fastapi import APIRouter, HTTPException, Path, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.gateway.auth import require
+from services.gateway.bodies import model_body, read_model
+from services.gateway.deps import ClientsDep
+from services.gateway.responses import errors
+from services.gateway.routing import AllowingRoute
+from services.gen.recofleet.ranking.v1 import ranking_pb2
+
+router = APIRouter(prefix="/v1/experiments", tags=["experiments"], route_class=AllowingRoute)
+
+# Starting loads and probes every variant's ranker: a large model takes seconds.
+DEADLINE_S = 30.0
+NAME = r"^[^\x00-\x1f\x7f]+$"
+Metric = Literal["ctr", "add_to_cart_rate", "conversion_rate", "revenue_per_member"]
+Guardrail = Literal["latency_p99_ms", "refund_rate", "ctr", "add_to_cart_rate", "conversion_rate"]
+ExperimentId = Annotated[
+    str, Path(pattern=r"^[0-9A-Za-z._-]+$", max_length=64, description="The experiment's id")
+]
+STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 422,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ABORTED: 409,
+}
+UNAVAILABLE = "The ranking service is unavailable: nothing was changed, retry."
+NOT_FOUND = {404: "No experiment with that id."}
+REFUSED = {
+    409: "Not allowed from the experiment's status, another experiment runs on the placement, "
+    "or a variant's ranker failed its probe (the detail says which and why)."
+}
+
+
+class VariantIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=NAME, examples=["treatment"])
+    ranker: str = Field(
+        min_length=1, max_length=64, description="A registered ranker (`GET /v1/models`)."
+    )
+    ranker_version: str | None = Field(
+        default=None, max_length=64, description="One of its versions; none: its current one."
+    )
+    share: float = Field(
+        gt=0, le=1, description="Share of the placement's traffic; the shares sum to at most 1."
+    )
+
+
+class ExperimentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=NAME)
+    placement: str = Field(min_length=1, max_length=64, pattern=NAME, examples=["home"])
+    variants: list[VariantIn] = Field(min_length=2, max_length=10)
+    primary_metric: Metric = "ctr"
+    guardrails: list[Guardrail] = Field(default_factory=list, max_length=10)
+    control: str | None = Field(
+        default=None, max_length=64, description="The control variant; none: the first."
+    )
+
+
+class SharesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    shares: dict[str, Annotated[float, Field(gt=0, le=1)]] = Field(
+        description="Every variant's new share. Once the experiment has run, only its coverage "
+        "may change (every share scaled alike), so that nobody changes variant.",
+        examples=[{"control": 0.5, "treatment": 0.5}],
+    )
+
+
+class StopIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    winner: str | None = Field(
+        default=None, max_length=64, description="The variant whose ranker becomes active."
+    )
+
+
+class VariantOut(BaseModel):
+    name: str
+    ranker: str
+    ranker_version: str | None
+    share: float
+
+
+class ExperimentOut(BaseModel):
+    experiment_id: str
+    name: str
+    placement: str
+    variants: list[VariantOut]
+    control: str
+    primary_metric: str
+    guardrails: list[str]
+    status: Literal["draft", "running", "paused", "stopped"]
+    created_at: datetime | None
+    started_at: datetime | None
+    stopped_at: datetime | None
+    winner: str | None
+
+    @classmethod
+    def of(cls, e: ranking_pb2.Experiment) -> ExperimentOut:
+        return cls(
+            experiment_id=e.experiment_id,
+            name=e.name,
+            placement=e.placement,
+            variants=[
+                VariantOut(
+                    name=v.name,
+                    ranker=v.ranker,
+                    ranker_version=v.ranker_version or None,
+                    share=v.share,
+                )
+                for v in e.variants
+            ],
+            control=e.control,
+            primary_metric=e.primary_metric,
+            guardrails=list(e.guardrails),
+            status=e.status,  # type: ignore[arg-type]
+            created_at=_instant(e.created_at),
+            started_at=_instant(e.started_at),
+            stopped_at=_instant(e.stopped_at),
+            winner=e.winner or None,
+        )
+
+
+class ExperimentsOut(BaseModel):
+    experiments: list[ExperimentOut] = Field(description="Oldest first.")
+
+
+async def _call(method: Any, request: Any) -> Any:
+    try:
+        return await method(request, timeout=DEADLINE_S)
+    except grpc.aio.AioRpcError as exc:
+        status = STATUS.get(exc.code())
+        if status is None:
+            raise HTTPException(
+                503, f"ranking unavailable ({exc.code().name}); retry", headers={"Retry-After": "1"}
+            ) from exc
+        raise HTTPException(status, exc.details() or exc.code().name) from exc
+
+
+@router.post(
+    "",
+    operation_id="create_experiment",
+    dependencies=[require("admin")],
+    status_code=201,
+    response_model=ExperimentOut,
+    responses={
+        201: {"description": "The experiment, a draft until started."},
+        **errors(400, 413, 415, 422, 503, descriptions={503: UNAVAILABLE}),
+    },
+    openapi_extra=model_body(ExperimentIn, "The experiment: placement, variants and shares."),
+)
+async def create_experiment(request: Request, clients: ClientsDep) -> ExperimentOut:
+    """A new experiment, as a draft: `POST /v1/experiments/{id}/start` starts it."""
+    body = await read_model(request, ExperimentIn)
+    message = ranking_pb2.Experiment(
+        name=body.name,
+        placement=body.placement,
+        variants=[
+            ranking_pb2.Variant(
+                name=v.name, ranker=v.ranker, ranker_version=v.ranker_version or "", share=v.share
+            )
+            for v in body.variants
+        ],
+        primary_metric=body.primary_metric,
+        guardrails=body.guardrails,
+        control=body.control or "",
+    )
+    return ExperimentOut.of(await _call(clients.ranking.CreateExperiment, message))
+
+
+@router.get(
+    "",
+    operation_id="list_experiments",
+    dependencies=[require("admin")],
+    response_model=ExperimentsOut,
+    responses={200: {"description": "Every experiment."}, **errors(503)},
+)
+async def list_experiments(clients: ClientsDep) -> ExperimentsOut:
+    reply = await _call(clients.ranking.ListExperiments, ranking_pb2.ListExperimentsRequest())
+    return ExperimentsOut(experiments=[ExperimentOut.of(e) for e in reply.experiments])
+
+
+@router.get(
+    "/{experiment_id}",
+    operation_id="get_experiment",
+    dependencies=[require("admin")],
+    response_model=ExperimentOut,
+    responses={
+        200: {"description": "The experiment."},
+        **errors(404, 422, 503, descriptions=NOT_FOUND),
+    },
+)
+async def get_experiment(experiment_id: ExperimentId, clients: ClientsDep) -> ExperimentOut:
+    request = ranking_pb2.GetExperimentRequest(experiment_id=experiment_id)
+    return ExperimentOut.of(await _call(clients.ranking.GetExperiment, request))
+
+
+@router.put(
+    "/{experiment_id}/shares",
+    operation_id="set_experiment_shares",
+    dependencies=[require("admin")],
+    response_model=ExperimentOut,
+    responses={
+        200: {"description": "The experiment with its new shares, in effect within a second."},
+        **errors(400, 404, 409, 413, 415, 422, 503, descriptions={**NOT_FOUND, **REFUSED}),
+    },
+    openapi_extra=model_body(SharesIn, "Every variant's new share (ramping)."),
+)
+async def set_shares(
+    experiment_id: ExperimentId, request: Request, clients: ClientsDep
+) -> ExperimentOut:
+    """Ramp an experiment: a pilot at 5% + 5%, then 50% + 50%, moves nobody already in it."""
+    body = await read_model(request, SharesIn)
+    message = ranking_pb2.SetSharesRequest(experiment_id=experiment_id, shares=body.shares)
+    return ExperimentOut.of(await _call(clients.ranking.SetShares, message))
+
+
+def _transition(action: Literal["start", "pause"], summary: str) -> None:
+    async def change(experiment_id: ExperimentId, clients: ClientsDep) -> ExperimentOut:
+        message = ranking_pb2.ChangeExperimentRequest(experiment_id=experiment_id, action=action)
+        return ExperimentOut.of(await _call(clients.ranking.ChangeExperiment, message))
+
+    change.__doc__ = summary
+    router.post(
+        f"/{{experiment_id}}/{action}",
+        operation_id=f"{action}_experiment",
+        dependencies=[require("admin")],
+        response_model=ExperimentOut,
+        responses={
+            200: {"description": "The experiment after the change, in effect within a second."},
+            **errors(404, 409, 422, 503, descriptions={**NOT_FOUND, **REFUSED}),
+        },
+    )(change)
+
+
+_transition(
+    "start",
+    "Start (or resume) the experiment: every variant's ranker is loaded and probed first.",
+)
+_transition("pause", "Pause it: members get the active ranker until it is started again.")
+
+
+STOP_BODY = model_body(StopIn, 'Optional: `{"winner": "treatment"}` activates its ranker.')
+STOP_BODY["requestBody"]["required"] = False
+
+
+@router.post(
+    "/{experiment_id}/stop",
+    operation_id="stop_experiment",
+    dependencies=[require("admin")],
+    response_model=ExperimentOut,
+    responses={
+        200: {"description": "The stopped experiment; the winner's ranker is active."},
+        **errors(400, 404, 409, 413, 415, 422, 503, descriptions={**NOT_FOUND, **REFUSED}),
+    },
+    openapi_extra=STOP_BODY,
+)
+async def stop_experiment(
+    experiment_id: ExperimentId, request: Request, clients: ClientsDep
+) -> ExperimentOut:
+    """Stop it for good, optionally naming the winner, whose ranker becomes the active one."""
+    body = await _stop_body(request)
+    message = ranking_pb2.ChangeExperimentRequest(
+        experiment_id=experiment_id, action="stop", winner=body.winner or ""
+    )
+    return ExperimentOut.of(await _call(clients.ranking.ChangeExperiment, message))
+
+
+async def _stop_body(request: Request) -> StopIn:
+    declared = request.headers.get("content-length")
+    if declared == "0" or (declared is None and "transfer-encoding" not in request.headers):
+        return StopIn()
+    return await read_model(request, StopIn)
+
+
+def _instant(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
