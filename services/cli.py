@@ -14,11 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import httpx
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from sqlalchemy.exc import SQLAlchemyError
@@ -29,6 +32,7 @@ from services.common.grpc_server import configure_logging
 from services.common.migrations import OutdatedSchema
 from services.common.settings import FleetSettings
 from services.evaluation import cli as evaluation_cli
+from services.evaluation import simulate as simulation
 from services.evaluation.bus_data import bus_events
 from services.gateway.access_keys import (
     ENV_KEY_ID,
@@ -165,6 +169,51 @@ def cmd_train_ranker(fleet: FleetSettings) -> int:
         "not served yet: activate it with POST /v1/models/ltr/activate, or name it in an "
         "experiment's variant (docs/models.md)"
     )
+    return 0
+
+
+def cmd_simulate(fleet: FleetSettings, args: argparse.Namespace) -> int:
+    """Simulated members against a running fleet's experiment (docs/models.md)."""
+    seeded = GatewaySettings().admin_key
+    key = (
+        args.key or os.environ.get("RECOFLEET_KEY") or (seeded.get_secret_value() if seeded else "")
+    )
+    if not key:
+        print("recofleet simulate: give an admin key (--key or RECOFLEET_KEY)", file=sys.stderr)
+        return 2
+    url = args.url or f"http://{fleet.gateway_host}:{fleet.gateway_port}"
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=30.0) as http:
+        found = http.get(f"/v1/experiments/{args.experiment}")
+        if found.status_code != 200:
+            print(f"recofleet simulate: {found.status_code} {found.text}", file=sys.stderr)
+            return 1
+        experiment = found.json()
+        if experiment["status"] != "running":
+            print(
+                f"recofleet simulate: the experiment is {experiment['status']}: start it first",
+                file=sys.stderr,
+            )
+            return 1
+        bus = open_bus(fleet)
+        try:
+            known = [e.member_id for e in bus_events(bus)]
+        finally:
+            bus.close()
+        members = simulation.members_of(known, args.members, args.seed)
+        behaviour = simulation.Behaviour(
+            ctr=args.ctr,
+            lift=args.lift,
+            favoured=args.favoured,
+            buy_rate=args.buy_rate,
+            visits=args.visits,
+        )
+        done = simulation.simulate(http, experiment["placement"], members, behaviour, args.seed)
+        print(json.dumps(done.summary(behaviour), indent=2))
+        if args.report:
+            report = simulation.wait_for_report(http, args.experiment, done, args.confidence)
+            for line in simulation.reading(report, behaviour):
+                print(line)
     return 0
 
 
@@ -355,6 +404,30 @@ Ctrl-C stops every process.""",
     )
 
 
+def _simulate_parser(commands: Any) -> None:
+    sim = commands.add_parser(
+        "simulate",
+        help="members who click and buy with a known preference for one variant, against a "
+        "running experiment",
+    )
+    sim.add_argument("--experiment", required=True, help="the running experiment's id")
+    sim.add_argument("--members", type=int, default=400, help="drawn from the bus's members")
+    sim.add_argument("--visits", type=int, default=5, help="recommendations asked per member")
+    sim.add_argument("--ctr", type=float, default=0.1, help="chance a visit clicks an item")
+    sim.add_argument(
+        "--lift", type=float, default=0.5, help="the favoured variant's extra, relative"
+    )
+    sim.add_argument("--favoured", default="treatment", help="the variant members prefer")
+    sim.add_argument(
+        "--buy-rate", type=float, default=0.3, help="chance a click ends in a purchase"
+    )
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--url", help="the gateway (default: the fleet's)")
+    sim.add_argument("--key", help="an admin key (default: $RECOFLEET_KEY)")
+    sim.add_argument("--report", action="store_true", help="then wait for the report and read it")
+    sim.add_argument("--confidence", type=float, default=0.95, help="of the report's intervals")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recofleet", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -383,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "train-ranker", help="train the learned ranker (ltr) on the bus's events, as a version"
     )
+    _simulate_parser(commands)
     up = commands.add_parser("up", help="load-sample, train, run")
     up.add_argument("--source", type=Path, help="Online Retail CSV (default: bundled sample)")
     _keys_parser(commands)
@@ -403,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_train(fleet, args.force, args.catch_up)
         if args.command == "train-ranker":
             return cmd_train_ranker(fleet)
+        if args.command == "simulate":
+            return cmd_simulate(fleet, args)
         if args.command == "up":
             # The fleet is not running yet: the trainer may take the retrieval group's place.
             cmd_train(fleet, force=False, catch_up=True)

@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.settings import FleetSettings
 
-SERVICES = ("ingestion", "profiles", "retrieval", "ranking", "campaigns")
+SERVICES = ("ingestion", "profiles", "retrieval", "ranking", "campaigns", "analytics")
 
 
 class FleetFailed(RuntimeError):

@@ -31,6 +31,7 @@ from services.common.bus import (
     CATALOG_TOPIC,
     DEAD_LETTERS_TOPIC,
     EVENTS_TOPIC,
+    IMPRESSIONS_TOPIC,
     MEMBERS_TOPIC,
     BusError,
     EventBus,
@@ -87,8 +88,12 @@ class BusWorker:
         batch_size: int = 2000,
         attempts: int = 5,
         max_backoff_s: float = 5.0,
+        commit: bool = True,
     ) -> None:
+        """`commit=False` for state kept in memory, rebuilt from the log at each start: the
+        group never commits, so it leaves nothing behind once dropped."""
         self._bus = bus
+        self._commit = commit
         self._group = group
         self._topics = list(topics)
         self._handler = handler
@@ -148,7 +153,8 @@ class BusWorker:
                 records = consumer.poll(self._batch_size, timeout_s=0.2)
                 if records:
                     self._apply(records)
-                    consumer.commit()
+                    if self._commit:
+                        consumer.commit()
 
     def _apply(self, records: Sequence[Record]) -> None:
         rejected = self._with_retries(records)
@@ -225,13 +231,17 @@ class Decoded:
     commands: list[MemberCommand] = field(default_factory=list)
 
 
+# Topics whose records carry native events: members' own, and what was shown to them.
+EVENT_TOPICS = frozenset({EVENTS_TOPIC, IMPRESSIONS_TOPIC})
+
+
 def decode(records: Sequence[Record]) -> Decoded:
     """Split a polled batch into events, catalog items and member commands; what cannot
     be read is dead-lettered."""
     out = Decoded([], [], [])
     for record in records:
         try:
-            if record.topic == EVENTS_TOPIC:
+            if record.topic in EVENT_TOPICS:
                 out.events.extend(read_events(record.value))
             elif record.topic == CATALOG_TOPIC:
                 out.items.append(CatalogItem.from_bytes(record.value))

@@ -36,7 +36,7 @@ from sqlalchemy import Connection, Engine, MetaData, create_engine, inspect, tex
 
 from services.common.db import make_engine
 
-SERVICES = ("campaigns", "gateway", "profiles", "ranking", "retrieval")
+SERVICES = ("analytics", "campaigns", "gateway", "profiles", "ranking", "retrieval")
 # The first revision of every service: the schema of the release before migrations.
 BASELINE = "0001_baseline"
 _SERVICES_DIR = Path(__file__).resolve().parent.parent

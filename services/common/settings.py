@@ -64,6 +64,7 @@ class FleetSettings(BaseSettings):
     retrieval_addr: str = "127.0.0.1:50053"
     ranking_addr: str = "127.0.0.1:50054"
     campaigns_addr: str = "127.0.0.1:50055"
+    analytics_addr: str = "127.0.0.1:50056"
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
 

@@ -14,13 +14,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from services.common.bus import CATALOG_TOPIC, EVENTS_TOPIC, MEMBERS_TOPIC, EventBus
+from services.common.bus import (
+    CATALOG_TOPIC,
+    EVENTS_TOPIC,
+    IMPRESSIONS_TOPIC,
+    MEMBERS_TOPIC,
+    EventBus,
+)
 from services.common.consuming import decode
 from services.common.events import AnyEvent, EventType
 from services.common.members import Erase, Link, MemberCommand
 from services.evaluation.data import Dataset, Interaction, by_time
 
-TOPICS = (EVENTS_TOPIC, CATALOG_TOPIC, MEMBERS_TOPIC)
+# Impressions too: the learned ranker's training reads them with their outcomes.
+TOPICS = (EVENTS_TOPIC, CATALOG_TOPIC, MEMBERS_TOPIC, IMPRESSIONS_TOPIC)
 
 
 @dataclass

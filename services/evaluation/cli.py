@@ -408,6 +408,9 @@ def _print_summary(report: dict[str, Any], paths: Sequence[Path | None]) -> None
             cells += [f"{entry.get(f'{m}@{k}', float('nan')):.4f}" for m in SUMMARY_METRICS]
         rows.append(cells)
     print(_columns(headers, rows))
+    for name, note in report.get("notes", {}).items():
+        if note.get("summary"):
+            print(f"{name}: {note['summary']}")
     for name, reason in report["skipped"].items():
         print(f"skipped {name}: {reason}")
     for path in paths:

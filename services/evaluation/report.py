@@ -5,6 +5,10 @@ twice: with repeats allowed (the top-level "models", what a shop showing "buy ag
 with each member's train purchases excluded ("models_excluding_bought", discovery only). Both are
 scored with `metrics.score`; the report also breaks ndcg down by how much history members have
 and shows where in the popularity distribution recommendations fall.
+
+A model may also be told the split's instant and the items' prices before fitting
+(`SplitAware`), and give notes for the report afterwards (`Noted`): the fleet's models say
+there how they got their lists and what they trained on.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -45,6 +49,22 @@ VERSIONED = {
     "ranx": "ranx",
     "recofleet": "recofleet",
 }
+
+
+@runtime_checkable
+class SplitAware(Protocol):
+    """A model told, before it is fitted, the instant its train part describes the shop at
+    (`Split.as_of`) and the items' typical prices: never anything of the test part."""
+
+    def prepare(self, as_of: datetime, prices: Mapping[str, float]) -> None: ...
+
+
+@runtime_checkable
+class Noted(Protocol):
+    """A model with notes for the report once it has recommended (how it got its lists,
+    what it trained on); `notes()["summary"]`, when given, is one line for the terminal."""
+
+    def notes(self) -> dict[str, Any]: ...
 
 
 def evaluate(
@@ -100,12 +120,15 @@ class _Run:
         self.skipped: dict[str, str] = {}
         self.hyperparameters: dict[str, dict[str, object]] = {}
         self.curves: dict[str, dict[str, list[float]]] = {}
+        self.notes: dict[str, dict[str, Any]] = {}
         self.deciles = _popularity_deciles(split.train)
         self.catalog = len({i.item_id for i in split.train})
 
     def add(self, model: Model, saved: IO[str] | None) -> None:
         """Fit `model`, then recommend and score in every mode (or record why it was skipped)."""
         started = time.perf_counter()
+        if isinstance(model, SplitAware):
+            model.prepare(self.split.as_of(), self.dataset.prices)
         with counter(f"fitting {model.name}", self.progress, total=1) as shown:
             model.fit(self.split.train, self.dataset.categories)
             shown.update()
@@ -124,6 +147,8 @@ class _Run:
                 self.long_tail[model.name] = _decile_shares(lists.values(), self.deciles)
                 _write_lines(saved, model.name, lists)
         self.curves[model.name] = model.curves()
+        if isinstance(model, Noted):
+            self.notes[model.name] = model.notes()
 
     def _recommend(self, model: Model, mode: str) -> tuple[dict[str, list[str]], float]:
         exclude = self.bought if mode == "excluded" else {}
@@ -172,6 +197,7 @@ class _Run:
             segments=self._segments_report(),
             long_tail=self._long_tail_report(),
             curves={name: c for name, c in self.curves.items() if c},
+            notes=self.notes,
             excluded_items="each test member's train items of type "
             + ", ".join(sorted(self.relevant_types)),
             recommendations={"path": str(saved), "mode": self._saved_mode(), "k": self.ks[-1]}

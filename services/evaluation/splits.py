@@ -52,6 +52,17 @@ class Split:
             "include_cold": include_cold,
         }
 
+    def as_of(self) -> datetime:
+        """The instant the train part describes the shop at: a temporal split's cut-off;
+        the newest train interaction for the others, which have no single cut-off."""
+        cutoff = self.params.get("cutoff") if self.name.endswith("temporal") else None
+        if isinstance(cutoff, str):
+            moment = datetime.fromisoformat(cutoff)
+            return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        if not self.train:
+            raise SplitError(f"{self.name} split {self.params}: nothing to train on")
+        return max(i.at for i in self.train)
+
 
 def interactions_of(data: Data) -> list[Interaction]:
     """The interactions of a data set or sequence, sorted by time."""

@@ -22,6 +22,7 @@ from services.gateway.access_keys import AccessKeyStore, open_key_store, seed_en
 from services.gateway.auth import KeyVerifier, document_scopes, route_scopes
 from services.gateway.clients import FleetClients
 from services.gateway.compose import Composer
+from services.gateway.impressions import ImpressionLog
 from services.gateway.limits import RateLimiter
 from services.gateway.responses import complete
 from services.gateway.routers import (
@@ -35,6 +36,7 @@ from services.gateway.routers import (
     segments,
 )
 from services.gateway.settings import GatewaySettings
+from services.gen.recofleet.ingestion.v1 import ingestion_pb2
 
 log = logging.getLogger(__name__)
 REQUESTS = Counter(
@@ -46,6 +48,21 @@ LATENCY = Histogram(
     ["route", "method"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+
+
+def impression_log(
+    clients: FleetClients, settings: GatewaySettings, fleet: FleetSettings
+) -> ImpressionLog:
+    """The log of every answer, sent through ingestion like any event."""
+
+    async def publish(payload: bytes) -> ingestion_pb2.PublishEventsResponse:
+        request = ingestion_pb2.PublishEventsRequest(payload=payload, format="native")
+        reply: ingestion_pb2.PublishEventsResponse = await clients.ingestion.PublishEvents(
+            request, timeout=settings.impressions.publish_timeout_s
+        )
+        return reply
+
+    return ImpressionLog(publish, settings.impressions, fleet.clock())
 
 
 def create_app(
@@ -66,8 +83,13 @@ def create_app(
         # its token): the same secret, so `/v1/members/jane@example.com/...` finds Jane.
         app.state.member_ids = PiiScrubber(pii_secret(fleet))
         refresher = asyncio.create_task(_keep_popular_fresh(composer, settings.popular_refresh_s))
+        impressions = impression_log(clients, settings, fleet)
+        composer.shown = impressions.record
+        sender = asyncio.create_task(impressions.run())
         yield
         refresher.cancel()
+        await impressions.close()
+        sender.cancel()
         await composer.close()
         await clients.close()
         if key_store is None:

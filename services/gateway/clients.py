@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.grpc_server import MESSAGE_OPTIONS
 from services.common.settings import FleetSettings
+from services.gen.recofleet.analytics.v1 import analytics_pb2_grpc
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2_grpc
 from services.gen.recofleet.ingestion.v1 import ingestion_pb2_grpc
 from services.gen.recofleet.profiles.v1 import profiles_pb2_grpc
@@ -25,6 +26,7 @@ class FleetClients:
     retrieval: retrieval_pb2_grpc.RetrievalServiceStub
     ranking: ranking_pb2_grpc.RankingServiceStub
     campaigns: campaigns_pb2_grpc.CampaignsServiceStub
+    analytics: analytics_pb2_grpc.AnalyticsServiceStub
 
     @classmethod
     def connect(cls, fleet: FleetSettings) -> FleetClients:
@@ -34,6 +36,7 @@ class FleetClients:
             "retrieval": fleet.retrieval_addr,
             "ranking": fleet.ranking_addr,
             "campaigns": fleet.campaigns_addr,
+            "analytics": fleet.analytics_addr,
         }
         channels = {
             name: grpc.aio.insecure_channel(addr, options=MESSAGE_OPTIONS)
@@ -46,6 +49,7 @@ class FleetClients:
             retrieval=retrieval_pb2_grpc.RetrievalServiceStub(channels["retrieval"]),
             ranking=ranking_pb2_grpc.RankingServiceStub(channels["ranking"]),
             campaigns=campaigns_pb2_grpc.CampaignsServiceStub(channels["campaigns"]),
+            analytics=analytics_pb2_grpc.AnalyticsServiceStub(channels["analytics"]),
         )
 
     async def health(self, timeout_s: float = 1.0) -> dict[str, str]:

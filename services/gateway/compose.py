@@ -39,6 +39,7 @@ T = TypeVar("T")
 # them between messages is done in C, converting them to Python objects and back was a
 # fifth of the gateway's CPU per recommendation.
 Candidates = Sequence[common_pb2.Candidate]
+Shown = Callable[["Recommendation", Mapping[str, Mapping[str, float]]], None]
 # What members outside every experiment are in.
 DEFAULT_VARIANT = "default"
 DEGRADED = Counter(
@@ -163,6 +164,9 @@ class Composer:
             probes = {name: health_probe(clients.channels[name]) for name in COMPOSED}
         self.breakers = {name: Breaker(name, probes[name], settings.breakers) for name in COMPOSED}
         self.in_flight = InFlight(settings.max_in_flight)
+        # Told of every recommendation answer, with the sources of the candidates shown:
+        # the impression log (services/gateway/impressions.py) when the app sets it.
+        self.shown: Shown | None = None
 
     async def close(self) -> None:
         for breaker in self.breakers.values():
@@ -244,7 +248,14 @@ class Composer:
         kept = await self._rules(trip, member_id, placement, candidates, [], asked.exclude)
         items, ranked = await self._rank(trip, profile, member_id, placement, kept, asked.limit)
         model = f"{ranked.model}+als@{version}" if version else ranked.model
-        return asked.answer(items, model, trip.degraded, ranked=ranked)
+        return self._told(asked.answer(items, model, trip.degraded, ranked=ranked), kept)
+
+    def _told(self, answer: Recommendation, candidates: Candidates = ()) -> Recommendation:
+        if self.shown is not None:
+            wanted = {item.item_id for item in answer.items}
+            sources = {c.item_id: c.sources for c in candidates if c.item_id in wanted}
+            self.shown(answer, sources)
+        return answer
 
     def _wanted(self, asked: Asked) -> int:
         """Candidates to ask for: enough to survive the rules."""
@@ -258,7 +269,7 @@ class Composer:
         version = self.popular.version
         items = [_entry(c) for c in stand_in[: asked.limit]]
         model = f"popular@{version}" if version else "popular"
-        return asked.answer(items, model, ["gateway"], personalized=False)
+        return self._told(asked.answer(items, model, ["gateway"], personalized=False))
 
     async def _impersonal(self, trip: Trip, asked: Asked) -> Recommendation:
         """What anyone would get here: the item in view's neighbours or the shop's popular
@@ -269,7 +280,7 @@ class Composer:
         kept = await self._rules(trip, "", asked.placement, candidates, [], asked.exclude)
         items = [_entry(c) for c in sorted(kept, key=lambda c: -c.score)[: asked.limit]]
         model = f"non-personalized+als@{version}" if version else "non-personalized"
-        return asked.answer(items, model, trip.degraded, personalized=False)
+        return self._told(asked.answer(items, model, trip.degraded, personalized=False), kept)
 
     async def similar(self, item_id: str, limit: int) -> Recommendation:
         asked = Asked("", "product", limit, item_id, [item_id])

@@ -31,6 +31,21 @@ class Breakers(BaseModel):
     probe_timeout_s: float = Field(default=0.5, gt=0)
 
 
+class ImpressionSettings(BaseModel):
+    enabled: bool = Field(default=True, description="Log every recommendation answer.")
+    batch_size: int = Field(default=500, ge=1, le=5000, description="Impressions per send.")
+    flush_interval_s: float = Field(
+        default=0.2, gt=0, description="The longest an impression waits in memory."
+    )
+    max_queued: int = Field(
+        default=50_000,
+        ge=1,
+        description="Impressions kept while ingestion cannot take them; past it, new ones "
+        'are dropped (recofleet_gateway_impressions_total{outcome="dropped"}).',
+    )
+    publish_timeout_s: float = Field(default=2.0, gt=0)
+
+
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RECOFLEET_GATEWAY_",
@@ -56,6 +71,7 @@ class GatewaySettings(BaseSettings):
     candidate_factor: int = Field(
         default=4, ge=1, description="Candidates fetched per item asked, to survive the rules."
     )
+    impressions: ImpressionSettings = Field(default_factory=ImpressionSettings)
     ranking_recent_items: int = Field(
         default=20,
         ge=0,

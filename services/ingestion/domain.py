@@ -21,11 +21,19 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from services.common.bus import CATALOG_TOPIC, EVENTS_TOPIC, MEMBERS_TOPIC, EventBus, Message
+from services.common.bus import (
+    CATALOG_TOPIC,
+    EVENTS_TOPIC,
+    IMPRESSIONS_TOPIC,
+    MEMBERS_TOPIC,
+    EventBus,
+    Message,
+)
 from services.common.events import (
     MAX_ID_LENGTH,
     CatalogItem,
     Event,
+    EventType,
     check_member_id,
     describe_error,
     event_records,
@@ -236,7 +244,14 @@ class Ingestor:
         outcome.rejected.sort(key=lambda rejected: rejected.index)
         if commands:
             self._bus.publish(MEMBERS_TOPIC, [command_message(c) for c in commands])
-        self._bus.publish(EVENTS_TOPIC, event_records(events))
+        shown = [e for e in events if e.type == EventType.IMPRESSION]
+        done = [e for e in events if e.type != EventType.IMPRESSION] if shown else events
+        # What was shown is the shop's doing, not the member's: on a topic of its own, which
+        # only analytics (and the ranker's training) reads.
+        if shown:
+            self._bus.publish(IMPRESSIONS_TOPIC, event_records(shown))
+        if done:
+            self._bus.publish(EVENTS_TOPIC, event_records(done))
         outcome.accepted = [e.event_id for e in events]
         return outcome
 

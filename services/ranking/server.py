@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 from sqlalchemy.exc import SQLAlchemyError
 
+from services.common.bus import EVENTS_TOPIC, BusError, EventBus, Record, open_bus
+from services.common.consuming import BusWorker, DeadLetter, decode
 from services.common.grpc_server import configure_logging, serve
 from services.common.settings import FleetSettings
 from services.gen.recofleet.ranking.v1 import ranking_pb2_grpc
 from services.ranking.domain import RankerBook
+from services.ranking.features import ItemFeatureState
+from services.ranking.ltr import STATE_FILE
 from services.ranking.registry import discover
 from services.ranking.servicer import RankingServicer
 from services.ranking.settings import RankingSettings
 from services.ranking.store import SqlRankingStore
+from services.ranking.training import LTR
+from services.retrieval.model_store import LocalModelStore
 
 SERVICE_NAME = "recofleet.ranking.v1.RankingService"
 log = logging.getLogger(__name__)
@@ -31,9 +41,45 @@ async def keep_fresh(book: RankerBook, interval_s: float) -> None:
             log.warning("rankers and experiments not refreshed from the store: %s", exc)
 
 
+def live_features(models_dir: Path) -> ItemFeatureState:
+    """The items' state the learned ranker reads: the newest trained version's, as of its
+    training, or an empty one before the first."""
+    store = LocalModelStore(models_dir / LTR)
+    current = store.current()
+    carried = store.path(current) / STATE_FILE if current else None
+    if carried is None or not carried.is_file():
+        return ItemFeatureState()
+    try:
+        return ItemFeatureState.restore(carried.read_bytes())
+    except ValueError as exc:
+        log.warning("the items' state of ltr %s is unreadable (%s): starting empty", current, exc)
+        return ItemFeatureState()
+
+
+def feature_worker(bus: EventBus, state: ItemFeatureState, group: str) -> BusWorker:
+    """Keeps `state` current from the events topic, read from its start by a group of this
+    process's own (the state is in memory: each replica builds its own, and a restart reads
+    again); events the state already holds (up to its latest instant) are skipped."""
+    since = state.latest
+
+    def handle(records: Sequence[Record]) -> list[DeadLetter]:
+        events = decode(records).events
+        state.apply(e for e in events if since is None or e.timestamp > since)
+        # Records that do not decode are the dead letters of the services that own them.
+        return []
+
+    return BusWorker(bus, group, [EVENTS_TOPIC], handle, commit=False)
+
+
 async def run(fleet: FleetSettings, settings: RankingSettings) -> None:
     store = SqlRankingStore.from_url(settings.database_url or fleet.sqlite_url("ranking"))
-    book = RankerBook(discover(), store, settings, fleet.models_dir / "rankers", fleet.clock())
+    models_dir = fleet.models_dir / "rankers"
+    features = live_features(models_dir)
+    bus = open_bus(fleet)
+    group = f"ranking-features-{uuid.uuid4().hex[:12]}"
+    worker = feature_worker(bus, features, group)
+    worker.start()
+    book = RankerBook(discover(), store, settings, models_dir, fleet.clock(), features)
     servicer = RankingServicer(book)
     refresher = asyncio.create_task(keep_fresh(book, settings.refresh_s))
 
@@ -42,14 +88,19 @@ async def run(fleet: FleetSettings, settings: RankingSettings) -> None:
 
     async def close() -> None:
         refresher.cancel()
+        await asyncio.to_thread(worker.stop)
+        with contextlib.suppress(BusError):
+            bus.drop_group(group)
         store.close()
+        bus.close()
 
-    # It can rank as long as it answers: the active ranker is in memory.
+    # It can rank as long as it answers (the active ranker is in memory) and the items'
+    # state is being kept.
     await serve(
         service_name=SERVICE_NAME,
         address=fleet.ranking_addr,
         register=register,
-        probe=lambda: True,
+        probe=lambda: worker.alive,
         on_stop=close,
     )
 

@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, text
 from services.common.settings import FleetSettings
 from services.gateway.access_keys import SqlAccessKeyStore, create_key
 
-SERVICES = ("ingestion", "profiles", "retrieval", "ranking", "campaigns")
+SERVICES = ("ingestion", "profiles", "retrieval", "ranking", "campaigns", "analytics")
 SEGMENT_WRITE_KEY = "wk-integration-tests"
 # RECOFLEET_ADMIN_KEY of every test fleet: what its clients send unless a test says otherwise.
 ADMIN_KEY = "integration-tests-admin-key-0123456789abcdef"
@@ -166,7 +166,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFleet]:
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 # Services with a database of their own: each gets a schema of its own on PostgreSQL.
-STORED = ("profiles", "retrieval", "campaigns", "gateway", "ranking")
+STORED = ("profiles", "retrieval", "campaigns", "gateway", "ranking", "analytics")
 
 
 @contextlib.contextmanager

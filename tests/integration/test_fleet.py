@@ -175,6 +175,7 @@ def test_ops_endpoints(fleet: RunningFleet):
             "retrieval",
             "ranking",
             "campaigns",
+            "analytics",
         }
         assert set(ready["services"].values()) == {"SERVING"}
         metrics = http.get("/metrics").text

@@ -125,12 +125,14 @@ Table(
     Column("revoked_at", DateTime(timezone=True)),
 )
 
-# Ranking kept nothing then.
+# Ranking kept nothing then, and analytics did not exist.
 ranking = MetaData()
+analytics = MetaData()
 SCHEMAS = {
     "profiles": profiles,
     "retrieval": retrieval,
     "campaigns": campaigns,
     "gateway": gateway,
     "ranking": ranking,
+    "analytics": analytics,
 }

@@ -16,7 +16,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.common.bus import EVENTS_TOPIC
+from services.common.bus import EVENTS_TOPIC, IMPRESSIONS_TOPIC
 from services.common.bus.base import Message
 from services.common.events import read_events
 from services.common.members import read_command
@@ -55,7 +55,7 @@ def _ingest(body: bytes, fmt: str) -> list[tuple[str, Message]]:
 def _assert_clean(published: list[tuple[str, Message]]) -> None:
     for topic, message in published:
         assert not SCRUB.finds(message.key, "member_id"), message.key
-        if topic == EVENTS_TOPIC:
+        if topic in (EVENTS_TOPIC, IMPRESSIONS_TOPIC):
             for event in read_events(message.value):
                 assert not SCRUB.finds(event), event
         else:

@@ -206,6 +206,7 @@ def test_add_parser_plugs_into_a_main_parser() -> None:
     args = parser.parse_args(["evaluate", "--data", "d.csv", "--out", "o", "--k", "10,5"])
     assert args.k == [5, 10] and args.split == "temporal" and args.handler is cli.run
     default = ["popularity", "trending", "buy_again", "item_knn", "ease", "als", "served"]
+    default += ["served-blend", "served-ltr"]
     assert args.models == default
 
 

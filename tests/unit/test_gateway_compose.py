@@ -220,6 +220,7 @@ class Fleet:
             retrieval=self.retrieval,  # type: ignore[arg-type]
             ranking=self.ranking,  # type: ignore[arg-type]
             campaigns=self.campaigns,  # type: ignore[arg-type]
+            analytics=None,  # type: ignore[arg-type]
         )
         self.probes = FakeProbes()
         self.composer = Composer(clients, settings or GatewaySettings(), probes=self.probes.each())
@@ -489,3 +490,35 @@ async def test_past_capacity_an_answer_is_the_popular_items_at_once() -> None:
     assert item_ids(rec) == ["toys-9", "unwanted-1"]
     assert len(fleet.profiles.requests["GetProfile"]) == 1  # only the first one's
     assert not (await first).degraded
+
+
+async def test_every_answer_is_told_to_the_impression_log_with_its_sources(fleet: Fleet) -> None:
+    told: list[tuple[Recommendation, dict[str, dict[str, float]]]] = []
+    fleet.composer.shown = lambda answer, sources: told.append(
+        (answer, {i: dict(s) for i, s in sources.items()})
+    )
+
+    rec = await fleet.recommend(limit=3)
+    fleet.ranking.failing = {"Rank"}
+    degraded = await fleet.recommend(limit=3)
+
+    assert [answer for answer, _ in told] == [rec, degraded]
+    # The sources of exactly the items shown (the fakes' candidates carry none).
+    assert set(told[0][1]) == set(item_ids(rec))
+    assert told[1][0].degraded and told[1][0].variant == "default"
+
+
+async def test_the_variant_ranking_chose_is_in_the_answer(fleet: Fleet) -> None:
+    original = fleet.ranking.Rank
+
+    async def in_experiment(request: Any, timeout: float | None = None) -> Any:
+        reply = await original(request, timeout)
+        reply.variant, reply.experiment_id = "treatment", "exp-1"
+        return reply
+
+    fleet.ranking.Rank = in_experiment  # type: ignore[method-assign]
+    rec = await fleet.recommend()
+
+    assert (rec.variant, rec.experiment_id) == ("treatment", "exp-1")
+    member = fleet.ranking.requests["Rank"][0].member
+    assert member.member_id == "m-1"

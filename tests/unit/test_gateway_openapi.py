@@ -47,6 +47,7 @@ STATUSES = {
     ("post", "/v1/experiments/{experiment_id}/start"): {"200", "404", "409", "422"} | KEYED,
     ("post", "/v1/experiments/{experiment_id}/pause"): {"200", "404", "409", "422"} | KEYED,
     ("post", "/v1/experiments/{experiment_id}/stop"): BODY_CHANGE | KEYED,
+    ("get", "/v1/experiments/{experiment_id}/report"): {"200", "404", "422"} | KEYED,
     ("get", "/healthz"): {"200"},
     ("get", "/readyz"): {"200", "503"},
     ("get", "/metrics"): {"200"},
@@ -79,6 +80,7 @@ SCOPES = {
     ("post", "/v1/experiments/{experiment_id}/start"): "admin",
     ("post", "/v1/experiments/{experiment_id}/pause"): "admin",
     ("post", "/v1/experiments/{experiment_id}/stop"): "admin",
+    ("get", "/v1/experiments/{experiment_id}/report"): "admin",
 }
 
 

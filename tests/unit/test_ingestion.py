@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.bus.base import CATALOG_TOPIC, EVENTS_TOPIC, Record
+from services.common.bus.base import CATALOG_TOPIC, EVENTS_TOPIC, IMPRESSIONS_TOPIC, Record
 from services.common.bus.local_log import LocalLogBus
 from services.common.events import CatalogItem, read_events
 from services.common.pii import PiiScrubber
@@ -199,3 +199,28 @@ def test_emails_and_phones_never_reach_the_bus_in_clear(ingestor: Ingestor, bus:
 
 def bus_files(bus: LocalLogBus) -> list:
     return [p for p in bus.root.rglob("*") if p.is_file()]
+
+
+def test_impressions_go_on_their_own_topic_and_the_rest_on_the_events_topic(
+    bus: LocalLogBus, ingestor: Ingestor
+) -> None:
+    body = _body(
+        {"event_id": "v-1", "type": "view", "member_id": "m-1", "item_id": "sku-1"},
+        {
+            "event_id": "imp-1",
+            "type": "impression",
+            "member_id": "m-1",
+            "recommendation_id": "r-1",
+            "items": [{"item_id": "sku-1"}, {"item_id": "sku-2"}],
+            "context": {"placement": "home", "variant": "control"},
+        },
+    )
+
+    outcome = ingestor.publish_events(body)
+
+    assert outcome.accepted == ["v-1", "imp-1"]
+    shown = [e for r in _published(bus, IMPRESSIONS_TOPIC) for e in read_events(r.value)]
+    done = [e for r in _published(bus, EVENTS_TOPIC) for e in read_events(r.value)]
+    assert [e.event_id for e in shown] == ["imp-1"]
+    assert [e.event_id for e in done] == ["v-1"]
+    assert shown[0].context["variant"] == "control"

@@ -26,6 +26,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, MetaData, inspect, text
 
+from services.analytics.settings import AnalyticsSettings
+from services.analytics.store import SqlAnalyticsStore
+from services.analytics.store import metadata as analytics_tables
 from services.campaigns.store import SqlCatalogStore
 from services.campaigns.store import metadata as campaigns_tables
 from services.common import migrations
@@ -56,6 +59,7 @@ from tests.unit import previous_release
 from tests.unit.conftest import ENGINES
 
 STORE_TABLES: dict[str, MetaData] = {
+    "analytics": analytics_tables,
     "campaigns": campaigns_tables,
     "gateway": gateway_tables,
     "profiles": profiles_tables,
@@ -369,6 +373,9 @@ def test_a_data_dir_of_the_previous_release_upgrades_in_place(data_dir: dict[str
     ranking = SqlRankingStore(data_dir["ranking"])
     assert ranking.active() is None and ranking.experiments() == []
     ranking.close()
+    analytics = SqlAnalyticsStore(data_dir["analytics"], AnalyticsSettings())
+    assert analytics.impression("r-1") is None
+    analytics.close()
 
     for service, engine in data_dir.items():
         with engine.connect() as conn:

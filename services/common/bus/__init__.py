@@ -8,6 +8,7 @@ from services.common.bus.base import (
     CATALOG_TOPIC,
     DEAD_LETTERS_TOPIC,
     EVENTS_TOPIC,
+    IMPRESSIONS_TOPIC,
     MEMBERS_TOPIC,
     BusError,
     Consumer,
@@ -20,7 +21,7 @@ from services.common.settings import FleetSettings
 if TYPE_CHECKING:
     from services.common.bus.kafka import KafkaSettings
 
-ALL_TOPICS = (EVENTS_TOPIC, CATALOG_TOPIC, DEAD_LETTERS_TOPIC, MEMBERS_TOPIC)
+ALL_TOPICS = (EVENTS_TOPIC, CATALOG_TOPIC, DEAD_LETTERS_TOPIC, MEMBERS_TOPIC, IMPRESSIONS_TOPIC)
 
 
 def open_bus(fleet: FleetSettings, kafka: KafkaSettings | None = None) -> EventBus:
@@ -64,6 +65,7 @@ __all__ = [
     "CATALOG_TOPIC",
     "DEAD_LETTERS_TOPIC",
     "EVENTS_TOPIC",
+    "IMPRESSIONS_TOPIC",
     "MEMBERS_TOPIC",
     "BusError",
     "Consumer",

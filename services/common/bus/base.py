@@ -20,6 +20,9 @@ CATALOG_TOPIC = "recofleet.catalog"
 DEAD_LETTERS_TOPIC = "recofleet.dead-letters"
 # Erasures, identity links, consent changes (services/common/members.py).
 MEMBERS_TOPIC = "recofleet.members"
+# What was shown to whom (impression events, the gateway's and the shop's): the analytics
+# service reads them; the consumers of members' events never pay for them.
+IMPRESSIONS_TOPIC = "recofleet.impressions"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import grpc
-from fastapi import APIRouter, HTTPException, Path, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.gateway.auth import require
@@ -19,6 +19,7 @@ from services.gateway.bodies import model_body, read_model
 from services.gateway.deps import ClientsDep
 from services.gateway.responses import errors
 from services.gateway.routing import AllowingRoute
+from services.gen.recofleet.analytics.v1 import analytics_pb2
 from services.gen.recofleet.ranking.v1 import ranking_pb2
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"], route_class=AllowingRoute)
@@ -142,14 +143,16 @@ class ExperimentsOut(BaseModel):
     experiments: list[ExperimentOut] = Field(description="Oldest first.")
 
 
-async def _call(method: Any, request: Any) -> Any:
+async def _call(method: Any, request: Any, service: str = "ranking") -> Any:
     try:
         return await method(request, timeout=DEADLINE_S)
     except grpc.aio.AioRpcError as exc:
         status = STATUS.get(exc.code())
         if status is None:
             raise HTTPException(
-                503, f"ranking unavailable ({exc.code().name}); retry", headers={"Retry-After": "1"}
+                503,
+                f"{service} unavailable ({exc.code().name}); retry",
+                headers={"Retry-After": "1"},
             ) from exc
         raise HTTPException(status, exc.details() or exc.code().name) from exc
 
@@ -281,6 +284,148 @@ async def stop_experiment(
         experiment_id=experiment_id, action="stop", winner=body.winner or ""
     )
     return ExperimentOut.of(await _call(clients.ranking.ChangeExperiment, message))
+
+
+class EstimateOut(BaseModel):
+    value: float
+    low: float
+    high: float
+    n: int = Field(description="Members behind it.")
+
+    @classmethod
+    def of(cls, e: analytics_pb2.Estimate) -> EstimateOut:
+        return cls(value=e.value, low=e.low, high=e.high, n=e.n)
+
+
+class DifferenceOut(BaseModel):
+    metric: str
+    control: EstimateOut
+    treatment: EstimateOut
+    absolute: float = Field(description="Treatment minus control.")
+    low: float
+    high: float
+    relative: float | None = Field(description="Treatment / control - 1; null when control is 0.")
+    p_value: float
+    method: str = Field(description="The test used, by name.")
+    significant: bool
+    note: str | None
+    variance_reduction: float | None = Field(
+        description="CUPED: the share of the variance pre-experiment spend explained."
+    )
+
+    @classmethod
+    def of(cls, d: analytics_pb2.Difference) -> DifferenceOut:
+        return cls(
+            metric=d.metric,
+            control=EstimateOut.of(d.control),
+            treatment=EstimateOut.of(d.treatment),
+            absolute=d.absolute,
+            low=d.low,
+            high=d.high,
+            relative=d.relative if d.HasField("relative") else None,
+            p_value=d.p_value,
+            method=d.method,
+            significant=d.significant,
+            note=d.note or None,
+            variance_reduction=(d.variance_reduction if d.HasField("variance_reduction") else None),
+        )
+
+
+class VariantReportOut(BaseModel):
+    name: str
+    members: int
+    impressions: int
+    clicks: int
+    carts: int
+    purchases: int
+    revenue: float
+    ctr: EstimateOut
+    add_to_cart_rate: EstimateOut
+    conversion_rate: EstimateOut
+    revenue_per_member: EstimateOut
+    differences: list[DifferenceOut] = Field(description="Against the control; none for it.")
+
+
+class SampleRatioOut(BaseModel):
+    chi2: float
+    p_value: float
+    flagged: bool = Field(description="The split is broken: trust no difference.")
+    expected: dict[str, float]
+
+
+class ReportOut(BaseModel):
+    experiment: ExperimentOut
+    warnings: list[str] = Field(description="What to read first (a broken split, too few members).")
+    variants: list[VariantReportOut]
+    sample_ratio: SampleRatioOut
+    confidence: float
+    as_of: datetime | None
+    attribution: str = Field(description="How outcomes were attributed to impressions.")
+
+
+@router.get(
+    "/{experiment_id}/report",
+    operation_id="get_experiment_report",
+    dependencies=[require("admin")],
+    response_model=ReportOut,
+    responses={
+        200: {"description": "Per variant figures with intervals and tests against the control."},
+        **errors(404, 422, 503, descriptions=NOT_FOUND),
+    },
+)
+async def experiment_report(
+    experiment_id: ExperimentId,
+    clients: ClientsDep,
+    confidence: Annotated[float, Query(gt=0.5, lt=1.0)] = 0.95,
+) -> ReportOut:
+    """Members, impressions, CTR, add-to-cart and conversion rates and revenue per member per
+    variant, each with its interval; each variant against the control with the test named;
+    the sample-ratio check; revenue per member with CUPED (pre-experiment spend) beside the
+    raw figure."""
+    request = ranking_pb2.GetExperimentRequest(experiment_id=experiment_id)
+    experiment = await _call(clients.ranking.GetExperiment, request)
+    asked = analytics_pb2.ExperimentReportRequest(
+        experiment_id=experiment.experiment_id,
+        variants=[
+            analytics_pb2.ReportVariant(name=v.name, share=v.share) for v in experiment.variants
+        ],
+        control=experiment.control,
+        started_at=experiment.started_at,
+        stopped_at=experiment.stopped_at,
+        confidence=confidence,
+    )
+    report = await _call(clients.analytics.GetExperimentReport, asked, "analytics")
+    return ReportOut(
+        experiment=ExperimentOut.of(experiment),
+        warnings=list(report.warnings),
+        variants=[_variant_report(v) for v in report.variants],
+        sample_ratio=SampleRatioOut(
+            chi2=report.sample_ratio.chi2,
+            p_value=report.sample_ratio.p_value,
+            flagged=report.sample_ratio.flagged,
+            expected=dict(report.sample_ratio.expected),
+        ),
+        confidence=report.confidence,
+        as_of=_instant(report.as_of),
+        attribution=report.attribution,
+    )
+
+
+def _variant_report(v: analytics_pb2.VariantFigures) -> VariantReportOut:
+    return VariantReportOut(
+        name=v.name,
+        members=v.members,
+        impressions=v.impressions,
+        clicks=v.clicks,
+        carts=v.carts,
+        purchases=v.purchases,
+        revenue=v.revenue,
+        ctr=EstimateOut.of(v.ctr),
+        add_to_cart_rate=EstimateOut.of(v.add_to_cart_rate),
+        conversion_rate=EstimateOut.of(v.conversion_rate),
+        revenue_per_member=EstimateOut.of(v.revenue_per_member),
+        differences=[DifferenceOut.of(d) for d in v.differences],
+    )
 
 
 async def _stop_body(request: Request) -> StopIn:
