@@ -183,6 +183,8 @@ def cmd_simulate(fleet: FleetSettings, args: argparse.Namespace) -> int:
         return 2
     url = args.url or f"http://{fleet.gateway_host}:{fleet.gateway_port}"
     headers = {"Authorization": f"Bearer {key}"}
+    # One line per request would bury the summary.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     with httpx.Client(base_url=url, headers=headers, timeout=30.0) as http:
         found = http.get(f"/v1/experiments/{args.experiment}")
         if found.status_code != 200:

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import grpc
 
 from services.analytics.consumer import analytics_worker
 from services.analytics.servicer import AnalyticsServicer
 from services.analytics.settings import AnalyticsSettings
-from services.analytics.store import AnalyticsStore, SqlAnalyticsStore
+from services.analytics.store import SqlAnalyticsStore
 from services.common.bus import open_bus
 from services.common.grpc_server import configure_logging, serve
 from services.common.migrations import OutdatedSchema
 from services.common.pii import pii_secret
+from services.common.pruning import keep_processed_pruned
 from services.common.settings import FleetSettings
 from services.gen.recofleet.analytics.v1 import analytics_pb2_grpc
 
@@ -29,23 +30,6 @@ def open_store(fleet: FleetSettings, settings: AnalyticsSettings) -> SqlAnalytic
         return SqlAnalyticsStore.from_url(url, settings, pii_secret(fleet))
     except OutdatedSchema as exc:
         raise SystemExit(str(exc)) from None
-
-
-async def keep_processed_pruned(
-    store: AnalyticsStore, retention: timedelta, every_s: float
-) -> None:
-    """Forget the ids of events applied longer than `retention` ago, every `every_s`."""
-    while True:
-        try:
-            # Wall-clock time, as the ids were stamped and as the bus's retention counts.
-            before = datetime.now(UTC) - retention
-            pruned = await asyncio.to_thread(store.prune_processed, before)
-            if pruned:
-                log.info("forgot %d processed event ids from before %s", pruned, before)
-        except Exception:
-            # The next round tries again; the ids are only kept a little longer.
-            log.exception("pruning processed event ids failed")
-        await asyncio.sleep(every_s)
 
 
 async def run(fleet: FleetSettings, settings: AnalyticsSettings) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import grpc
 
@@ -22,6 +22,7 @@ from services.common.consuming import BusWorker, DeadLetter, decode
 from services.common.grpc_server import configure_logging, serve
 from services.common.migrations import OutdatedSchema
 from services.common.pii import pii_secret
+from services.common.pruning import keep_processed_pruned
 from services.common.settings import FleetSettings
 from services.gen.recofleet.profiles.v1 import profiles_pb2_grpc
 from services.profiles.portrait import Portraitist
@@ -35,7 +36,6 @@ SERVICE_NAME = "recofleet.profiles.v1.ProfilesService"
 # How often the service looks whether the score boundaries are due for a recomputation.
 SCORES_CHECK_S = 5.0
 # How often the service forgets the processed event ids past the retention window.
-PRUNE_EVERY_S = 600.0
 log = logging.getLogger(__name__)
 
 
@@ -74,23 +74,6 @@ async def keep_scores_fresh(
             # The next check tries again; reads keep the boundaries they have.
             log.exception("recomputing the score boundaries failed")
         await asyncio.sleep(check_s)
-
-
-async def keep_processed_pruned(
-    store: ProfileStore, retention: timedelta, every_s: float = PRUNE_EVERY_S
-) -> None:
-    """Forget the ids of events applied longer than `retention` ago, every `every_s`."""
-    while True:
-        try:
-            # Wall-clock time, as the ids were stamped and as the bus's retention counts.
-            before = datetime.now(UTC) - retention
-            pruned = await asyncio.to_thread(store.prune_processed, before)
-            if pruned:
-                log.info("forgot %d processed event ids from before %s", pruned, before)
-        except Exception:
-            # The next round tries again; the ids are only kept a little longer.
-            log.exception("pruning processed event ids failed")
-        await asyncio.sleep(every_s)
 
 
 async def run(fleet: FleetSettings, settings: ProfilesSettings) -> None:

@@ -80,7 +80,7 @@ async def run(fleet: FleetSettings, settings: RankingSettings) -> None:
     worker = feature_worker(bus, features, group)
     worker.start()
     book = RankerBook(discover(), store, settings, models_dir, fleet.clock(), features)
-    servicer = RankingServicer(book)
+    servicer = RankingServicer(book, settings.diversity)
     refresher = asyncio.create_task(keep_fresh(book, settings.refresh_s))
 
     def register(server: grpc.aio.Server) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import NoReturn, TypeVar
 
@@ -12,10 +12,12 @@ import grpc
 
 from services.gen.recofleet.common.v1 import common_pb2
 from services.gen.recofleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
+from services.ranking.diversity import capped
 from services.ranking.domain import RankerBook, UnknownRanker
 from services.ranking.experiments import Experiment, InvalidExperiment, NotAllowed, Variant
 from services.ranking.probe import RankerRefused
 from services.ranking.rankers import MemberContext
+from services.ranking.settings import Diversity
 from services.ranking.store import StaleExperiment
 
 T = TypeVar("T")
@@ -30,8 +32,9 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
 
 
 class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
-    def __init__(self, book: RankerBook) -> None:
+    def __init__(self, book: RankerBook, diversity: Mapping[str, Diversity] | None = None) -> None:
         self._book = book
+        self._diversity = dict(diversity or {})
 
     async def Rank(
         self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext
@@ -41,9 +44,15 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         except (UnknownRanker, RankerRefused) as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         limit = request.limit or len(request.candidates)
+        spread = self._diversity.get(request.placement)
+        # Under a cap the ranker orders every candidate, so that what the cap moves back
+        # is replaced by the next best of other categories.
+        asked = len(request.candidates) if spread else limit
         ranked = choice.ranker.rank(
-            member_context(request.member), request.candidates, request.placement, limit
+            member_context(request.member), request.candidates, request.placement, asked
         )
+        if spread:
+            ranked = capped(ranked, limit, spread.max_per_category)
         return ranking_pb2.RankResponse(
             model=choice.label,
             variant=choice.variant,

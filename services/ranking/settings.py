@@ -10,6 +10,14 @@ class BlendWeights(BaseModel):
     affinity: float = Field(default=0.30, ge=0)
 
 
+class Diversity(BaseModel):
+    """How a placement's answers are spread over categories."""
+
+    max_per_category: int = Field(
+        ge=1, description="At most this many items of one category before the others."
+    )
+
+
 class RankingSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RECOFLEET_RANKING_", env_nested_delimiter="__", extra="ignore"
@@ -22,6 +30,11 @@ class RankingSettings(BaseSettings):
         default="blend", description="The ranker answers use before any activation."
     )
     blend: BlendWeights = Field(default_factory=BlendWeights)
+    diversity: dict[str, Diversity] = Field(
+        default_factory=dict,
+        description='Per placement, e.g. {"home": {"max_per_category": 3}}; none by default '
+        "(a cap trades relevance for variety: measure it in an experiment).",
+    )
     refresh_s: float = Field(
         default=0.5,
         gt=0,

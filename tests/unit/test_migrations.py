@@ -44,9 +44,9 @@ from services.common.migrations import (
     upgrade,
     version_table,
 )
+from services.common.pruning import keep_processed_pruned
 from services.gateway.access_keys import SqlAccessKeyStore, create_key, digest, new_key
 from services.gateway.access_keys import metadata as gateway_tables
-from services.profiles.server import keep_processed_pruned
 from services.profiles.settings import ProfilesSettings
 from services.profiles.store import SqlProfileStore
 from services.profiles.store import metadata as profiles_tables

@@ -11,11 +11,12 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import grpc
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.gateway.auth import require
 from services.gateway.bodies import model_body, read_model
+from services.gateway.calls import call
 from services.gateway.deps import ClientsDep
 from services.gateway.responses import errors
 from services.gateway.routing import AllowingRoute
@@ -144,17 +145,7 @@ class ExperimentsOut(BaseModel):
 
 
 async def _call(method: Any, request: Any, service: str = "ranking") -> Any:
-    try:
-        return await method(request, timeout=DEADLINE_S)
-    except grpc.aio.AioRpcError as exc:
-        status = STATUS.get(exc.code())
-        if status is None:
-            raise HTTPException(
-                503,
-                f"{service} unavailable ({exc.code().name}); retry",
-                headers={"Retry-After": "1"},
-            ) from exc
-        raise HTTPException(status, exc.details() or exc.code().name) from exc
+    return await call(method, request, timeout=DEADLINE_S, statuses=STATUS, service=service)
 
 
 @router.post(

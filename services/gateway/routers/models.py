@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.gateway.auth import require
 from services.gateway.bodies import model_body, read_model
+from services.gateway.calls import call
 from services.gateway.deps import ClientsDep
 from services.gateway.responses import errors
 from services.gateway.routing import AllowingRoute
@@ -154,19 +155,7 @@ async def _call(
     statuses: dict[grpc.StatusCode, int],
     service: str = "retrieval",
 ) -> Any:
-    """The reply; a refusal as the HTTP status `statuses` gives its code, anything else
-    as 503."""
-    try:
-        return await method(request, timeout=timeout)
-    except grpc.aio.AioRpcError as exc:
-        status = statuses.get(exc.code())
-        if status is None:
-            raise HTTPException(
-                503,
-                f"{service} unavailable ({exc.code().name}); retry",
-                headers={"Retry-After": "1"},
-            ) from exc
-        raise HTTPException(status, exc.details() or exc.code().name) from exc
+    return await call(method, request, timeout=timeout, statuses=statuses, service=service)
 
 
 @router.get(
