@@ -79,6 +79,16 @@ async def read_body(request: Request, limit: int, expected: str = "JSON") -> byt
     return bytes(body)
 
 
+async def read_optional_model(request: Request, model: type[Model]) -> Model:
+    """The body as `model`, or the model's defaults when the request has no body at all
+    (neither a length above 0 nor a chunked one)."""
+    declared = request.headers.get("content-length")
+    chunked = "transfer-encoding" in request.headers
+    if declared == "0" or (declared is None and not chunked):
+        return model()
+    return await read_model(request, model)
+
+
 async def read_model(request: Request, model: type[Model], limit: int = SMALL_BODY_BYTES) -> Model:
     """The body as `model`: 415, 413 and 400 as for events (the same strict JSON decoder),
     422 naming each field that is wrong."""

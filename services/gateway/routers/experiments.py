@@ -15,7 +15,7 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.gateway.auth import require
-from services.gateway.bodies import model_body, read_model
+from services.gateway.bodies import model_body, read_model, read_optional_model
 from services.gateway.calls import call
 from services.gateway.deps import ClientsDep
 from services.gateway.responses import errors
@@ -270,7 +270,7 @@ async def stop_experiment(
     experiment_id: ExperimentId, request: Request, clients: ClientsDep
 ) -> ExperimentOut:
     """Stop it for good, optionally naming the winner, whose ranker becomes the active one."""
-    body = await _stop_body(request)
+    body = await read_optional_model(request, StopIn)
     message = ranking_pb2.ChangeExperimentRequest(
         experiment_id=experiment_id, action="stop", winner=body.winner or ""
     )
@@ -417,13 +417,6 @@ def _variant_report(v: analytics_pb2.VariantFigures) -> VariantReportOut:
         revenue_per_member=EstimateOut.of(v.revenue_per_member),
         differences=[DifferenceOut.of(d) for d in v.differences],
     )
-
-
-async def _stop_body(request: Request) -> StopIn:
-    declared = request.headers.get("content-length")
-    if declared == "0" or (declared is None and "transfer-encoding" not in request.headers):
-        return StopIn()
-    return await read_model(request, StopIn)
 
 
 def _instant(text: str) -> datetime | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import grpc
 from fastapi import APIRouter, HTTPException, Request
@@ -20,7 +20,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.gateway.auth import require
-from services.gateway.bodies import model_body, read_model
+from services.gateway.bodies import model_body, read_optional_model
 from services.gateway.calls import call
 from services.gateway.deps import ClientsDep
 from services.gateway.responses import errors
@@ -145,7 +145,6 @@ ModelName = Annotated[
         description="`retrieval`, or a ranker's name (`GET /v1/models`).",
     ),
 ]
-B = TypeVar("B", bound=BaseModel)
 
 
 async def _call(
@@ -216,7 +215,7 @@ async def list_models(clients: ClientsDep) -> ModelsOut:
 async def activate_model(name: ModelName, request: Request, clients: ClientsDep) -> ActivatedOut:
     """Make a ranker (or one of its versions) the one answers use outside experiments; for
     `retrieval`, make the version named current (as the rollback with a version does)."""
-    body = await _body(request, ActivateIn)
+    body = await read_optional_model(request, ActivateIn)
     if name == "retrieval":
         if body.version is None:
             raise HTTPException(422, "version: required to activate a retrieval model")
@@ -277,7 +276,7 @@ async def activate_model(name: ModelName, request: Request, clients: ClientsDep)
 async def rollback_retrieval_model(request: Request, clients: ClientsDep) -> ModelOut:
     """Make an earlier retrieval model current: the one before the current, or the version
     the body names. Every replica follows within its reload interval."""
-    body = await _body(request, RollbackIn)
+    body = await read_optional_model(request, RollbackIn)
     info = await _call(
         clients.retrieval.RollbackModel,
         retrieval_pb2.RollbackModelRequest(version=body.version or ""),
@@ -294,15 +293,6 @@ async def rollback_retrieval_model(request: Request, clients: ClientsDep) -> Mod
         current=True,
         served=True,
     )
-
-
-async def _body(request: Request, model: type[B]) -> B:
-    """The body, or the model's defaults when there is none at all."""
-    declared = request.headers.get("content-length")
-    chunked = "transfer-encoding" in request.headers
-    if declared == "0" or (declared is None and not chunked):
-        return model()
-    return await read_model(request, model)
 
 
 def _ranker(info: ranking_pb2.RankerInfo) -> RankerOut:
