@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.clock import Clock
+from services.common.settings import FleetSettings
 from services.ranking.experiments import (
     DEFAULT_VARIANT,
     Experiment,
@@ -32,6 +33,16 @@ from services.ranking.store import Activation, RankingStore
 from services.retrieval.model_store import LocalModelStore, ModelStore
 
 log = logging.getLogger(__name__)
+
+
+def rankers_dir(fleet: FleetSettings) -> Path:
+    """Where the trained rankers' versions live, a folder per ranker."""
+    return fleet.models_dir / "rankers"
+
+
+def ranker_store(models_dir: Path, name: str, settings: RankingSettings) -> ModelStore:
+    """The versions of the trained ranker `name` under `models_dir` (`rankers_dir`)."""
+    return LocalModelStore(models_dir / name, keep=settings.keep_versions)
 
 
 class UnknownRanker(LookupError):
@@ -174,7 +185,7 @@ class RankerBook:
             raise RankerRefused(f"failed to load: {exc}") from exc
 
     def model_store(self, name: str) -> ModelStore:
-        return LocalModelStore(self._models_dir / name, keep=self._settings.keep_versions)
+        return ranker_store(self._models_dir, name, self._settings)
 
     # Activation ----------------------------------------------------------------------
 

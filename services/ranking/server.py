@@ -17,7 +17,7 @@ from services.common.consuming import BusWorker, DeadLetter, decode
 from services.common.grpc_server import configure_logging, serve
 from services.common.settings import FleetSettings
 from services.gen.recofleet.ranking.v1 import ranking_pb2_grpc
-from services.ranking.domain import RankerBook
+from services.ranking.domain import RankerBook, ranker_store, rankers_dir
 from services.ranking.features import ItemFeatureState
 from services.ranking.ltr import STATE_FILE
 from services.ranking.registry import discover
@@ -25,7 +25,6 @@ from services.ranking.servicer import RankingServicer
 from services.ranking.settings import RankingSettings
 from services.ranking.store import SqlRankingStore
 from services.ranking.training import LTR
-from services.retrieval.model_store import LocalModelStore
 
 SERVICE_NAME = "recofleet.ranking.v1.RankingService"
 log = logging.getLogger(__name__)
@@ -41,10 +40,10 @@ async def keep_fresh(book: RankerBook, interval_s: float) -> None:
             log.warning("rankers and experiments not refreshed from the store: %s", exc)
 
 
-def live_features(models_dir: Path) -> ItemFeatureState:
+def live_features(models_dir: Path, settings: RankingSettings) -> ItemFeatureState:
     """The items' state the learned ranker reads: the newest trained version's, as of its
     training, or an empty one before the first."""
-    store = LocalModelStore(models_dir / LTR)
+    store = ranker_store(models_dir, LTR, settings)
     current = store.current()
     carried = store.path(current) / STATE_FILE if current else None
     if carried is None or not carried.is_file():
@@ -73,8 +72,8 @@ def feature_worker(bus: EventBus, state: ItemFeatureState, group: str) -> BusWor
 
 async def run(fleet: FleetSettings, settings: RankingSettings) -> None:
     store = SqlRankingStore.from_url(settings.database_url or fleet.sqlite_url("ranking"))
-    models_dir = fleet.models_dir / "rankers"
-    features = live_features(models_dir)
+    models_dir = rankers_dir(fleet)
+    features = live_features(models_dir, settings)
     bus = open_bus(fleet)
     group = f"ranking-features-{uuid.uuid4().hex[:12]}"
     worker = feature_worker(bus, features, group)

@@ -16,8 +16,8 @@ from typing import Any
 
 from services.common.events import AnyEvent
 from services.common.settings import FleetSettings
+from services.ranking.domain import ranker_store, rankers_dir
 from services.ranking.settings import RankingSettings
-from services.retrieval.model_store import LocalModelStore
 
 LTR = "ltr"
 
@@ -29,10 +29,6 @@ class Trained:
     seconds: float
 
 
-def ranker_models(fleet: FleetSettings, settings: RankingSettings, name: str = LTR) -> Path:
-    return fleet.models_dir / "rankers" / name
-
-
 def train_ranker(
     fleet: FleetSettings, settings: RankingSettings, events: Sequence[AnyEvent]
 ) -> Trained:
@@ -40,7 +36,7 @@ def train_ranker(
     from services.ranking.ltr import train_ltr
 
     started = time.perf_counter()
-    store = LocalModelStore(ranker_models(fleet, settings), keep=settings.keep_versions)
+    store = ranker_store(rankers_dir(fleet), LTR, settings)
     now = fleet.clock().now()
 
     def build(folder: Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from services.common.events import Event, event_records
 from services.ranking.features import ItemFeatureState
 from services.ranking.ltr import STATE_FILE
 from services.ranking.server import feature_worker, live_features
+from services.ranking.settings import RankingSettings
 from services.retrieval.model_store import LocalModelStore
 
 AT = datetime(2026, 12, 1, 12, tzinfo=UTC)
@@ -43,7 +44,7 @@ def _fed(bus: LocalLogBus, state: ItemFeatureState, items: set[str]) -> None:
 def test_without_a_trained_version_the_state_is_built_from_the_bus(tmp_path: Path) -> None:
     bus = LocalLogBus(tmp_path / "bus", partitions=2, fsync=False)
     bus.publish(EVENTS_TOPIC, event_records([_view("e-1", "rake", AT), _view("e-2", "lamp", AT)]))
-    state = live_features(tmp_path / "models")
+    state = live_features(tmp_path / "models", RankingSettings())
 
     _fed(bus, state, {"rake", "lamp"})
 
@@ -65,7 +66,7 @@ def test_events_the_trained_state_holds_are_not_counted_twice(tmp_path: Path) ->
     bus = LocalLogBus(tmp_path / "bus", partitions=2, fsync=False)
     later = AT + timedelta(hours=1)
     bus.publish(EVENTS_TOPIC, event_records([_view("e-1", "rake", AT), _view("e-3", "hoe", later)]))
-    state = live_features(tmp_path / "models")
+    state = live_features(tmp_path / "models", RankingSettings())
 
     _fed(bus, state, {"hoe"})
 
