@@ -40,7 +40,7 @@ from sqlalchemy import (
 )
 
 from services.common.bus.base import Message
-from services.common.db import insert_ignore
+from services.common.db import insert_ignore, unseen
 from services.common.events import AnyEvent
 
 CONSENT_KEYS = ("personalization", "email", "sms", "push", "onsite")
@@ -187,6 +187,42 @@ def relabel(events: Sequence[AnyEvent], links: Mapping[str, str]) -> list[AnyEve
     if not links:
         return list(events)
     return [_as_member(e, links[e.member_id]) if e.member_id in links else e for e in events]
+
+
+def followed(
+    conn: Connection,
+    secret: bytes,
+    erasures: Table,
+    links: Table,
+    events: list[AnyEvent],
+) -> list[AnyEvent]:
+    """The events with linked visitors relabelled as their members, without those from
+    before an erasure of their member (or of the visitor they came as)."""
+    events = _unerased(conn, secret, erasures, events)
+    found = resolve_links(conn, links, [e.member_id for e in events])
+    return _unerased(conn, secret, erasures, relabel(events, found)) if found else events
+
+
+def _unerased(
+    conn: Connection, secret: bytes, erasures: Table, events: list[AnyEvent]
+) -> list[AnyEvent]:
+    digests = {m: member_digest(secret, m) for m in {e.member_id for e in events}}
+    tombstones = erased_since(conn, erasures, digests.values())
+    return unerased(events, tombstones, digests) if tombstones else events
+
+
+def unapplied(
+    conn: Connection, processed: Column[str], events: Sequence[AnyEvent]
+) -> list[AnyEvent]:
+    """The events whose id `processed` does not hold yet, each id once (a batch may repeat
+    one)."""
+    fresh = set(unseen(conn, processed, [e.event_id for e in events]))
+    todo = []
+    for event in events:
+        if event.event_id in fresh:
+            fresh.remove(event.event_id)
+            todo.append(event)
+    return todo
 
 
 def _as_member(event: AnyEvent, member_id: str) -> AnyEvent:

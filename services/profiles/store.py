@@ -42,7 +42,6 @@ from services.common.db import (
     is_embedded,
     make_engine,
     scrub_freed,
-    unseen,
     upsert,
 )
 from services.common.events import AnyEvent, CatalogItem, EventType
@@ -54,14 +53,14 @@ from services.common.members import (
     MemberCommand,
     erased_since,
     erasures_table,
+    followed,
     forget_links,
     links_table,
     member_digest,
     record_erasure,
-    relabel,
     resolve_links,
     save_link,
-    unerased,
+    unapplied,
 )
 from services.common.migrations import upgrade
 from services.profiles import scoring
@@ -313,29 +312,17 @@ class SqlProfileStore(ProfileStore):
 
     def apply_events(self, events: Sequence[AnyEvent]) -> int:
         with self._engine.begin() as conn:
-            todo = _unapplied(conn, events)
+            todo = unapplied(conn, processed_events.c.event_id, events)
             if not todo:
                 return 0
             # Wall-clock time, as the bus's retention counts it (not the fleet clock, which
             # may be offset to replay a data set as of its own dates).
             now = datetime.now(UTC)
             insert_ignore(conn, processed_events, [(e.event_id, now) for e in todo])
-            todo = self._followed(conn, todo)
+            todo = followed(conn, self._secret, erasures, identity_links, todo)
             if todo:
                 self._apply(conn, todo)
         return len(todo)
-
-    def _followed(self, conn: Connection, events: list[AnyEvent]) -> list[AnyEvent]:
-        """The events with linked visitors relabelled, without those from before an
-        erasure of their member (or of the visitor they came as)."""
-        events = self._unerased(conn, events)
-        links = resolve_links(conn, identity_links, [e.member_id for e in events])
-        return self._unerased(conn, relabel(events, links)) if links else events
-
-    def _unerased(self, conn: Connection, events: list[AnyEvent]) -> list[AnyEvent]:
-        digests = {m: self._digest(m) for m in {e.member_id for e in events}}
-        tombstones = erased_since(conn, erasures, digests.values())
-        return unerased(events, tombstones, digests) if tombstones else events
 
     def _digest(self, member_id: str) -> str:
         return member_digest(self._secret, member_id)
@@ -747,17 +734,6 @@ def _paid_prices(conn: Connection) -> dict[str, list[float]]:
         if price is not None:
             found.setdefault(category, []).append(float(price))
     return found
-
-
-def _unapplied(conn: Connection, events: Sequence[AnyEvent]) -> list[AnyEvent]:
-    """The events whose id was never applied, each id once (a batch may repeat one)."""
-    fresh = set(unseen(conn, processed_events.c.event_id, [e.event_id for e in events]))
-    todo = []
-    for event in events:
-        if event.event_id in fresh:
-            fresh.remove(event.event_id)
-            todo.append(event)
-    return todo
 
 
 def _utc(value: datetime) -> datetime:
