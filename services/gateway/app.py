@@ -84,7 +84,9 @@ def create_app(
         app.state.member_ids = PiiScrubber(pii_secret(fleet))
         refresher = asyncio.create_task(_keep_popular_fresh(composer, settings.popular_refresh_s))
         impressions = impression_log(clients, settings, fleet)
-        composer.shown = impressions.record
+        if settings.impressions.enabled:
+            # Unset, the composer gathers nothing for it on each answer.
+            composer.shown = impressions.record
         sender = asyncio.create_task(impressions.run())
         yield
         refresher.cancel()
