@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from sqlalchemy.exc import SQLAlchemyError
 
+from services.campaigns import cli as campaigns_cli
 from services.common import dead_letters
 from services.common.bus import BusError, open_bus
 from services.common.grpc_server import configure_logging
@@ -464,9 +465,12 @@ def main(argv: list[str] | None = None) -> int:
     _keys_parser(commands)
     _segments_parser(commands)
     evaluation_cli.add_parser(commands)
+    campaigns_cli.add_parser(commands)
     args = parser.parse_args(argv)
     if args.command in evaluation_cli.COMMANDS:
         return evaluation_cli.run(args)
+    if args.command == campaigns_cli.COMMAND:
+        return campaigns_cli.run(args)
 
     fleet = FleetSettings()
     configure_logging("WARNING" if args.command in ("run", "up") else fleet.log_level)

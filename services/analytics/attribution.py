@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from services.analytics.campaigns import coupon_of
 from services.common.events import AnyEvent, EventType
 
 CLICK = EventType.CLICK.value
@@ -118,6 +119,8 @@ class Outcome:
     amount: float = 0.0
     attribution: Attribution | None = None
     refunded: float = 0.0
+    # The coupon code a purchase's event carried (services/analytics/campaigns.coupon_of).
+    coupon: str | None = None
 
 
 def impression_of(event: AnyEvent) -> Impression | None:
@@ -154,6 +157,7 @@ def outcome_of(event: AnyEvent) -> Outcome | None:
         claimed=event.recommendation_id or None,
         order_id=event.order_id or None,
         amount=amount,
+        coupon=coupon_of(event.context) if kind == PURCHASE and event.context else None,
     )
 
 

@@ -1,4 +1,5 @@
-"""gRPC face of analytics: translate an experiment report between protobuf and the domain."""
+"""gRPC face of analytics: translate an experiment report and a campaign's outcomes between
+protobuf and the domain."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 
+from services.analytics import campaigns
 from services.analytics.attribution import describe
+from services.analytics.campaigns import CampaignOutcomes, GroupOutcome, campaign_outcomes
 from services.analytics.reports import ExperimentReport, VariantReport, report
 from services.analytics.settings import AnalyticsSettings
 from services.analytics.stats import Difference, Estimate, SrmCheck
@@ -19,6 +22,8 @@ from services.common.events import MAX_ID_LENGTH, check_member_id
 from services.gen.recofleet.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 
 DEFAULT_CONFIDENCE = 0.95
+# A campaign's window: ten years is already beyond any shop's memory of a campaign.
+MAX_WINDOW_DAYS = 3650.0
 
 
 class InvalidRequest(ValueError):
@@ -66,6 +71,29 @@ def read_request(request: analytics_pb2.ExperimentReportRequest) -> ReportReques
     return ReportRequest(request.experiment_id, shares, control, started_at, stopped_at, confidence)
 
 
+@dataclass(frozen=True)
+class OutcomesRequest:
+    campaign_id: str
+    confidence: float
+    window_days: float
+
+
+def read_outcomes_request(request: analytics_pb2.CampaignOutcomesRequest) -> OutcomesRequest:
+    """The request checked, with its defaults; InvalidRequest naming the field otherwise."""
+    problem = check_member_id(request.campaign_id, "campaign_id")
+    if problem:
+        raise InvalidRequest(problem)
+    confidence = request.confidence or DEFAULT_CONFIDENCE
+    if not 0 < confidence < 1:
+        raise InvalidRequest(f"confidence: must be between 0 and 1, not {confidence}")
+    window_days = request.window_days or campaigns.DEFAULT_WINDOW_DAYS
+    if not (math.isfinite(window_days) and 0 < window_days <= MAX_WINDOW_DAYS):
+        raise InvalidRequest(
+            f"window_days: must be more than 0 and at most {MAX_WINDOW_DAYS:g}, not {window_days}"
+        )
+    return OutcomesRequest(request.campaign_id, confidence, window_days)
+
+
 def _instant(text: str, field: str) -> datetime | None:
     if not text:
         return None
@@ -98,6 +126,28 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         done = await asyncio.to_thread(self._report, asked, as_of)
         return report_message(done, as_of, self._attribution)
 
+    async def GetCampaignOutcomes(
+        self, request: analytics_pb2.CampaignOutcomesRequest, context: grpc.aio.ServicerContext
+    ) -> analytics_pb2.CampaignOutcomes:
+        try:
+            asked = read_outcomes_request(request)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        as_of = self._clock.now()
+        done = await asyncio.to_thread(self._outcomes, asked, as_of)
+        return outcomes_message(done, as_of, campaigns.describe(asked.window_days))
+
+    def _outcomes(self, asked: OutcomesRequest, as_of: datetime) -> CampaignOutcomes:
+        window = timedelta(days=asked.window_days)
+        figures = self._store.campaign_figures(asked.campaign_id, window, as_of)
+        return campaign_outcomes(
+            asked.campaign_id,
+            figures,
+            asked.confidence,
+            asked.window_days,
+            min_members=self._settings.min_members_per_variant,
+        )
+
     def _report(self, asked: ReportRequest, as_of: datetime) -> ExperimentReport:
         stopped_at = asked.stopped_at or as_of
         figures = self._store.experiment_figures(asked.experiment_id, asked.started_at, stopped_at)
@@ -124,6 +174,33 @@ def report_message(
         warnings=list(done.warnings),
         as_of=as_of.isoformat(),
         attribution=attribution,
+    )
+
+
+def outcomes_message(
+    done: CampaignOutcomes, as_of: datetime, attribution: str
+) -> analytics_pb2.CampaignOutcomes:
+    return analytics_pb2.CampaignOutcomes(
+        campaign_id=done.campaign_id,
+        groups=[_group(g) for g in done.groups],
+        differences=[_difference(metric, d) for metric, d in done.differences.items()],
+        exposures=done.exposures,
+        coupon_orders=done.coupon_orders,
+        confidence=done.confidence,
+        warnings=list(done.warnings),
+        as_of=as_of.isoformat(),
+        attribution=attribution,
+    )
+
+
+def _group(group: GroupOutcome) -> analytics_pb2.CampaignGroup:
+    return analytics_pb2.CampaignGroup(
+        group=group.name,
+        members=group.members,
+        converters=group.converters,
+        conversion_rate=_estimate(group.conversion_rate),
+        revenue_per_member=_estimate(group.revenue_per_member),
+        revenue=group.revenue,
     )
 
 

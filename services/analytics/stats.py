@@ -9,6 +9,8 @@ variant is an empty array) and compares per-member quantities:
   summed over members): the delta-method standard error of a ratio of per-member sums, since
   the impressions of one member are not independent of each other; the difference uses
   Welch-Satterthwaite degrees of freedom, so with every denominator 1 it is Welch's t-test;
+* proportions of members (a campaign group's conversion): a Wilson score interval, which
+  stays within [0, 1] and does not collapse on a group where nobody (or everybody) converted;
 * sample ratio mismatch: chi-squared goodness of fit of members per variant to the shares;
 * CUPED: each member's metric less theta * (covariate - its mean), theta fitted on all variants
   pooled, with the share of the difference's variance that removed.
@@ -108,6 +110,28 @@ def mean_estimate(values: npt.ArrayLike, confidence: float = 0.95) -> Estimate:
     """The mean of per-member values with a t interval (n - 1 degrees of freedom)."""
     _alpha(confidence)
     return _mean_arm(values, "the variant").estimate(confidence)
+
+
+def proportion_estimate(successes: int, n: int, confidence: float = 0.95) -> Estimate:
+    """The share of `n` members who did something, with a Wilson score interval.
+
+    A t interval of 0/1 values collapses on 0 when nobody in a small group converted, as if
+    nobody ever could; Wilson's stays within [0, 1] and keeps the width the sample size
+    allows (0 of 10 at 95%: [0, 0.278]). No members: 0 with a collapsed interval.
+    """
+    _alpha(confidence)
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be between 0 and n ({n}), not {successes}")
+    if n == 0:
+        return Estimate(0.0, 0.0, 0.0, 0)
+    share = successes / n
+    z2 = float(stats.norm.ppf(0.5 + confidence / 2)) ** 2
+    centre = (share + z2 / (2 * n)) / (1 + z2 / n)
+    half = math.sqrt(share * (1 - share) / n + z2 / (4 * n * n)) / (1 + z2 / n) * math.sqrt(z2)
+    # Rounding must not push the bounds past the share itself or out of [0, 1].
+    return Estimate(
+        share, max(min(centre - half, share), 0.0), min(max(centre + half, share), 1.0), n
+    )
 
 
 def ratio_estimate(

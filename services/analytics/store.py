@@ -1,10 +1,12 @@
-"""What analytics keeps: impressions, outcomes and their attribution, members' daily spend.
+"""What analytics keeps: impressions, outcomes and their attribution, members' daily spend,
+campaign exposures.
 
 One interface, one SQLAlchemy implementation for SQLite and PostgreSQL. Every click, add to
 cart, purchase and refund of a member is kept, attributed or not, because impressions come
 on a topic of their own that is not ordered with the members' events: an impression that
 arrives after the outcomes it is owed to attributes them then (services/analytics/
-attribution.py has the rules). A report is read with a few aggregate statements.
+attribution.py has the rules). A report is read with a few aggregate statements, and so
+are a campaign's outcomes (services/analytics/campaigns.py has their rules).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import abc
 import os
 import uuid
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -27,19 +29,22 @@ from sqlalchemy import (
     Engine,
     Float,
     Index,
+    Interval,
     MetaData,
     Row,
     String,
     Table,
     Text,
+    and_,
     bindparam,
     case,
     delete,
+    exists,
     func,
     select,
     update,
 )
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import Select, Subquery
 from sqlalchemy.sql.elements import ColumnElement
 
 from services.analytics.attribution import (
@@ -57,10 +62,18 @@ from services.analytics.attribution import (
     outcome_of,
     refunded,
 )
+from services.analytics.campaigns import (
+    TREATMENT,
+    CampaignFigures,
+    GroupMembers,
+    by_exposure_id,
+    coupon_key,
+)
 from services.analytics.reports import ExperimentFigures, MemberFigures
 from services.analytics.settings import AnalyticsSettings
 from services.common.db import insert_ignore, is_embedded, make_engine, scrub_freed, unseen, upsert
 from services.common.events import AnyEvent
+from services.common.exposures import Exposure
 from services.common.members import (
     Erase,
     Link,
@@ -72,6 +85,7 @@ from services.common.members import (
     links_table,
     member_digest,
     record_erasure,
+    resolve_links,
     save_link,
     unapplied,
 )
@@ -94,11 +108,17 @@ class AnalyticsStore(abc.ABC):
         types count, doing nothing; erased members' events do not)."""
 
     @abc.abstractmethod
+    def apply_exposures(self, exposures: Sequence[Exposure]) -> int:
+        """Record the campaign exposures not recorded before (by exposure_id), a linked
+        visitor's as their member's, leaving out those from before an erasure of their
+        member. Returns how many were recorded."""
+
+    @abc.abstractmethod
     def apply_commands(self, commands: Sequence[MemberCommand]) -> None:
         """Apply members-topic commands in order: erase (every row of the member and of the
         visitors linked to them goes; a tombstone stays), link (the visitor's impressions,
-        outcomes and spend become the member's, once, and are attributed again). Consent
-        changes are the profiles service's. Applying one again changes nothing."""
+        outcomes, exposures and spend become the member's, once, and are attributed again).
+        Consent changes are the profiles service's. Applying one again changes nothing."""
 
     @abc.abstractmethod
     def impression(self, recommendation_id: str) -> Impression | None:
@@ -124,6 +144,17 @@ class AnalyticsStore(abc.ABC):
         to now when `stopped_at` is), grouped by the variant each was shown first: their
         impressions, attributed clicks, carts and purchases and revenue (refunds deducted)
         of those impressions, and spend over the pre-period before `started_at`."""
+
+    @abc.abstractmethod
+    def campaign_figures(
+        self, campaign_id: str, window: timedelta, as_of: datetime
+    ) -> CampaignFigures:
+        """The figures of every member exposed to or held out from the campaign, grouped by
+        the group of their first exposure: whether they bought within `window` after it and
+        those purchases' value less their orders' refunds (services/analytics/campaigns.py);
+        treatment exposures per channel, treatment members' purchases in their window with a
+        coupon code they were given, members in both groups, and members whose window had
+        not ended at `as_of`."""
 
     @abc.abstractmethod
     def prune_processed(self, before: datetime) -> int:
@@ -177,6 +208,9 @@ outcomes = Table(
     Column("revenue", Float, nullable=False),
     # What refunds of the order reversed of `revenue`.
     Column("refunded", Float, nullable=False),
+    # A purchase's coupon code as compared with exposures' (campaigns.coupon_key); NULL for
+    # none, and for purchases kept before campaigns were measured.
+    Column("coupon", String(128)),
     Index("ix_outcomes_member", "member_id", "at"),
     Index("ix_outcomes_order", "member_id", "order_id"),
     Index("ix_outcomes_claimed", "claimed"),
@@ -200,10 +234,28 @@ processed_events = Table(
     Column("processed_at", DateTime(timezone=True), nullable=False),
     Index("ix_processed_events_processed_at", "processed_at"),
 )
+# Every exposure of a member to a campaign (services/common/exposures.py): `group_name` is
+# "treatment" or "control", `coupon_code` the code given as campaigns.coupon_key keeps it.
+campaign_exposures = Table(
+    "campaign_exposures",
+    metadata,
+    Column("exposure_id", String(128), primary_key=True),
+    Column("campaign_id", String(128), nullable=False),
+    Column("member_id", String(128), nullable=False),
+    Column("group_name", String(16), nullable=False),
+    Column("channel", String(128), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("offer_id", String(128), nullable=False),
+    Column("coupon_code", String(128), nullable=False),
+    Column("tier", String(128), nullable=False),
+    Index("ix_campaign_exposures_campaign", "campaign_id", "member_id", "at"),
+    Index("ix_campaign_exposures_member", "member_id"),
+)
 erasures = erasures_table(metadata)
 identity_links = links_table(metadata)
-# Every table keyed by member id: an erasure empties each of them of the member.
-MEMBER_TABLES = (impressions, outcomes, member_spend)
+# Every table keyed by member id: an erasure empties each of them of the member, a link
+# moves the visitor's rows to the member.
+MEMBER_TABLES = (impressions, outcomes, member_spend, campaign_exposures)
 # Ids per IN list: well under SQLite's limit of bound parameters per statement.
 _CHUNK = 500
 _OUTCOME_COLUMNS = tuple(c.name for c in outcomes.columns)
@@ -267,6 +319,36 @@ class SqlAnalyticsStore(AnalyticsStore):
 
     def _digest(self, member_id: str) -> str:
         return member_digest(self._secret, member_id)
+
+    def apply_exposures(self, exposures: Sequence[Exposure]) -> int:
+        with self._engine.begin() as conn:
+            first = by_exposure_id(exposures)
+            new = set(unseen(conn, campaign_exposures.c.exposure_id, list(first)))
+            todo = self._followed(conn, [x for key, x in first.items() if key in new])
+            insert_ignore(conn, campaign_exposures, [_exposure_row(x) for x in todo])
+        return len(todo)
+
+    def _followed(self, conn: Connection, exposures: list[Exposure]) -> list[Exposure]:
+        """The exposures with linked visitors as their members, without those from before
+        an erasure of their member (or of the visitor they came as), as events are."""
+        exposures = self._unerased(conn, exposures)
+        links = resolve_links(conn, identity_links, [x.member_id for x in exposures])
+        if not links:
+            return exposures
+        relabelled = [
+            msgspec.structs.replace(x, member_id=links[x.member_id]) if x.member_id in links else x
+            for x in exposures
+        ]
+        return self._unerased(conn, relabelled)
+
+    def _unerased(self, conn: Connection, exposures: list[Exposure]) -> list[Exposure]:
+        digests = {m: self._digest(m) for m in {x.member_id for x in exposures}}
+        tombstones = erased_since(conn, erasures, digests.values())
+        return [
+            x
+            for x in exposures
+            if (erased_at := tombstones.get(digests[x.member_id])) is None or x.at >= erased_at
+        ]
 
     def _claimable(self, conn: Connection, shown: Sequence[Impression]) -> list[Outcome]:
         """The outcomes already kept that the new impressions may be owed (they arrived
@@ -410,7 +492,7 @@ class SqlAnalyticsStore(AnalyticsStore):
     def _merge(self, conn: Connection, visitor_id: str, member_id: str) -> None:
         """The visitor's rows become the member's, and the member's outcomes are attributed
         again: some may now be owed to the visitor's impressions, and the other way round."""
-        for table in (impressions, outcomes):
+        for table in (impressions, outcomes, campaign_exposures):
             conn.execute(
                 update(table).where(table.c.member_id == visitor_id).values(member_id=member_id)
             )
@@ -541,6 +623,34 @@ class SqlAnalyticsStore(AnalyticsStore):
             .group_by(s.member_id)
         )
 
+    def campaign_figures(
+        self, campaign_id: str, window: timedelta, as_of: datetime
+    ) -> CampaignFigures:
+        with self._engine.connect() as conn:
+            # Four aggregates joined here by member id, as experiment_figures does; the
+            # purchases' ones start from each member's first exposure alone (a grouped
+            # minimum over the index), cheaper than ranking the exposures again.
+            exposed = conn.execute(_first_exposures(campaign_id)).all()
+            if not exposed:
+                return CampaignFigures({})
+            starts = _starts(campaign_id)
+            within = _within(conn.dialect.name, window)
+            bought = {row[0]: row[1:] for row in conn.execute(_bought(campaign_id, starts, within))}
+            refunds = _refunds(conn, starts, within)
+            exposures = _channels(conn, campaign_id)
+        nothing = (0, 0.0, 0)
+        by_group: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        crossed = still_open = coupon_orders = 0
+        for member_id, group, first_at, lowest, highest in exposed:
+            purchases, value, with_coupon = bought.get(member_id, nothing)
+            by_group[group].append((float(purchases > 0), value - refunds.get(member_id, 0.0)))
+            crossed += lowest != highest
+            still_open += _utc(first_at) + window > as_of
+            if group == TREATMENT:
+                coupon_orders += with_coupon
+        groups = {name: GroupMembers.of(rows) for name, rows in by_group.items()}
+        return CampaignFigures(groups, exposures, coupon_orders, crossed, still_open)
+
     def prune_processed(self, before: datetime, batch: int = 10_000) -> int:
         # A batch per transaction: the consumer's writes wait for one batch at most.
         due = (
@@ -574,6 +684,112 @@ def _shown_within(
 
 def _count(condition: ColumnElement[bool]) -> Any:
     return func.sum(case((condition, 1), else_=0))
+
+
+def _first_exposures(campaign_id: str) -> Select[Any]:
+    """Per member exposed to the campaign: the group and instant of their first exposure,
+    and the least and greatest group (two differ: the member was in both)."""
+    x = campaign_exposures.c
+    ranked = (
+        select(
+            x.member_id,
+            x.group_name,
+            x.at,
+            func.row_number()
+            .over(partition_by=x.member_id, order_by=(x.at, x.exposure_id))
+            .label("rank"),
+            func.min(x.group_name).over(partition_by=x.member_id).label("lowest"),
+            func.max(x.group_name).over(partition_by=x.member_id).label("highest"),
+        )
+        .where(x.campaign_id == campaign_id)
+        .subquery("ranked")
+    )
+    r = ranked.c
+    return select(r.member_id, r.group_name, r.at, r.lowest, r.highest).where(r.rank == 1)
+
+
+def _starts(campaign_id: str) -> Subquery:
+    """Per member exposed to the campaign, when their window starts: the first exposure."""
+    x = campaign_exposures.c
+    return (
+        select(x.member_id, func.min(x.at).label("first_at"))
+        .where(x.campaign_id == campaign_id)
+        .group_by(x.member_id)
+        .subquery("starts")
+    )
+
+
+def _channels(conn: Connection, campaign_id: str) -> dict[str, int]:
+    """Treatment exposures per channel (held-out members are sent nothing)."""
+    x = campaign_exposures.c
+    query = (
+        select(x.channel, func.count())
+        .where(x.campaign_id == campaign_id, x.group_name == TREATMENT)
+        .group_by(x.channel)
+    )
+    return {channel: int(count) for channel, count in conn.execute(query)}
+
+
+Within = Callable[[Any, Any], ColumnElement[bool]]
+
+
+def _within(dialect: str, window: timedelta) -> Within:
+    """`within(at, since)`: since <= at < since + window, in the database's own date
+    arithmetic (one statement for every member, each with their own since)."""
+    if dialect == "sqlite":
+        # SQLite keeps instants as text; julianday reads them (to the millisecond).
+        days = window.total_seconds() / 86_400
+        return lambda at, since: and_(
+            at >= since, func.julianday(at) < func.julianday(since) + days
+        )
+    span = bindparam("window", window, type_=Interval())
+    return lambda at, since: and_(at >= since, at < since + span)
+
+
+def _bought(campaign_id: str, starts: Subquery, within: Within) -> Select[Any]:
+    """Per member with a purchase in their window: the purchases, their value, and those
+    carrying a coupon code one of their treatment exposures gave."""
+    f, o, x = starts.c, outcomes.c, campaign_exposures.c
+    given = exists().where(
+        x.campaign_id == campaign_id,
+        x.member_id == o.member_id,
+        x.group_name == TREATMENT,
+        x.coupon_code == o.coupon,
+    )
+    with_coupon = and_(o.coupon.is_not(None), given)
+    return (
+        select(f.member_id, func.count(), func.sum(o.amount), _count(with_coupon))
+        .select_from(starts.join(outcomes, o.member_id == f.member_id))
+        .where(o.kind == PURCHASE, within(o.at, f.first_at))
+        .group_by(f.member_id)
+    )
+
+
+def _refunds(conn: Connection, starts: Subquery, within: Within) -> dict[str, float]:
+    """Per member, what refunds of the orders bought in their window took back: whenever
+    they came, at most each order's value. Few orders have refunds: few rows."""
+    f, o = starts.c, outcomes.c
+    counted = (
+        select(o.member_id, o.order_id, func.sum(o.amount).label("value"))
+        .select_from(starts.join(outcomes, o.member_id == f.member_id))
+        .where(o.kind == PURCHASE, o.order_id.is_not(None), within(o.at, f.first_at))
+        .group_by(o.member_id, o.order_id)
+        .subquery("counted")
+    )
+    refunds = outcomes.alias("refunds")
+    c, r = counted.c, refunds.c
+    query = (
+        select(c.member_id, c.value, func.sum(r.amount))
+        .select_from(
+            counted.join(refunds, and_(r.member_id == c.member_id, r.order_id == c.order_id))
+        )
+        .where(r.kind == REFUND)
+        .group_by(c.member_id, c.order_id, c.value)
+    )
+    taken: dict[str, float] = defaultdict(float)
+    for member_id, value, refunded_ in conn.execute(query):
+        taken[member_id] += min(float(refunded_), float(value))
+    return taken
 
 
 def _new_outcomes(conn: Connection, kept: Sequence[Outcome]) -> list[Outcome]:
@@ -708,6 +924,7 @@ def _outcome_row(outcome: Outcome, attribution: Attribution | None) -> tuple[Any
         values["item_ids"],
         values["revenue"],
         0.0,
+        outcome.coupon,
     )
 
 
@@ -758,6 +975,21 @@ def _outcome(row: Row[Any]) -> Outcome:
         amount=float(row.amount),
         attribution=attribution,
         refunded=float(row.refunded),
+        coupon=row.coupon,
+    )
+
+
+def _exposure_row(exposure: Exposure) -> tuple[Any, ...]:
+    return (
+        exposure.exposure_id,
+        exposure.campaign_id,
+        exposure.member_id,
+        exposure.group,
+        exposure.channel,
+        exposure.at,
+        exposure.offer_id,
+        coupon_key(exposure.coupon_code),
+        exposure.tier,
     )
 
 

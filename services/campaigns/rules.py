@@ -1,12 +1,12 @@
-"""Merchandising rules applied to every recommendation list, and offer eligibility."""
+"""What every recommendation list is filtered of (the merchandiser's own rules come on top:
+services/campaigns/merchandising.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from services.campaigns.settings import WelcomeOffer
 from services.common.candidates import CandidateLike
 
 C = TypeVar("C", bound=CandidateLike)
@@ -63,32 +63,3 @@ def _reason(
     if item_id in sold_out:
         return "out_of_stock"
     return ""
-
-
-@dataclass(frozen=True)
-class Offer:
-    offer_id: str
-    campaign_id: str
-    title: str
-    description: str
-    coupon_code: str
-    discount_percent: float
-    channels: list[str] = field(default_factory=list)
-
-
-def eligible_offers(orders: int, channel: str, welcome: WelcomeOffer) -> list[Offer]:
-    """Offers for a member with `orders` past orders, on `channel` (any channel when empty)."""
-    offers = []
-    if welcome.enabled and orders == 0 and (not channel or channel in welcome.channels):
-        offers.append(
-            Offer(
-                offer_id=f"welcome:{welcome.coupon_code}",
-                campaign_id="welcome",
-                title=welcome.title,
-                description=f"{welcome.discount_percent:g}% off a first order",
-                coupon_code=welcome.coupon_code,
-                discount_percent=welcome.discount_percent,
-                channels=list(welcome.channels),
-            )
-        )
-    return offers

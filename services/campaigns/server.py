@@ -1,20 +1,38 @@
-"""Entry point: `python -m services.campaigns`."""
+"""Entry point: `python -m services.campaigns`.
+
+One process serves both contracts of campaigns.proto: CampaignsService (campaigns, offers,
+exports, reports) and MerchandisingService (the rules over every placement's list).
+Three consumers keep it current: the catalog (stock, prices, tags for the rules), and the
+members' purchases and commands (redemptions, erasures, identity links).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 from sqlalchemy.exc import SQLAlchemyError
 
+from services.campaigns.campaign_store import SqlCampaignStore
+from services.campaigns.desk import CampaignDesk
+from services.campaigns.merch_servicer import MerchandisingServicer
+from services.campaigns.peers import AnalyticsOutcomes, ProfilesPortraits
 from services.campaigns.servicer import CampaignsServicer
 from services.campaigns.settings import CampaignsSettings
 from services.campaigns.store import CatalogStore, SqlCatalogStore
-from services.common.bus import CATALOG_TOPIC, EventBus, Record, open_bus
+from services.common.bus import (
+    CATALOG_TOPIC,
+    EVENTS_TOPIC,
+    MEMBERS_TOPIC,
+    EventBus,
+    Record,
+    open_bus,
+)
 from services.common.consuming import BusWorker, DeadLetter, decode
 from services.common.grpc_server import configure_logging, serve
+from services.common.pii import pii_secret
 from services.common.settings import FleetSettings
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2_grpc
 
@@ -32,30 +50,75 @@ def catalog_worker(bus: EventBus, store: CatalogStore, settings: CampaignsSettin
     return BusWorker(bus, settings.consumer_group, [CATALOG_TOPIC], handle)
 
 
-async def keep_stock_fresh(store: CatalogStore, interval_s: float) -> None:
-    """What other replicas of campaigns saved reaches this one's memory within interval_s."""
+def redemptions_worker(bus: EventBus, desk: CampaignDesk, settings: CampaignsSettings) -> BusWorker:
+    """Purchases carrying a campaign's coupon become redemptions (each order once); erasures
+    and identity links reach the exposures and codes."""
+
+    def handle(records: Sequence[Record]) -> list[DeadLetter]:
+        decoded = decode(records)
+        if decoded.commands:
+            desk.apply_commands(decoded.commands)
+        if decoded.events:
+            desk.apply_events(decoded.events)
+        return decoded.dead
+
+    return BusWorker(bus, settings.redemptions_group, [MEMBERS_TOPIC, EVENTS_TOPIC], handle)
+
+
+async def every(interval_s: float, work: Callable[[], None], what: str) -> None:
+    """`work` every `interval_s` in a worker thread: what other replicas saved reaches this
+    one's memory."""
     while True:
         await asyncio.sleep(interval_s)
         try:
-            await asyncio.to_thread(store.refresh)
+            await asyncio.to_thread(work)
         except SQLAlchemyError as exc:
-            log.warning("stock not refreshed from the store: %s", exc)
+            log.warning("%s not refreshed from the store: %s", what, exc)
 
 
 async def run(fleet: FleetSettings, settings: CampaignsSettings) -> None:
     bus = open_bus(fleet)
-    store = SqlCatalogStore.from_url(settings.database_url or fleet.sqlite_url("campaigns"))
-    worker = catalog_worker(bus, store, settings)
-    worker.start()
-    servicer = CampaignsServicer(store, settings)
-    refresher = asyncio.create_task(keep_stock_fresh(store, settings.stock_refresh_s))
+    url = settings.database_url or fleet.sqlite_url("campaigns")
+    catalog = SqlCatalogStore.from_url(url)
+    store = SqlCampaignStore.from_url(url, pii_secret(fleet))
+    profiles = grpc.aio.insecure_channel(fleet.profiles_addr)
+    analytics = grpc.aio.insecure_channel(fleet.analytics_addr)
+    desk = CampaignDesk(
+        store,
+        ProfilesPortraits(profiles, settings.profiles_deadline_s),
+        bus.publish,
+        fleet.clock(),
+        settings,
+    )
+    desk.seed_welcome(settings.welcome)
+    workers = [catalog_worker(bus, catalog, settings), redemptions_worker(bus, desk, settings)]
+    for worker in workers:
+        worker.start()
+    merchandising = MerchandisingServicer(catalog, fleet.clock(), settings.merchandising)
+    servicer = CampaignsServicer(
+        desk,
+        AnalyticsOutcomes(analytics, settings.analytics_deadline_s),
+        settings,
+        merchandising.ApplyRules,
+    )
+    refreshers = [
+        asyncio.create_task(every(settings.stock_refresh_s, catalog.refresh, "stock")),
+        asyncio.create_task(every(settings.campaigns_refresh_s, desk.refresh, "campaigns")),
+        asyncio.create_task(merchandising.keep_rules_fresh()),
+    ]
 
     def register(server: grpc.aio.Server) -> None:
         campaigns_pb2_grpc.add_CampaignsServiceServicer_to_server(servicer, server)
+        campaigns_pb2_grpc.add_MerchandisingServiceServicer_to_server(merchandising, server)
 
     async def close() -> None:
-        refresher.cancel()
-        await asyncio.to_thread(worker.stop)
+        for task in refreshers:
+            task.cancel()
+        for worker in workers:
+            await asyncio.to_thread(worker.stop)
+        await profiles.close()
+        await analytics.close()
+        catalog.close()
         store.close()
         bus.close()
 
@@ -63,7 +126,7 @@ async def run(fleet: FleetSettings, settings: CampaignsSettings) -> None:
         service_name=SERVICE_NAME,
         address=fleet.campaigns_addr,
         register=register,
-        probe=lambda: worker.alive,
+        probe=lambda: all(worker.alive for worker in workers),
         on_stop=close,
     )
 

@@ -251,6 +251,7 @@ def decode(records: Sequence[Record]) -> Decoded:
                 out.dead.append(DeadLetter(record, f"unexpected topic {record.topic}"))
         except ValidationError as exc:
             out.dead.append(DeadLetter(record, f"unreadable record: {describe_error(exc)}"))
-        except msgspec.ValidationError as exc:
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            # Not JSON at all is as unreadable as the wrong shape: no retry makes it better.
             out.dead.append(DeadLetter(record, f"unreadable command: {exc}"))
     return out

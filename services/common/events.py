@@ -6,6 +6,7 @@ that the gateway, ingestion and loaders reject the same things for the same reas
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Sequence
@@ -287,8 +288,33 @@ def read_events(raw: bytes) -> list[AnyEvent]:
         return list(_events.validate_json(raw)) if many else [Event.from_bytes(raw)]
 
 
+# A catalog word (a tag, a brand, an attribute's name): stored as text, so no control
+# characters, and short enough to keep every item's facts small in memory.
+CatalogWord = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=NO_CONTROL)]
+MAX_ATTRIBUTES = 50
+MAX_ATTRIBUTE_TEXT = 500
+
+
+def _text_or_number_values(schema: dict[str, Any]) -> None:
+    values = {"type": ["string", "number"]}
+    schema["patternProperties"] = {key: values for key in schema.get("patternProperties", {})}
+
+
+def _attribute_problem(value: Any) -> str | None:
+    if isinstance(value, str):
+        if len(value) > MAX_ATTRIBUTE_TEXT:
+            return f"must be text of at most {MAX_ATTRIBUTE_TEXT} characters"
+        return "must not contain NUL characters" if "\x00" in value else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "must be text or a number"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    return None
+
+
 class CatalogItem(BaseModel):
-    """What the shop says about an item: used for filters (stock), affinities (category), price."""
+    """What the shop says about an item: used for filters (stock), affinities (category),
+    price, and merchandising rules (brand, tags; docs/merchandising.md)."""
 
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, frozen=True)
 
@@ -297,10 +323,31 @@ class CatalogItem(BaseModel):
     category: str | None = _optional_id()
     price: float | None = _amount("the item's current price")
     in_stock: bool = True
-    tags: list[str] = Field(default_factory=list, max_length=50)
+    tags: list[CatalogWord] = Field(default_factory=list, max_length=50)
+    brand: str | None = _optional_id(min_length=1)
+    attributes: dict[CatalogWord, Any] = Field(
+        default_factory=dict,
+        max_length=MAX_ATTRIBUTES,
+        description='Other facts the shop keeps, text or numbers, e.g. {"colour": "red"}.',
+        json_schema_extra=_text_or_number_values,
+    )
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # By hand rather than a union type: the union's errors name each of its members (three
+        # lines for one wrong value), and the model would turn numbers into text.
+        for name, given in value.items():
+            problem = _attribute_problem(given)
+            if problem:
+                raise ValueError(f"{name}: {problem}")
+        return value
 
     def to_bytes(self) -> bytes:
-        return self.model_dump_json(exclude_none=True).encode("utf-8")
+        # Without attributes the record is what earlier releases wrote and read (their
+        # model forbids unknown fields), so a rolling update does not dead-letter items.
+        skipped = None if self.attributes else {"attributes"}
+        return self.model_dump_json(exclude_none=True, exclude=skipped).encode("utf-8")
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CatalogItem:

@@ -34,7 +34,14 @@ if TYPE_CHECKING:
     from services.common.settings import FleetSettings
     from services.gateway.settings import GatewaySettings
 
-Scope = Literal["events:write", "recommendations:read", "profiles:read", "segments:write", "admin"]
+Scope = Literal[
+    "events:write",
+    "recommendations:read",
+    "profiles:read",
+    "segments:write",
+    "campaigns:write",
+    "admin",
+]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
 ADMIN: Scope = "admin"
 # What each scope lets a key do (`recofleet keys create --help`, docs/access-keys.md).
@@ -43,6 +50,7 @@ SCOPE_MEANINGS: dict[Scope, str] = {
     "recommendations:read": "read recommendations, similar items and offers",
     "profiles:read": "read member profiles",
     "segments:write": "define segments and tag members (/v1/segments writes, manual tags)",
+    "campaigns:write": "create, run, export and report on campaigns (/v1/campaigns)",
     "admin": "every scope, plus models, experiments and access keys",
 }
 

@@ -26,12 +26,14 @@ from services.gateway.impressions import ImpressionLog
 from services.gateway.limits import RateLimiter
 from services.gateway.responses import complete
 from services.gateway.routers import (
+    campaigns,
     events,
     experiments,
     items,
     members,
     models,
     ops,
+    rules,
     segment,
     segments,
 )
@@ -103,9 +105,10 @@ def create_app(
         description="Events in, member profiles, recommendations and offers out.",
         lifespan=lifespan,
     )
-    routers = (events, segment, members, segments, items, models, experiments, ops)
+    routers = (events, segment, members, segments, items, models, experiments, campaigns, ops)
     for router in (module.router for module in routers):
         app.include_router(router)
+    app.include_router(rules.router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(Measured)
     app.openapi = _completed(app, app.openapi, settings)  # type: ignore[method-assign]

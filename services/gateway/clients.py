@@ -27,6 +27,8 @@ class FleetClients:
     ranking: ranking_pb2_grpc.RankingServiceStub
     campaigns: campaigns_pb2_grpc.CampaignsServiceStub
     analytics: analytics_pb2_grpc.AnalyticsServiceStub
+    # Served by campaigns too (its channel): rules and the catalog they read.
+    merchandising: campaigns_pb2_grpc.MerchandisingServiceStub
 
     @classmethod
     def connect(cls, fleet: FleetSettings) -> FleetClients:
@@ -50,6 +52,7 @@ class FleetClients:
             ranking=ranking_pb2_grpc.RankingServiceStub(channels["ranking"]),
             campaigns=campaigns_pb2_grpc.CampaignsServiceStub(channels["campaigns"]),
             analytics=analytics_pb2_grpc.AnalyticsServiceStub(channels["analytics"]),
+            merchandising=campaigns_pb2_grpc.MerchandisingServiceStub(channels["campaigns"]),
         )
 
     async def health(self, timeout_s: float = 1.0) -> dict[str, str]:

@@ -32,6 +32,8 @@ from services.gen.recofleet.common.v1 import common_pb2
 from services.gen.recofleet.profiles.v1 import profiles_pb2
 from services.gen.recofleet.ranking.v1 import ranking_pb2
 from services.gen.recofleet.retrieval.v1 import retrieval_pb2
+from services.ranking.arrangement import arrange, arranges
+from services.ranking.rankers import RankedItem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,6 +42,8 @@ T = TypeVar("T")
 # fifth of the gateway's CPU per recommendation.
 Candidates = Sequence[common_pb2.Candidate]
 Shown = Callable[["Recommendation", Mapping[str, Mapping[str, float]]], None]
+# The source of a candidate a merchandising rule added (services/campaigns/merchandising.py).
+RULE_SOURCE = "rule"
 # What members outside every experiment are in.
 DEFAULT_VARIANT = "default"
 DEGRADED = Counter(
@@ -141,6 +145,22 @@ class Ranked:
     model: str
     variant: str = DEFAULT_VARIANT
     experiment_id: str = ""
+
+
+@dataclass(frozen=True)
+class Ruled:
+    """What the merchandising rules made of the candidates."""
+
+    candidates: Candidates
+    arrangement: common_pb2.Arrangement | None = None
+
+    def arranged(self, ordered: Candidates, limit: int) -> list[RankedEntry]:
+        """`ordered` (no ranker's order: the impersonal and similar-items answers) as the
+        rules arrange it, with the same code ranking applies to its own order."""
+        ranked = [RankedItem(c.item_id, round(c.score, 6), _said(c), c.category) for c in ordered]
+        if self.arrangement is not None and arranges(self.arrangement):
+            ranked = arrange(ranked, self.arrangement, limit)
+        return [RankedEntry(r.item_id, r.score, r.reasons, r.category) for r in ranked[:limit]]
 
 
 # The services a recommendation calls, each behind a breaker of its own.
@@ -245,10 +265,11 @@ class Composer:
         assert profile is not None
         candidates, version = await coming
         trip.degraded.extend(ahead.degraded)
-        kept = await self._rules(trip, member_id, placement, candidates, [], asked.exclude)
-        items, ranked = await self._rank(trip, profile, member_id, placement, kept, asked.limit)
+        ruled = await self._rules(trip, asked, candidates, member_id, recent_purchases(profile))
+        items, ranked = await self._rank(trip, profile, asked, ruled)
         model = f"{ranked.model}+als@{version}" if version else ranked.model
-        return self._told(asked.answer(items, model, trip.degraded, ranked=ranked), kept)
+        answer = asked.answer(items, model, trip.degraded, ranked=ranked)
+        return self._told(answer, ruled.candidates)
 
     def _told(self, answer: Recommendation, candidates: Candidates = ()) -> Recommendation:
         if self.shown is not None:
@@ -277,10 +298,11 @@ class Composer:
         candidates, version = await self._candidates(
             trip, None, asked.context_item, self._wanted(asked), asked.exclude, asked.placement
         )
-        kept = await self._rules(trip, "", asked.placement, candidates, [], asked.exclude)
-        items = [_entry(c) for c in sorted(kept, key=lambda c: -c.score)[: asked.limit]]
+        ruled = await self._rules(trip, asked, candidates)
+        items = ruled.arranged(sorted(ruled.candidates, key=lambda c: -c.score), asked.limit)
         model = f"non-personalized+als@{version}" if version else "non-personalized"
-        return self._told(asked.answer(items, model, trip.degraded, personalized=False), kept)
+        answer = asked.answer(items, model, trip.degraded, personalized=False)
+        return self._told(answer, ruled.candidates)
 
     async def similar(self, item_id: str, limit: int) -> Recommendation:
         asked = Asked("", "product", limit, item_id, [item_id])
@@ -294,8 +316,8 @@ class Composer:
         candidates, version = await self._candidates(
             trip, None, asked.context_item, self._wanted(asked), asked.exclude, asked.placement
         )
-        kept = await self._rules(trip, "", asked.placement, candidates, [], asked.exclude)
-        items = [_entry(c) for c in kept[: asked.limit]]
+        ruled = await self._rules(trip, asked, candidates)
+        items = ruled.arranged(ruled.candidates, asked.limit)
         return asked.answer(items, f"als@{version}" if version else "popular", trip.degraded)
 
     async def _candidates(
@@ -333,46 +355,43 @@ class Composer:
     async def _rules(
         self,
         trip: Trip,
-        member_id: str,
-        placement: str,
+        asked: Asked,
         candidates: Candidates,
-        purchased: list[str],
-        exclude: list[str],
-    ) -> Candidates:
+        member_id: str = "",
+        purchases: Sequence[campaigns_pb2.PurchasedItem] = (),
+    ) -> Ruled:
+        """The candidates the placement's rules keep (and add), and how they want the list
+        arranged; the caller's exclusions alone when campaigns cannot answer."""
         request = campaigns_pb2.ApplyRulesRequest(
             member_id=member_id,
-            placement=placement,
+            placement=asked.placement,
             candidates=candidates,
-            purchased_item_ids=purchased,
-            exclude_item_ids=exclude,
+            exclude_item_ids=asked.exclude,
+            recent_purchases=purchases,
+            limit=asked.limit,
         )
         reply = await self._call(
             "campaigns",
             trip,
             self._d.campaigns,
-            partial(self._c.campaigns.ApplyRules, request),
+            partial(self._c.merchandising.ApplyRules, request),
         )
         if reply is None:
-            # Stock is unknown without campaigns; what the caller and the profile rule out
-            # can still be honoured here.
-            banned = set(purchased) | set(exclude)
-            return [c for c in candidates if c.item_id not in banned]
-        return reply.candidates
+            # Stock is unknown without campaigns; what the caller rules out can still be
+            # honoured here.
+            banned = set(asked.exclude)
+            return Ruled([c for c in candidates if c.item_id not in banned])
+        return Ruled(reply.candidates, reply.arrangement)
 
     async def _rank(
-        self,
-        trip: Trip,
-        profile: profiles_pb2.Profile | None,
-        member_id: str,
-        placement: str,
-        candidates: Candidates,
-        limit: int,
+        self, trip: Trip, profile: profiles_pb2.Profile | None, asked: Asked, ruled: Ruled
     ) -> tuple[list[RankedEntry], Ranked]:
         request = ranking_pb2.RankRequest(
-            member=member_context(member_id, profile),
-            candidates=candidates,
-            placement=placement,
-            limit=limit,
+            member=member_context(asked.member_id, profile),
+            candidates=ruled.candidates,
+            placement=asked.placement,
+            limit=asked.limit,
+            arrangement=ruled.arrangement,
         )
         reply = await self._call(
             "ranking",
@@ -381,7 +400,8 @@ class Composer:
             partial(self._c.ranking.Rank, request),
         )
         if reply is None:
-            ordered = sorted(candidates, key=lambda c: -c.score)[:limit]
+            # Retrieval's order as it is: the gateway does not redo ranking's arranging.
+            ordered = sorted(ruled.candidates, key=lambda c: -c.score)[: asked.limit]
             return [_entry(c) for c in ordered], Ranked("retrieval-order")
         items = [RankedEntry(i.item_id, i.score, list(i.reasons), i.category) for i in reply.items]
         return items, Ranked(reply.model, reply.variant or DEFAULT_VARIANT, reply.experiment_id)
@@ -436,10 +456,23 @@ def member_context(
     )
 
 
+def recent_purchases(profile: profiles_pb2.Profile) -> list[campaigns_pb2.PurchasedItem]:
+    """The member's purchases among their recent items, with their time (for rules that
+    leave out what was bought lately)."""
+    return [
+        campaigns_pb2.PurchasedItem(item_id=item.item_id, at=item.at)
+        for item in profile.recent_items
+        if item.event_type == "purchase"
+    ]
+
+
 def _entry(candidate: common_pb2.Candidate) -> RankedEntry:
     return RankedEntry(
-        candidate.item_id,
-        round(candidate.score, 6),
-        [reason_for(candidate.source)],
-        candidate.category,
+        candidate.item_id, round(candidate.score, 6), _said(candidate), candidate.category
     )
+
+
+def _said(candidate: common_pb2.Candidate) -> list[str]:
+    """The reason retrieval's source gives; none for an item a rule added (the rule's own
+    reason comes with the arrangement)."""
+    return [] if candidate.source == RULE_SOURCE else [reason_for(candidate.source)]

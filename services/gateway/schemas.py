@@ -416,22 +416,34 @@ def _band(value: str) -> Band | None:
 class OfferOut(BaseModel):
     offer_id: str
     campaign_id: str
+    campaign_name: str
     title: str
     description: str
-    coupon_code: str
+    coupon_code: str = Field(description="The member's code (their own for unique codes).")
     discount_percent: float
-    channels: list[str]
+    discount_amount: float
+    minimum_spend: float
+    channel: str = Field(description="The channel this offer is for.")
+    channels: list[str] = Field(description="Every channel of the campaign.")
+    tier: str | None
+    expires_at: datetime | None
 
     @classmethod
     def of(cls, o: campaigns_pb2.Offer) -> OfferOut:
         return cls(
             offer_id=o.offer_id,
             campaign_id=o.campaign_id,
+            campaign_name=o.campaign_name,
             title=o.title,
             description=o.description,
             coupon_code=o.coupon_code,
             discount_percent=o.discount_percent,
+            discount_amount=o.discount_amount,
+            minimum_spend=o.minimum_spend,
+            channel=o.channel,
             channels=list(o.channels),
+            tier=o.tier or None,
+            expires_at=o.expires_at.ToDatetime(tzinfo=UTC) if o.HasField("expires_at") else None,
         )
 
 

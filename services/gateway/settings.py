@@ -14,6 +14,8 @@ class Deadlines(BaseModel):
     retrieval: float = Field(default=0.4, gt=0)
     ranking: float = Field(default=0.25, gt=0)
     campaigns: float = Field(default=0.25, gt=0)
+    # Offers: campaigns asks profiles for the member's portrait, then records exposures.
+    offers: float = Field(default=1.0, gt=0)
     ingestion: float = Field(default=5.0, gt=0)
     # Counting a segment reads every member: seconds on a large store, not a hot path.
     segments: float = Field(default=120.0, gt=0)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
 
 from services.common.clock import Clock
-from services.profiles.portrait import Portrait, Portraitist
+from services.profiles import audiences
+from services.profiles.audiences import Audience, Count, compile_audience
+from services.profiles.portrait import Portrait, Portraitist, consent_of
 from services.profiles.segments import (
     BUILTIN_NAMES,
     BuiltinSegment,
@@ -37,6 +39,16 @@ class Sizes:
     sizes: dict[str, int]
     members: int
     as_of: datetime
+
+
+@dataclass(frozen=True)
+class Match:
+    """One member against audiences."""
+
+    matched: list[bool]
+    portrait: Portrait | None  # None: no event of the member was ever seen
+    consent: Mapping[str, bool]
+    consent_at: datetime | None
 
 
 class UnknownSegment(KeyError):
@@ -118,10 +130,7 @@ class Segmenter:
     ) -> tuple[list[Portrait], str | None]:
         """Up to `limit` members after the member id `after`, and where the next page starts
         (None when this one reached the end)."""
-        limit = max(1, min(limit, MAX_PAGE))
-        found = list(islice(self._members(name, channel, after), limit))
-        more = len(found) == limit
-        return found, found[-1].profile.member_id if more and found else None
+        return _page(self._members(name, channel, after), limit)
 
     def export(self, name: str, channel: str | None) -> Iterator[list[Portrait]]:
         """Every member of the segment, in pages of EXPORT_PAGE."""
@@ -131,6 +140,44 @@ class Segmenter:
 
     def member_of(self, portrait: Portrait) -> list[str]:
         return self.book().member_of(portrait)
+
+    def audience(self, segments: Sequence[str], condition: str) -> Audience:
+        """The audience compiled against the segments defined now (AudienceError)."""
+        return compile_audience(self.book(), segments, condition)
+
+    def count_audience(self, audience: Audience) -> tuple[Count, datetime]:
+        """The audience's size and reach per channel, counted in one pass, and when."""
+        now = self._clock.now()
+        found = audiences.count(
+            self._store.iter_profiles(), self._portraitist, self._store.scoring(), now, audience
+        )
+        return found, now
+
+    def audience_page(
+        self, audience: Audience, channel: str | None, after: str | None, limit: int
+    ) -> tuple[list[Portrait], str | None]:
+        """As `page`, for an audience."""
+        found = audiences.members(
+            self._store.iter_profiles(after=after),
+            self._portraitist,
+            self._store.scoring(),
+            self._clock.now(),
+            audience,
+            channel,
+        )
+        return _page(found, limit)
+
+    def match(self, member_id: str, wanted: Sequence[Audience]) -> Match:
+        """Which audiences the member is in now. On the offers path: one profile read (two
+        for a member never seen, whose consent may still have been given)."""
+        profile = self._store.get(member_id, recent_limit=0, purchases=False)
+        if profile is None:
+            choices, at = self._store.consent_choices(member_id)
+            consent = consent_of(self._portraitist.consent_defaults, choices)
+            return Match([False] * len(wanted), None, consent, at)
+        portrait = self._portraitist.draw(profile, self._store.scoring(), self._clock.now())
+        matched = audiences.matches(portrait, wanted)
+        return Match(matched, portrait, portrait.consent, profile.consent_at)
 
     def _members(self, name: str, channel: str | None, after: str | None) -> Iterator[Portrait]:
         definition = self.definition(name)
@@ -147,6 +194,14 @@ class Segmenter:
     def _forget(self) -> None:
         with self._lock:
             self._book, self._sizes = None, None
+
+
+def _page(found: Iterator[Portrait], limit: int) -> tuple[list[Portrait], str | None]:
+    """Up to `limit` (1 to MAX_PAGE) of `found`, and the last one's id when the page is full
+    (more may follow), else None."""
+    limit = max(1, min(limit, MAX_PAGE))
+    page = list(islice(found, limit))
+    return page, page[-1].profile.member_id if len(page) == limit else None
 
 
 def _names(book: SegmentBook) -> set[str]:

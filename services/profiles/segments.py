@@ -114,6 +114,11 @@ class SegmentBook:
         self._tests: list[tuple[str, Condition]] = [
             (d.name, parse(d.condition)) for d in self.definitions
         ]
+        self._by_name = dict(self._tests)
+
+    def condition(self, name: str) -> Condition | None:
+        """The compiled condition of the segment `name`, or None when there is none."""
+        return self._by_name.get(name)
 
     def member_of(self, portrait: Portrait) -> list[str]:
         """The names of the segments the member is in."""

@@ -14,6 +14,7 @@ from services.common.db import served
 from services.common.events import check_member_id
 from services.common.members import CHANNELS, CONSENT_KEYS
 from services.gen.recofleet.profiles.v1 import profiles_pb2, profiles_pb2_grpc
+from services.profiles.audiences import Audience, AudienceError
 from services.profiles.domain import ManualTag
 from services.profiles.portrait import Portrait, Portraitist, consent_of
 from services.profiles.scoring import Scoring
@@ -161,6 +162,77 @@ class ProfilesServicer(profiles_pb2_grpc.ProfilesServiceServicer):
         pages = self._segmenter.export(request.name, request.channel or None)
         while page := await asyncio.to_thread(next, pages, None):
             yield profiles_pb2.SegmentMembersResponse(members=[member_proto(p) for p in page])
+
+    async def CountAudience(
+        self, request: profiles_pb2.Audience, context: grpc.aio.ServicerContext
+    ) -> profiles_pb2.AudienceCount:
+        audience = await self._audience(request, context)
+        found, at = await asyncio.to_thread(self._segmenter.count_audience, audience)
+        return profiles_pb2.AudienceCount(
+            members=found.members, by_channel=found.by_channel, as_of=_ts(at)
+        )
+
+    async def AudienceMembers(
+        self, request: profiles_pb2.AudienceMembersRequest, context: grpc.aio.ServicerContext
+    ) -> profiles_pb2.SegmentMembersResponse:
+        audience = await self._audience(request.audience, context)
+        await self._check_channel(request.channel, context)
+        found, next_after = await asyncio.to_thread(
+            self._segmenter.audience_page,
+            audience,
+            request.channel or None,
+            request.after or None,
+            request.limit or 100,
+        )
+        return profiles_pb2.SegmentMembersResponse(
+            members=[member_proto(p) for p in found], next_after=next_after or ""
+        )
+
+    async def MatchAudiences(
+        self, request: profiles_pb2.MatchAudiencesRequest, context: grpc.aio.ServicerContext
+    ) -> profiles_pb2.MatchAudiencesResponse:
+        problem = check_member_id(request.member_id)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        # Called per offer request: one hop (none on an embedded store), as GetProfile.
+        try:
+            return await served(self._store.embedded, self._match, request)
+        except AudienceError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+
+    def _match(
+        self, request: profiles_pb2.MatchAudiencesRequest
+    ) -> profiles_pb2.MatchAudiencesResponse:
+        wanted = []
+        for n, audience in enumerate(request.audiences):
+            try:
+                wanted.append(self._segmenter.audience(audience.segments, audience.condition))
+            except AudienceError as exc:
+                raise AudienceError(f"audiences[{n}].{exc.field}", exc.reason) from None
+        match = self._segmenter.match(request.member_id, wanted)
+        if match.portrait is None:
+            member = profiles_pb2.SegmentMember(
+                member_id=request.member_id, consent=consent_proto(match.consent, match.consent_at)
+            )
+            return profiles_pb2.MatchAudiencesResponse(matched=match.matched, member=member)
+        return profiles_pb2.MatchAudiencesResponse(
+            matched=match.matched,
+            known=True,
+            member=member_proto(match.portrait),
+            preferred_channel=match.portrait.preferred_channel or "",
+        )
+
+    async def _audience(
+        self, audience: profiles_pb2.Audience, context: grpc.aio.ServicerContext
+    ) -> Audience:
+        try:
+            return await asyncio.to_thread(
+                self._segmenter.audience, audience.segments, audience.condition
+            )
+        except AudienceError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
 
     async def _definition(self, name: str, context: grpc.aio.ServicerContext) -> SegmentDefinition:
         try:

@@ -12,6 +12,7 @@ import grpc
 
 from services.gen.recofleet.common.v1 import common_pb2
 from services.gen.recofleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
+from services.ranking.arrangement import Diversify, arrange, arranges
 from services.ranking.diversity import capped
 from services.ranking.domain import RankerBook, UnknownRanker
 from services.ranking.experiments import Experiment, InvalidExperiment, NotAllowed, Variant
@@ -45,13 +46,17 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         limit = request.limit or len(request.candidates)
         spread = self._diversity.get(request.placement)
+        arrangement = request.arrangement if arranges(request.arrangement) else None
         # Under a cap the ranker orders every candidate, so that what the cap moves back
-        # is replaced by the next best of other categories.
-        asked = len(request.candidates) if spread else limit
+        # is replaced by the next best of other categories; under an arrangement, so that
+        # a boost can lift an item from below the limit.
+        asked = len(request.candidates) if spread or arrangement is not None else limit
         ranked = choice.ranker.rank(
             member_context(request.member), request.candidates, request.placement, asked
         )
-        if spread:
+        if arrangement is not None:
+            ranked = arrange(ranked, arrangement, limit, _diversify(spread))
+        elif spread:
             ranked = capped(ranked, limit, spread.max_per_category)
         return ranking_pb2.RankResponse(
             model=choice.label,
@@ -161,6 +166,13 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
             lambda: self._book.change(request.experiment_id, request.action, request.winner),
         )
         return experiment_message(changed)
+
+
+def _diversify(spread: Diversity | None) -> Diversify:
+    """What an arrangement runs between its promotions and its pins: the placement's cap."""
+    if spread is None:
+        return lambda items, limit: items[:limit]
+    return lambda items, limit: capped(items, limit, spread.max_per_category)
 
 
 def member_context(member: ranking_pb2.MemberContext) -> MemberContext:

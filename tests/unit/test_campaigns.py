@@ -7,8 +7,7 @@ from collections.abc import Sequence
 import pytest
 from sqlalchemy import Engine
 
-from services.campaigns.rules import Removal, apply_rules, eligible_offers
-from services.campaigns.settings import WelcomeOffer
+from services.campaigns.rules import Removal, apply_rules
 from services.campaigns.store import SqlCatalogStore
 from services.common.candidates import Candidate
 from services.common.events import CatalogItem
@@ -74,38 +73,6 @@ def test_nothing_in_nothing_out() -> None:
     result = apply_rules([], purchased=["a"], excluded=["b"], out_of_stock=SoldOut("c"))
 
     assert (result.kept, result.removed) == ([], [])
-
-
-def test_the_welcome_offer_goes_to_members_without_orders_only() -> None:
-    welcome = WelcomeOffer()
-
-    offers = eligible_offers(0, "email", welcome)
-
-    assert len(offers) == 1
-    offer = offers[0]
-    assert offer.coupon_code == "WELCOME10"
-    assert offer.campaign_id == "welcome"
-    assert offer.discount_percent == 10.0
-    assert "10%" in offer.description
-    assert eligible_offers(1, "email", welcome) == []
-    assert eligible_offers(7, "", welcome) == []
-
-
-def test_the_welcome_offer_respects_channels() -> None:
-    welcome = WelcomeOffer(channels=["email"], coupon_code="HELLO", discount_percent=15)
-
-    assert [o.coupon_code for o in eligible_offers(0, "email", welcome)] == ["HELLO"]
-    assert eligible_offers(0, "sms", welcome) == []
-    assert eligible_offers(0, "web", welcome) == []
-    # No channel asked: any channel will do.
-    assert [o.channels for o in eligible_offers(0, "", welcome)] == [["email"]]
-
-
-def test_a_disabled_welcome_offer_gives_nothing() -> None:
-    welcome = WelcomeOffer(enabled=False)
-
-    assert eligible_offers(0, "email", welcome) == []
-    assert eligible_offers(0, "", welcome) == []
 
 
 @pytest.fixture

@@ -53,6 +53,13 @@ class FakeComposer:
         raise _Answered
 
 
+class FakeCampaigns:
+    """Answers offers as campaigns with nothing behind it would."""
+
+    async def GetOffers(self, *args: object, **kwargs: object) -> object:
+        raise _Answered
+
+
 class _Answered(Exception):
     """The route body ran: past the key check. Turned into a 299 by the test app."""
 
@@ -61,6 +68,7 @@ class _Answered(Exception):
 async def gateway() -> AsyncIterator[Gateway]:
     running = Gateway(settings())
     running.app.state.composer = FakeComposer()
+    running.app.state.clients.campaigns = FakeCampaigns()
 
     async def answered(request: object, exc: Exception) -> JSONResponse:
         return JSONResponse({"route": "ran"}, status_code=299)

@@ -219,8 +219,9 @@ class Fleet:
             profiles=self.profiles,  # type: ignore[arg-type]
             retrieval=self.retrieval,  # type: ignore[arg-type]
             ranking=self.ranking,  # type: ignore[arg-type]
-            campaigns=self.campaigns,  # type: ignore[arg-type]
+            campaigns=None,  # type: ignore[arg-type]
             analytics=None,  # type: ignore[arg-type]
+            merchandising=self.campaigns,  # type: ignore[arg-type]
         )
         self.probes = FakeProbes()
         self.composer = Composer(clients, settings or GatewaySettings(), probes=self.probes.each())

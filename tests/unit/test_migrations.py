@@ -29,8 +29,8 @@ from sqlalchemy import Connection, Engine, MetaData, inspect, text
 from services.analytics.settings import AnalyticsSettings
 from services.analytics.store import SqlAnalyticsStore
 from services.analytics.store import metadata as analytics_tables
+from services.campaigns.campaign_store import metadata as campaigns_tables
 from services.campaigns.store import SqlCatalogStore
-from services.campaigns.store import metadata as campaigns_tables
 from services.common import migrations
 from services.common.events import CatalogItem, Event
 from services.common.migrations import (
@@ -435,9 +435,11 @@ def test_a_new_revision_is_written_after_the_head(
     monkeypatch.setattr(migrations, "_SERVICES_DIR", tmp_path)
     revisions.cache_clear()
     try:
+        before = head("campaigns")
+        expected = f"{int(before.split('_', 1)[0]) + 1:04d}_stock_counts"
         written = migrations.new_revision("campaigns", "Stock counts!")
-        assert written.name == "0002_stock_counts.py"
-        assert 'down_revision = "0001_baseline"' in written.read_text().replace("'", '"')
-        assert head("campaigns") == "0002_stock_counts"
+        assert written.name == f"{expected}.py"
+        assert f'down_revision = "{before}"' in written.read_text().replace("'", '"')
+        assert head("campaigns") == expected
     finally:
         revisions.cache_clear()

@@ -1,6 +1,7 @@
 """Alembic's entry point for the campaigns revisions (services.common.migrations runs it)."""
 
-from services.campaigns.store import metadata
+# Every table of the service: campaign_store's metadata is store's, with its own added.
+from services.campaigns.campaign_store import metadata
 from services.common.migrations import run_env
 
 run_env(metadata)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from services.common.bus.base import (
+    CAMPAIGN_MESSAGES_TOPIC,
     CATALOG_TOPIC,
     DEAD_LETTERS_TOPIC,
     EVENTS_TOPIC,
+    EXPOSURES_TOPIC,
     IMPRESSIONS_TOPIC,
     MEMBERS_TOPIC,
     BusError,
@@ -21,7 +23,15 @@ from services.common.settings import FleetSettings
 if TYPE_CHECKING:
     from services.common.bus.kafka import KafkaSettings
 
-ALL_TOPICS = (EVENTS_TOPIC, CATALOG_TOPIC, DEAD_LETTERS_TOPIC, MEMBERS_TOPIC, IMPRESSIONS_TOPIC)
+ALL_TOPICS = (
+    EVENTS_TOPIC,
+    CATALOG_TOPIC,
+    DEAD_LETTERS_TOPIC,
+    MEMBERS_TOPIC,
+    IMPRESSIONS_TOPIC,
+    EXPOSURES_TOPIC,
+    CAMPAIGN_MESSAGES_TOPIC,
+)
 
 
 def open_bus(fleet: FleetSettings, kafka: KafkaSettings | None = None) -> EventBus:
@@ -62,9 +72,11 @@ def open_bus(fleet: FleetSettings, kafka: KafkaSettings | None = None) -> EventB
 
 __all__ = [
     "ALL_TOPICS",
+    "CAMPAIGN_MESSAGES_TOPIC",
     "CATALOG_TOPIC",
     "DEAD_LETTERS_TOPIC",
     "EVENTS_TOPIC",
+    "EXPOSURES_TOPIC",
     "IMPRESSIONS_TOPIC",
     "MEMBERS_TOPIC",
     "BusError",

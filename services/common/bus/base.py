@@ -23,6 +23,12 @@ MEMBERS_TOPIC = "recofleet.members"
 # What was shown to whom (impression events, the gateway's and the shop's): the analytics
 # service reads them; the consumers of members' events never pay for them.
 IMPRESSIONS_TOPIC = "recofleet.impressions"
+# Campaign exposures (an offer shown or sent, or a control member held out), keyed by member:
+# campaigns publishes them, analytics measures the campaign from them.
+EXPOSURES_TOPIC = "recofleet.exposures"
+# One message per member of an exported campaign audience, keyed by member, for the email,
+# SMS and push senders (docs/campaigns.md has its JSON shape).
+CAMPAIGN_MESSAGES_TOPIC = "recofleet.campaign-messages"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,6 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 
 from services.gateway.auth import require
 from services.gateway.bodies import model_body, read_model
-from services.gateway.compose import personalizable
 from services.gateway.deps import ClientsDep, ComposerDep, MemberId, SettingsDep, checked_limit
 from services.gateway.responses import errors, similar_items_link
 from services.gateway.routing import AllowingRoute
@@ -144,24 +143,33 @@ async def profile(member_id: MemberId, composer: ComposerDep) -> ProfileOut:
 )
 async def offers(
     member_id: MemberId,
-    composer: ComposerDep,
     clients: ClientsDep,
     settings: SettingsDep,
-    channel: Annotated[str | None, Query(max_length=32)] = None,
+    channel: Annotated[
+        str | None,
+        Query(
+            max_length=32,
+            description="email, sms, push or onsite (any other value, such as web or app, is "
+            "onsite); none: every channel the member may be reached on.",
+        ),
+    ] = None,
+    preview: Annotated[
+        bool, Query(description="Record no exposure (a console's look); caps still hold.")
+    ] = False,
 ) -> OffersOut:
+    """Best first. Each offer returned counts as shown to the member (an exposure, against
+    the frequency caps), unless `preview`; a member in a campaign's control group gets
+    none of that campaign. Nothing without the member's consent to personalization and to
+    the channel."""
+    wanted = offer_channel(channel)
     try:
-        found = await composer.profile(member_id)
-        if not reachable(found, channel):
-            # Offers are targeted from the portrait: none without the member's consent.
-            return OffersOut(member_id=member_id, channel=channel, offers=[], degraded=False)
         reply = await clients.campaigns.GetOffers(
-            campaigns_pb2.GetOffersRequest(
-                member_id=member_id, channel=channel or "", orders=found.rfm.frequency
-            ),
-            timeout=settings.deadlines.campaigns,
+            campaigns_pb2.GetOffersRequest(member_id=member_id, channel=wanted, preview=preview),
+            timeout=settings.deadlines.offers,
         )
     except grpc.aio.AioRpcError:
-        # Without the profile or campaigns no offer can be vouched for; say so, don't fail.
+        # Without campaigns (or the portrait it asks profiles for) no offer can be vouched
+        # for; say so, don't fail.
         return OffersOut(member_id=member_id, channel=channel, offers=[], degraded=True)
     return OffersOut(
         member_id=member_id,
@@ -171,15 +179,12 @@ async def offers(
     )
 
 
-def reachable(profile: profiles_pb2.Profile, channel: str | None) -> bool:
-    """Whether an offer may be shown to the member on `channel`: they allow
-    personalization, and the channel (email, sms, push; anything else is onsite)."""
-    if not personalizable(profile):
-        return False
-    if not profile.HasField("consent"):
-        return True  # a profiles service too old to say
-    key = channel if channel in ("email", "sms", "push") else "onsite"
-    return bool(getattr(profile.consent, key))
+def offer_channel(channel: str | None) -> str:
+    """The campaigns channel a shop's channel name means: email, sms and push are
+    themselves, anything else is onsite; none is every channel."""
+    if not channel:
+        return ""
+    return channel if channel in ("email", "sms", "push") else "onsite"
 
 
 # Manual tags: set and removed by the shop's marketers; rule tags come from configuration.

@@ -6,8 +6,6 @@ gateway checks the key, shapes the answers and streams exports (docs/segments.md
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC
@@ -17,6 +15,7 @@ import grpc
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from services.common.csv_rows import csv_line
 from services.gateway.auth import require
 from services.gateway.bodies import model_body, read_model
 from services.gateway.deps import ClientsDep, SettingsDep
@@ -293,7 +292,7 @@ async def _stream(
     header: bool,
 ) -> AsyncIterator[str]:
     if header:
-        yield _csv_line(CSV_COLUMNS)
+        yield csv_line(CSV_COLUMNS)
     if first is not None:
         yield render(first.members)
         async for page in pages:
@@ -302,7 +301,7 @@ async def _stream(
 
 def _csv_rows(members: Any) -> str:
     return "".join(
-        _csv_line(
+        csv_line(
             (
                 m.member_id,
                 m.lifecycle,
@@ -318,20 +317,6 @@ def _csv_rows(members: Any) -> str:
         )
         for m in members
     )
-
-
-def _csv_line(values: Any) -> str:
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerow([_cell(v) for v in values])
-    return out.getvalue()
-
-
-def _cell(value: Any) -> Any:
-    # A text cell a spreadsheet would run as a formula (=, +, -, @, tab, CR) is quoted
-    # with a leading apostrophe: a member id is whatever the shop's frontend sent.
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
 
 
 def _json_lines(members: Any) -> str:

@@ -24,31 +24,41 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&recofleet/analytics/v1/analytics.proto\x12\x16recofleet.analytics.v1\",\n\rReportVariant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05share\x18\x02 \x01(\x01\"\xb6\x01\n\x17\x45xperimentReportRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x37\n\x08variants\x18\x02 \x03(\x0b\x32%.recofleet.analytics.v1.ReportVariant\x12\x0f\n\x07\x63ontrol\x18\x03 \x01(\t\x12\x12\n\nstarted_at\x18\x04 \x01(\t\x12\x12\n\nstopped_at\x18\x05 \x01(\t\x12\x12\n\nconfidence\x18\x06 \x01(\x01\"?\n\x08\x45stimate\x12\r\n\x05value\x18\x01 \x01(\x01\x12\x0b\n\x03low\x18\x02 \x01(\x01\x12\x0c\n\x04high\x18\x03 \x01(\x01\x12\t\n\x01n\x18\x04 \x01(\x03\"\xd1\x02\n\nDifference\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x31\n\x07\x63ontrol\x18\x02 \x01(\x0b\x32 .recofleet.analytics.v1.Estimate\x12\x33\n\ttreatment\x18\x03 \x01(\x0b\x32 .recofleet.analytics.v1.Estimate\x12\x10\n\x08\x61\x62solute\x18\x04 \x01(\x01\x12\x0b\n\x03low\x18\x05 \x01(\x01\x12\x0c\n\x04high\x18\x06 \x01(\x01\x12\x15\n\x08relative\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07p_value\x18\x08 \x01(\x01\x12\x0e\n\x06method\x18\t \x01(\t\x12\x13\n\x0bsignificant\x18\n \x01(\x08\x12\x0c\n\x04note\x18\x0b \x01(\t\x12\x1f\n\x12variance_reduction\x18\x0c \x01(\x01H\x01\x88\x01\x01\x42\x0b\n\t_relativeB\x15\n\x13_variance_reduction\"\xa4\x03\n\x0eVariantFigures\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07members\x18\x02 \x01(\x03\x12\x13\n\x0bimpressions\x18\x03 \x01(\x03\x12\x0e\n\x06\x63licks\x18\x04 \x01(\x03\x12\r\n\x05\x63\x61rts\x18\x05 \x01(\x03\x12\x11\n\tpurchases\x18\x06 \x01(\x03\x12\x0f\n\x07revenue\x18\x07 \x01(\x01\x12-\n\x03\x63tr\x18\x08 \x01(\x0b\x32 .recofleet.analytics.v1.Estimate\x12:\n\x10\x61\x64\x64_to_cart_rate\x18\t \x01(\x0b\x32 .recofleet.analytics.v1.Estimate\x12\x39\n\x0f\x63onversion_rate\x18\n \x01(\x0b\x32 .recofleet.analytics.v1.Estimate\x12<\n\x12revenue_per_member\x18\x0b \x01(\x0b\x32 .recofleet.analytics.v1.Estimate\x12\x37\n\x0b\x64ifferences\x18\x0c \x03(\x0b\x32\".recofleet.analytics.v1.Difference\"\xb3\x01\n\x0bSampleRatio\x12\x0c\n\x04\x63hi2\x18\x01 \x01(\x01\x12\x0f\n\x07p_value\x18\x02 \x01(\x01\x12\x0f\n\x07\x66lagged\x18\x03 \x01(\x08\x12\x43\n\x08\x65xpected\x18\x04 \x03(\x0b\x32\x31.recofleet.analytics.v1.SampleRatio.ExpectedEntry\x1a/\n\rExpectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xe8\x01\n\x10\x45xperimentReport\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x38\n\x08variants\x18\x02 \x03(\x0b\x32&.recofleet.analytics.v1.VariantFigures\x12\x39\n\x0csample_ratio\x18\x03 \x01(\x0b\x32#.recofleet.analytics.v1.SampleRatio\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12\x10\n\x08warnings\x18\x05 \x03(\t\x12\r\n\x05\x61s_of\x18\x06 \x01(\t\x12\x13\n\x0b\x61ttribution\x18\x07 \x01(\t2\x84\x01\n\x10\x41nalyticsService\x12p\n\x13GetExperimentReport\x12/.recofleet.analytics.v1.ExperimentReportRequest\x1a(.recofleet.analytics.v1.ExperimentReportb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&recofleet/analytics/v1/analytics.proto\x12\x16recofleet.analytics.v1\"W\n\x17\x43\x61mpaignOutcomesRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x01\x12\x13\n\x0bwindow_days\x18\x03 \x01(\x01\"\xcd\x01\n\rCampaignGroup\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0f\n\x07members\x18\x02 \x01(\x03\x12\x12\n\nconverters\x18\x03 \x01(\x03\x12\x39\n\x0f\x63onversion_rate\x18\x04 \x01(\x0b\x32 .recofleet.analytics.v1.Estimate\x12<\n\x12revenue_per_member\x18\x05 \x01(\x0b\x32 .recofleet.analytics.v1.Estimate\x12\x0f\n\x07revenue\x18\x06 \x01(\x01\"\xf6\x02\n\x10\x43\x61mpaignOutcomes\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x35\n\x06groups\x18\x02 \x03(\x0b\x32%.recofleet.analytics.v1.CampaignGroup\x12\x37\n\x0b\x64ifferences\x18\x03 \x03(\x0b\x32\".recofleet.analytics.v1.Difference\x12J\n\texposures\x18\x04 \x03(\x0b\x32\x37.recofleet.analytics.v1.CampaignOutcomes.ExposuresEntry\x12\x15\n\rcoupon_orders\x18\x05 \x01(\x03\x12\x12\n\nconfidence\x18\x06 \x01(\x01\x12\x10\n\x08warnings\x18\x07 \x03(\t\x12\r\n\x05\x61s_of\x18\x08 \x01(\t\x12\x13\n\x0b\x61ttribution\x18\t \x01(\t\x1a\x30\n\x0e\x45xposuresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\",\n\rReportVariant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05share\x18\x02 \x01(\x01\"\xb6\x01\n\x17\x45xperimentReportRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x37\n\x08variants\x18\x02 \x03(\x0b\x32%.recofleet.analytics.v1.ReportVariant\x12\x0f\n\x07\x63ontrol\x18\x03 \x01(\t\x12\x12\n\nstarted_at\x18\x04 \x01(\t\x12\x12\n\nstopped_at\x18\x05 \x01(\t\x12\x12\n\nconfidence\x18\x06 \x01(\x01\"?\n\x08\x45stimate\x12\r\n\x05value\x18\x01 \x01(\x01\x12\x0b\n\x03low\x18\x02 \x01(\x01\x12\x0c\n\x04high\x18\x03 \x01(\x01\x12\t\n\x01n\x18\x04 \x01(\x03\"\xd1\x02\n\nDifference\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x31\n\x07\x63ontrol\x18\x02 \x01(\x0b\x32 .recofleet.analytics.v1.Estimate\x12\x33\n\ttreatment\x18\x03 \x01(\x0b\x32 .recofleet.analytics.v1.Estimate\x12\x10\n\x08\x61\x62solute\x18\x04 \x01(\x01\x12\x0b\n\x03low\x18\x05 \x01(\x01\x12\x0c\n\x04high\x18\x06 \x01(\x01\x12\x15\n\x08relative\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07p_value\x18\x08 \x01(\x01\x12\x0e\n\x06method\x18\t \x01(\t\x12\x13\n\x0bsignificant\x18\n \x01(\x08\x12\x0c\n\x04note\x18\x0b \x01(\t\x12\x1f\n\x12variance_reduction\x18\x0c \x01(\x01H\x01\x88\x01\x01\x42\x0b\n\t_relativeB\x15\n\x13_variance_reduction\"\xa4\x03\n\x0eVariantFigures\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07members\x18\x02 \x01(\x03\x12\x13\n\x0bimpressions\x18\x03 \x01(\x03\x12\x0e\n\x06\x63licks\x18\x04 \x01(\x03\x12\r\n\x05\x63\x61rts\x18\x05 \x01(\x03\x12\x11\n\tpurchases\x18\x06 \x01(\x03\x12\x0f\n\x07revenue\x18\x07 \x01(\x01\x12-\n\x03\x63tr\x18\x08 \x01(\x0b\x32 .recofleet.analytics.v1.Estimate\x12:\n\x10\x61\x64\x64_to_cart_rate\x18\t \x01(\x0b\x32 .recofleet.analytics.v1.Estimate\x12\x39\n\x0f\x63onversion_rate\x18\n \x01(\x0b\x32 .recofleet.analytics.v1.Estimate\x12<\n\x12revenue_per_member\x18\x0b \x01(\x0b\x32 .recofleet.analytics.v1.Estimate\x12\x37\n\x0b\x64ifferences\x18\x0c \x03(\x0b\x32\".recofleet.analytics.v1.Difference\"\xb3\x01\n\x0bSampleRatio\x12\x0c\n\x04\x63hi2\x18\x01 \x01(\x01\x12\x0f\n\x07p_value\x18\x02 \x01(\x01\x12\x0f\n\x07\x66lagged\x18\x03 \x01(\x08\x12\x43\n\x08\x65xpected\x18\x04 \x03(\x0b\x32\x31.recofleet.analytics.v1.SampleRatio.ExpectedEntry\x1a/\n\rExpectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xe8\x01\n\x10\x45xperimentReport\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x38\n\x08variants\x18\x02 \x03(\x0b\x32&.recofleet.analytics.v1.VariantFigures\x12\x39\n\x0csample_ratio\x18\x03 \x01(\x0b\x32#.recofleet.analytics.v1.SampleRatio\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12\x10\n\x08warnings\x18\x05 \x03(\t\x12\r\n\x05\x61s_of\x18\x06 \x01(\t\x12\x13\n\x0b\x61ttribution\x18\x07 \x01(\t2\xf6\x01\n\x10\x41nalyticsService\x12p\n\x13GetExperimentReport\x12/.recofleet.analytics.v1.ExperimentReportRequest\x1a(.recofleet.analytics.v1.ExperimentReport\x12p\n\x13GetCampaignOutcomes\x12/.recofleet.analytics.v1.CampaignOutcomesRequest\x1a(.recofleet.analytics.v1.CampaignOutcomesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recofleet.analytics.v1.analytics_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CAMPAIGNOUTCOMES_EXPOSURESENTRY']._loaded_options = None
+  _globals['_CAMPAIGNOUTCOMES_EXPOSURESENTRY']._serialized_options = b'8\001'
   _globals['_SAMPLERATIO_EXPECTEDENTRY']._loaded_options = None
   _globals['_SAMPLERATIO_EXPECTEDENTRY']._serialized_options = b'8\001'
-  _globals['_REPORTVARIANT']._serialized_start=66
-  _globals['_REPORTVARIANT']._serialized_end=110
-  _globals['_EXPERIMENTREPORTREQUEST']._serialized_start=113
-  _globals['_EXPERIMENTREPORTREQUEST']._serialized_end=295
-  _globals['_ESTIMATE']._serialized_start=297
-  _globals['_ESTIMATE']._serialized_end=360
-  _globals['_DIFFERENCE']._serialized_start=363
-  _globals['_DIFFERENCE']._serialized_end=700
-  _globals['_VARIANTFIGURES']._serialized_start=703
-  _globals['_VARIANTFIGURES']._serialized_end=1123
-  _globals['_SAMPLERATIO']._serialized_start=1126
-  _globals['_SAMPLERATIO']._serialized_end=1305
-  _globals['_SAMPLERATIO_EXPECTEDENTRY']._serialized_start=1258
-  _globals['_SAMPLERATIO_EXPECTEDENTRY']._serialized_end=1305
-  _globals['_EXPERIMENTREPORT']._serialized_start=1308
-  _globals['_EXPERIMENTREPORT']._serialized_end=1540
-  _globals['_ANALYTICSSERVICE']._serialized_start=1543
-  _globals['_ANALYTICSSERVICE']._serialized_end=1675
+  _globals['_CAMPAIGNOUTCOMESREQUEST']._serialized_start=66
+  _globals['_CAMPAIGNOUTCOMESREQUEST']._serialized_end=153
+  _globals['_CAMPAIGNGROUP']._serialized_start=156
+  _globals['_CAMPAIGNGROUP']._serialized_end=361
+  _globals['_CAMPAIGNOUTCOMES']._serialized_start=364
+  _globals['_CAMPAIGNOUTCOMES']._serialized_end=738
+  _globals['_CAMPAIGNOUTCOMES_EXPOSURESENTRY']._serialized_start=690
+  _globals['_CAMPAIGNOUTCOMES_EXPOSURESENTRY']._serialized_end=738
+  _globals['_REPORTVARIANT']._serialized_start=740
+  _globals['_REPORTVARIANT']._serialized_end=784
+  _globals['_EXPERIMENTREPORTREQUEST']._serialized_start=787
+  _globals['_EXPERIMENTREPORTREQUEST']._serialized_end=969
+  _globals['_ESTIMATE']._serialized_start=971
+  _globals['_ESTIMATE']._serialized_end=1034
+  _globals['_DIFFERENCE']._serialized_start=1037
+  _globals['_DIFFERENCE']._serialized_end=1374
+  _globals['_VARIANTFIGURES']._serialized_start=1377
+  _globals['_VARIANTFIGURES']._serialized_end=1797
+  _globals['_SAMPLERATIO']._serialized_start=1800
+  _globals['_SAMPLERATIO']._serialized_end=1979
+  _globals['_SAMPLERATIO_EXPECTEDENTRY']._serialized_start=1932
+  _globals['_SAMPLERATIO_EXPECTEDENTRY']._serialized_end=1979
+  _globals['_EXPERIMENTREPORT']._serialized_start=1982
+  _globals['_EXPERIMENTREPORT']._serialized_end=2214
+  _globals['_ANALYTICSSERVICE']._serialized_start=2217
+  _globals['_ANALYTICSSERVICE']._serialized_end=2463
 # @@protoc_insertion_point(module_scope)

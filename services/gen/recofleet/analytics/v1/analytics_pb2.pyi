@@ -19,6 +19,147 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class CampaignOutcomesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    WINDOW_DAYS_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    confidence: _builtins.float
+    """Of every interval and test; 0: 0.95."""
+    window_days: _builtins.float
+    """Purchases count for a member within this many days after their first exposure (or
+    hold-out); 0: 30.
+    """
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        confidence: _builtins.float = ...,
+        window_days: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "confidence", b"confidence", "window_days", b"window_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignOutcomesRequest: _TypeAlias = CampaignOutcomesRequest  # noqa: Y015
+
+@_typing.final
+class CampaignGroup(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    CONVERTERS_FIELD_NUMBER: _builtins.int
+    CONVERSION_RATE_FIELD_NUMBER: _builtins.int
+    REVENUE_PER_MEMBER_FIELD_NUMBER: _builtins.int
+    REVENUE_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """"treatment" (exposed) or "control" (held out)."""
+    members: _builtins.int
+    converters: _builtins.int
+    """Members with a purchase in the window."""
+    revenue: _builtins.float
+    """Purchases in the window, refunds deducted."""
+    @_builtins.property
+    def conversion_rate(self) -> Global___Estimate: ...
+    @_builtins.property
+    def revenue_per_member(self) -> Global___Estimate: ...
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        members: _builtins.int = ...,
+        converters: _builtins.int = ...,
+        conversion_rate: Global___Estimate | None = ...,
+        revenue_per_member: Global___Estimate | None = ...,
+        revenue: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversion_rate", b"conversion_rate", "revenue_per_member", b"revenue_per_member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversion_rate", b"conversion_rate", "converters", b"converters", "group", b"group", "members", b"members", "revenue", b"revenue", "revenue_per_member", b"revenue_per_member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignGroup: _TypeAlias = CampaignGroup  # noqa: Y015
+
+@_typing.final
+class CampaignOutcomes(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ExposuresEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    DIFFERENCES_FIELD_NUMBER: _builtins.int
+    EXPOSURES_FIELD_NUMBER: _builtins.int
+    COUPON_ORDERS_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    ATTRIBUTION_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    coupon_orders: _builtins.int
+    """Exposed orders that carried one of the campaign's coupon codes."""
+    confidence: _builtins.float
+    as_of: _builtins.str
+    attribution: _builtins.str
+    """How purchases were counted, in words."""
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___CampaignGroup]: ...
+    @_builtins.property
+    def differences(self) -> _containers.RepeatedCompositeFieldContainer[Global___Difference]:
+        """Treatment against control: conversion_rate and revenue_per_member."""
+
+    @_builtins.property
+    def exposures(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Channel -> exposures (held-out members are not counted)."""
+
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        groups: _abc.Iterable[Global___CampaignGroup] | None = ...,
+        differences: _abc.Iterable[Global___Difference] | None = ...,
+        exposures: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        coupon_orders: _builtins.int = ...,
+        confidence: _builtins.float = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
+        as_of: _builtins.str = ...,
+        attribution: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "attribution", b"attribution", "campaign_id", b"campaign_id", "confidence", b"confidence", "coupon_orders", b"coupon_orders", "differences", b"differences", "exposures", b"exposures", "groups", b"groups", "warnings", b"warnings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignOutcomes: _TypeAlias = CampaignOutcomes  # noqa: Y015
+
+@_typing.final
 class ReportVariant(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

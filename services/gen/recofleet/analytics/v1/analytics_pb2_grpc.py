@@ -49,6 +49,11 @@ class AnalyticsServiceStub:
                 request_serializer=recofleet_dot_analytics_dot_v1_dot_analytics__pb2.ExperimentReportRequest.SerializeToString,
                 response_deserializer=recofleet_dot_analytics_dot_v1_dot_analytics__pb2.ExperimentReport.FromString,
                 _registered_method=True)
+        self.GetCampaignOutcomes = channel.unary_unary(
+                '/recofleet.analytics.v1.AnalyticsService/GetCampaignOutcomes',
+                request_serializer=recofleet_dot_analytics_dot_v1_dot_analytics__pb2.CampaignOutcomesRequest.SerializeToString,
+                response_deserializer=recofleet_dot_analytics_dot_v1_dot_analytics__pb2.CampaignOutcomes.FromString,
+                _registered_method=True)
 
 
 class AnalyticsServiceServicer:
@@ -72,6 +77,16 @@ class AnalyticsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCampaignOutcomes(self, request, context):
+        """A campaign's exposed members against its held-out control group: conversion and
+        revenue per member after the (would-be) exposure, with the uplift and its test. From
+        the exposures topic (`recofleet.exposures`, services.common.bus.EXPOSURES_TOPIC) and
+        the members' purchases and refunds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalyticsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +94,11 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     servicer.GetExperimentReport,
                     request_deserializer=recofleet_dot_analytics_dot_v1_dot_analytics__pb2.ExperimentReportRequest.FromString,
                     response_serializer=recofleet_dot_analytics_dot_v1_dot_analytics__pb2.ExperimentReport.SerializeToString,
+            ),
+            'GetCampaignOutcomes': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCampaignOutcomes,
+                    request_deserializer=recofleet_dot_analytics_dot_v1_dot_analytics__pb2.CampaignOutcomesRequest.FromString,
+                    response_serializer=recofleet_dot_analytics_dot_v1_dot_analytics__pb2.CampaignOutcomes.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -118,6 +138,33 @@ class AnalyticsService:
             '/recofleet.analytics.v1.AnalyticsService/GetExperimentReport',
             recofleet_dot_analytics_dot_v1_dot_analytics__pb2.ExperimentReportRequest.SerializeToString,
             recofleet_dot_analytics_dot_v1_dot_analytics__pb2.ExperimentReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCampaignOutcomes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.analytics.v1.AnalyticsService/GetCampaignOutcomes',
+            recofleet_dot_analytics_dot_v1_dot_analytics__pb2.CampaignOutcomesRequest.SerializeToString,
+            recofleet_dot_analytics_dot_v1_dot_analytics__pb2.CampaignOutcomes.FromString,
             options,
             channel_credentials,
             insecure,

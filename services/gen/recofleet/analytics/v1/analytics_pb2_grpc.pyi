@@ -47,6 +47,12 @@ class AnalyticsServiceStub:
     """Per variant figures with intervals, the differences to the control with their tests,
     the sample-ratio check and CUPED. The caller passes the experiment as ranking holds it.
     """
+    GetCampaignOutcomes: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.CampaignOutcomesRequest, _analytics_pb2.CampaignOutcomes]
+    """A campaign's exposed members against its held-out control group: conversion and
+    revenue per member after the (would-be) exposure, with the uplift and its test. From
+    the exposures topic (`recofleet.exposures`, services.common.bus.EXPOSURES_TOPIC) and
+    the members' purchases and refunds.
+    """
 
 @_typing.type_check_only
 class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
@@ -66,6 +72,12 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     GetExperimentReport: _aio.UnaryUnaryMultiCallable[_analytics_pb2.ExperimentReportRequest, _analytics_pb2.ExperimentReport]  # type: ignore[assignment]
     """Per variant figures with intervals, the differences to the control with their tests,
     the sample-ratio check and CUPED. The caller passes the experiment as ranking holds it.
+    """
+    GetCampaignOutcomes: _aio.UnaryUnaryMultiCallable[_analytics_pb2.CampaignOutcomesRequest, _analytics_pb2.CampaignOutcomes]  # type: ignore[assignment]
+    """A campaign's exposed members against its held-out control group: conversion and
+    revenue per member after the (would-be) exposure, with the uplift and its test. From
+    the exposures topic (`recofleet.exposures`, services.common.bus.EXPOSURES_TOPIC) and
+    the members' purchases and refunds.
     """
 
 class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -89,6 +101,18 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_analytics_pb2.ExperimentReport, _abc.Awaitable[_analytics_pb2.ExperimentReport]]:
         """Per variant figures with intervals, the differences to the control with their tests,
         the sample-ratio check and CUPED. The caller passes the experiment as ranking holds it.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCampaignOutcomes(
+        self,
+        request: _analytics_pb2.CampaignOutcomesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.CampaignOutcomes, _abc.Awaitable[_analytics_pb2.CampaignOutcomes]]:
+        """A campaign's exposed members against its held-out control group: conversion and
+        revenue per member after the (would-be) exposure, with the uplift and its test. From
+        the exposures topic (`recofleet.exposures`, services.common.bus.EXPOSURES_TOPIC) and
+        the members' purchases and refunds.
         """
 
 def add_AnalyticsServiceServicer_to_server(servicer: AnalyticsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

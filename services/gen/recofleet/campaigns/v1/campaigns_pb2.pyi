@@ -21,6 +21,29 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class PurchasedItem(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    item_id: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        item_id: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "item_id", b"item_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurchasedItem: _TypeAlias = PurchasedItem  # noqa: Y015
+
+@_typing.final
 class ApplyRulesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -29,14 +52,22 @@ class ApplyRulesRequest(_message.Message):
     CANDIDATES_FIELD_NUMBER: _builtins.int
     PURCHASED_ITEM_IDS_FIELD_NUMBER: _builtins.int
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
+    RECENT_PURCHASES_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     placement: _builtins.str
+    limit: _builtins.int
+    """How many items the answer will hold (for promoted shares of slots); 0: unknown."""
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Candidate]: ...
     @_builtins.property
     def purchased_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def exclude_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def recent_purchases(self) -> _containers.RepeatedCompositeFieldContainer[Global___PurchasedItem]:
+        """The member's latest purchases with their time (for "exclude bought within N days")."""
+
     def __init__(
         self,
         *,
@@ -45,10 +76,12 @@ class ApplyRulesRequest(_message.Message):
         candidates: _abc.Iterable[_common_pb2.Candidate] | None = ...,
         purchased_item_ids: _abc.Iterable[_builtins.str] | None = ...,
         exclude_item_ids: _abc.Iterable[_builtins.str] | None = ...,
+        recent_purchases: _abc.Iterable[Global___PurchasedItem] | None = ...,
+        limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "exclude_item_ids", b"exclude_item_ids", "member_id", b"member_id", "placement", b"placement", "purchased_item_ids", b"purchased_item_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "exclude_item_ids", b"exclude_item_ids", "limit", b"limit", "member_id", b"member_id", "placement", b"placement", "purchased_item_ids", b"purchased_item_ids", "recent_purchases", b"recent_purchases"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -62,7 +95,7 @@ class Removal(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     item_id: _builtins.str
     reason: _builtins.str
-    """"purchased", "out_of_stock" or "excluded"."""
+    """"purchased", "out_of_stock", "excluded", "duplicate", or "rule:<rule name>"."""
     def __init__(
         self,
         *,
@@ -83,19 +116,33 @@ class ApplyRulesResponse(_message.Message):
 
     CANDIDATES_FIELD_NUMBER: _builtins.int
     REMOVED_FIELD_NUMBER: _builtins.int
+    ARRANGEMENT_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Candidate]: ...
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Candidate]:
+        """What may be shown, pinned and promoted items that retrieval did not propose included
+        (source "rule").
+        """
+
     @_builtins.property
     def removed(self) -> _containers.RepeatedCompositeFieldContainer[Global___Removal]: ...
+    @_builtins.property
+    def arrangement(self) -> _common_pb2.Arrangement: ...
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The rules that applied to this request, by name."""
+
     def __init__(
         self,
         *,
         candidates: _abc.Iterable[_common_pb2.Candidate] | None = ...,
         removed: _abc.Iterable[Global___Removal] | None = ...,
+        arrangement: _common_pb2.Arrangement | None = ...,
+        rules: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arrangement", b"arrangement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "removed", b"removed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrangement", b"arrangement", "candidates", b"candidates", "removed", b"removed", "rules", b"rules"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -108,20 +155,27 @@ class GetOffersRequest(_message.Message):
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
     ORDERS_FIELD_NUMBER: _builtins.int
+    PREVIEW_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     channel: _builtins.str
+    """email, sms, push or onsite; empty: every channel the member may be reached on."""
     orders: _builtins.int
-    """Orders the member placed so far (from the profile)."""
+    """Orders the member placed so far (from the profile); previous release only: campaigns
+    now asks profiles for the portrait itself.
+    """
+    preview: _builtins.bool
+    """Do not record exposures (a console preview); caps are still honoured."""
     def __init__(
         self,
         *,
         member_id: _builtins.str = ...,
         channel: _builtins.str = ...,
         orders: _builtins.int = ...,
+        preview: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "member_id", b"member_id", "orders", b"orders"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "member_id", b"member_id", "orders", b"orders", "preview", b"preview"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -139,12 +193,26 @@ class Offer(_message.Message):
     DISCOUNT_PERCENT_FIELD_NUMBER: _builtins.int
     CHANNELS_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    DISCOUNT_AMOUNT_FIELD_NUMBER: _builtins.int
+    MINIMUM_SPEND_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_NAME_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     offer_id: _builtins.str
     campaign_id: _builtins.str
     title: _builtins.str
     description: _builtins.str
     coupon_code: _builtins.str
     discount_percent: _builtins.float
+    discount_amount: _builtins.float
+    minimum_spend: _builtins.float
+    channel: _builtins.str
+    """The channel this offer is for (the member's best one when the campaign chooses)."""
+    campaign_name: _builtins.str
+    tier: _builtins.str
+    """The tier of a tiered offer that the member is in; empty otherwise."""
+    priority: _builtins.int
     @_builtins.property
     def channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -160,10 +228,16 @@ class Offer(_message.Message):
         discount_percent: _builtins.float = ...,
         channels: _abc.Iterable[_builtins.str] | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
+        discount_amount: _builtins.float = ...,
+        minimum_spend: _builtins.float = ...,
+        channel: _builtins.str = ...,
+        campaign_name: _builtins.str = ...,
+        tier: _builtins.str = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expires_at", b"_expires_at", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expires_at", b"_expires_at", "campaign_id", b"campaign_id", "channels", b"channels", "coupon_code", b"coupon_code", "description", b"description", "discount_percent", b"discount_percent", "expires_at", b"expires_at", "offer_id", b"offer_id", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expires_at", b"_expires_at", "campaign_id", b"campaign_id", "campaign_name", b"campaign_name", "channel", b"channel", "channels", b"channels", "coupon_code", b"coupon_code", "description", b"description", "discount_amount", b"discount_amount", "discount_percent", b"discount_percent", "expires_at", b"expires_at", "minimum_spend", b"minimum_spend", "offer_id", b"offer_id", "priority", b"priority", "tier", b"tier", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expires_at: _TypeAlias = _typing.Literal["expires_at"]  # noqa: Y015
     _WhichOneofArgType__expires_at: _TypeAlias = _typing.Literal["_expires_at", b"_expires_at"]  # noqa: Y015
@@ -175,18 +249,927 @@ Global___Offer: _TypeAlias = Offer  # noqa: Y015
 class GetOffersResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class WithheldEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     OFFERS_FIELD_NUMBER: _builtins.int
+    WITHHELD_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def offers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Offer]: ...
+    @_builtins.property
+    def withheld(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Why campaigns that target the member gave no offer (capped, control, quiet hours...),
+        by campaign id: for explanations and the console.
+        """
+
     def __init__(
         self,
         *,
         offers: _abc.Iterable[Global___Offer] | None = ...,
+        withheld: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["offers", b"offers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offers", b"offers", "withheld", b"withheld"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetOffersResponse: _TypeAlias = GetOffersResponse  # noqa: Y015
+
+@_typing.final
+class CreateCampaignRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEFINITION_JSON_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    definition_json: _builtins.str
+    """The definition (JSON object); with a template, only what differs from it."""
+    template: _builtins.str
+    """welcome, spend-tier, seasonal, win-back or vip; empty: none."""
+    def __init__(
+        self,
+        *,
+        definition_json: _builtins.str = ...,
+        template: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_json", b"definition_json", "template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCampaignRequest: _TypeAlias = CreateCampaignRequest  # noqa: Y015
+
+@_typing.final
+class Campaign(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DEFINITION_JSON_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    REDEMPTIONS_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    LIVE_FIELD_NUMBER: _builtins.int
+    NOT_LIVE_REASON_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    name: _builtins.str
+    status: _builtins.str
+    """draft, active, paused or ended."""
+    definition_json: _builtins.str
+    """The whole definition, defaults filled in (JSON)."""
+    redemptions: _builtins.int
+    cost: _builtins.float
+    """Discounts granted on redeemed orders so far, in the shop's currency."""
+    live: _builtins.bool
+    """Whether the schedule and budget let it run right now."""
+    not_live_reason: _builtins.str
+    """Why it is not live ("before its start", "budget spent"...); empty when live."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        status: _builtins.str = ...,
+        definition_json: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        redemptions: _builtins.int = ...,
+        cost: _builtins.float = ...,
+        live: _builtins.bool = ...,
+        not_live_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "cost", b"cost", "created_at", b"created_at", "definition_json", b"definition_json", "live", b"live", "name", b"name", "not_live_reason", b"not_live_reason", "redemptions", b"redemptions", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Campaign: _TypeAlias = Campaign  # noqa: Y015
+
+@_typing.final
+class GetCampaignRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCampaignRequest: _TypeAlias = GetCampaignRequest  # noqa: Y015
+
+@_typing.final
+class ListCampaignsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    status: _builtins.str
+    """Only campaigns with this status; empty: all."""
+    def __init__(
+        self,
+        *,
+        status: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCampaignsRequest: _TypeAlias = ListCampaignsRequest  # noqa: Y015
+
+@_typing.final
+class ListCampaignsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def campaigns(self) -> _containers.RepeatedCompositeFieldContainer[Global___Campaign]: ...
+    def __init__(
+        self,
+        *,
+        campaigns: _abc.Iterable[Global___Campaign] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaigns", b"campaigns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCampaignsResponse: _TypeAlias = ListCampaignsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateCampaignRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    DEFINITION_JSON_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    definition_json: _builtins.str
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        definition_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "definition_json", b"definition_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateCampaignRequest: _TypeAlias = UpdateCampaignRequest  # noqa: Y015
+
+@_typing.final
+class ChangeCampaignRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    action: _builtins.str
+    """activate, pause or end."""
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        action: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "campaign_id", b"campaign_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeCampaignRequest: _TypeAlias = ChangeCampaignRequest  # noqa: Y015
+
+@_typing.final
+class DeleteCampaignResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCampaignResponse: _TypeAlias = DeleteCampaignResponse  # noqa: Y015
+
+@_typing.final
+class AudienceSize(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ByChannelEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    BY_CHANNEL_FIELD_NUMBER: _builtins.int
+    CONTROL_SHARE_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    members: _builtins.int
+    """Members the audience holds now (conditions and segments, before consent)."""
+    control_share: _builtins.float
+    """Of those, the share the control group will hold out, by hash."""
+    @_builtins.property
+    def by_channel(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Channel -> members of the audience who consent to it."""
+
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        members: _builtins.int = ...,
+        by_channel: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        control_share: _builtins.float = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "by_channel", b"by_channel", "campaign_id", b"campaign_id", "control_share", b"control_share", "members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AudienceSize: _TypeAlias = AudienceSize  # noqa: Y015
+
+@_typing.final
+class ExportCampaignRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    PREVIEW_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    channel: _builtins.str
+    preview: _builtins.bool
+    """Count and list, but record no exposure and publish nothing."""
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        preview: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "channel", b"channel", "preview", b"preview"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportCampaignRequest: _TypeAlias = ExportCampaignRequest  # noqa: Y015
+
+@_typing.final
+class ExportRow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    COUPON_CODE_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    DISCOUNT_PERCENT_FIELD_NUMBER: _builtins.int
+    DISCOUNT_AMOUNT_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    SEND_AFTER_FIELD_NUMBER: _builtins.int
+    MINIMUM_SPEND_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    channel: _builtins.str
+    coupon_code: _builtins.str
+    title: _builtins.str
+    description: _builtins.str
+    discount_percent: _builtins.float
+    discount_amount: _builtins.float
+    tier: _builtins.str
+    minimum_spend: _builtins.float
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def send_after(self) -> _timestamp_pb2.Timestamp:
+        """Not before this instant: the end of the channel's quiet hours when the export ran in
+        them; unset: at once.
+        """
+
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        coupon_code: _builtins.str = ...,
+        title: _builtins.str = ...,
+        description: _builtins.str = ...,
+        discount_percent: _builtins.float = ...,
+        discount_amount: _builtins.float = ...,
+        tier: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        send_after: _timestamp_pb2.Timestamp | None = ...,
+        minimum_spend: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expires_at", b"_expires_at", "_send_after", b"_send_after", "expires_at", b"expires_at", "send_after", b"send_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expires_at", b"_expires_at", "_send_after", b"_send_after", "channel", b"channel", "coupon_code", b"coupon_code", "description", b"description", "discount_amount", b"discount_amount", "discount_percent", b"discount_percent", "expires_at", b"expires_at", "member_id", b"member_id", "minimum_spend", b"minimum_spend", "send_after", b"send_after", "tier", b"tier", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expires_at: _TypeAlias = _typing.Literal["expires_at"]  # noqa: Y015
+    _WhichOneofArgType__expires_at: _TypeAlias = _typing.Literal["_expires_at", b"_expires_at"]  # noqa: Y015
+    _WhichOneofReturnType__send_after: _TypeAlias = _typing.Literal["send_after"]  # noqa: Y015
+    _WhichOneofArgType__send_after: _TypeAlias = _typing.Literal["_send_after", b"_send_after"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expires_at) -> _WhichOneofReturnType__expires_at | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__send_after) -> _WhichOneofReturnType__send_after | None: ...
+
+Global___ExportRow: _TypeAlias = ExportRow  # noqa: Y015
+
+@_typing.final
+class ExportPage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SkippedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportRow]: ...
+    @_builtins.property
+    def skipped(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Audience members of this page who got no row, by reason ("capped", "held out",
+        "best channel is another", "below every tier", "not live").
+        """
+
+    def __init__(
+        self,
+        *,
+        rows: _abc.Iterable[Global___ExportRow] | None = ...,
+        skipped: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportPage: _TypeAlias = ExportPage  # noqa: Y015
+
+@_typing.final
+class CampaignReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    confidence: _builtins.float
+    """Of every interval; 0: 0.95."""
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        confidence: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "confidence", b"confidence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignReportRequest: _TypeAlias = CampaignReportRequest  # noqa: Y015
+
+@_typing.final
+class Figure(_message.Message):
+    """A figure with its interval."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    LOW_FIELD_NUMBER: _builtins.int
+    HIGH_FIELD_NUMBER: _builtins.int
+    N_FIELD_NUMBER: _builtins.int
+    value: _builtins.float
+    low: _builtins.float
+    high: _builtins.float
+    n: _builtins.int
+    def __init__(
+        self,
+        *,
+        value: _builtins.float = ...,
+        low: _builtins.float = ...,
+        high: _builtins.float = ...,
+        n: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["high", b"high", "low", b"low", "n", b"n", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Figure: _TypeAlias = Figure  # noqa: Y015
+
+@_typing.final
+class GroupFigures(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    CONVERTERS_FIELD_NUMBER: _builtins.int
+    CONVERSION_RATE_FIELD_NUMBER: _builtins.int
+    REVENUE_PER_MEMBER_FIELD_NUMBER: _builtins.int
+    REVENUE_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """treatment (exposed) or control (held out)."""
+    members: _builtins.int
+    converters: _builtins.int
+    revenue: _builtins.float
+    @_builtins.property
+    def conversion_rate(self) -> Global___Figure: ...
+    @_builtins.property
+    def revenue_per_member(self) -> Global___Figure: ...
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        members: _builtins.int = ...,
+        converters: _builtins.int = ...,
+        conversion_rate: Global___Figure | None = ...,
+        revenue_per_member: Global___Figure | None = ...,
+        revenue: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversion_rate", b"conversion_rate", "revenue_per_member", b"revenue_per_member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversion_rate", b"conversion_rate", "converters", b"converters", "group", b"group", "members", b"members", "revenue", b"revenue", "revenue_per_member", b"revenue_per_member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupFigures: _TypeAlias = GroupFigures  # noqa: Y015
+
+@_typing.final
+class CampaignReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ExposuresEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    EXPOSURES_FIELD_NUMBER: _builtins.int
+    MEMBERS_EXPOSED_FIELD_NUMBER: _builtins.int
+    MEMBERS_HELD_OUT_FIELD_NUMBER: _builtins.int
+    REDEMPTIONS_FIELD_NUMBER: _builtins.int
+    REDEMPTION_RATE_FIELD_NUMBER: _builtins.int
+    REDEEMED_REVENUE_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    CONVERSION_UPLIFT_FIELD_NUMBER: _builtins.int
+    CONVERSION_P_VALUE_FIELD_NUMBER: _builtins.int
+    REVENUE_PER_MEMBER_UPLIFT_FIELD_NUMBER: _builtins.int
+    REVENUE_P_VALUE_FIELD_NUMBER: _builtins.int
+    INCREMENTAL_REVENUE_FIELD_NUMBER: _builtins.int
+    ROI_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    name: _builtins.str
+    audience: _builtins.int
+    members_exposed: _builtins.int
+    members_held_out: _builtins.int
+    redemptions: _builtins.int
+    redeemed_revenue: _builtins.float
+    """Revenue of the redeemed orders."""
+    cost: _builtins.float
+    """Discounts granted on them."""
+    conversion_p_value: _builtins.float
+    revenue_p_value: _builtins.float
+    incremental_revenue: _builtins.float
+    """Incremental revenue (uplift per member times members exposed)."""
+    roi: _builtins.float
+    """(incremental revenue - cost) / cost; unset without cost."""
+    method: _builtins.str
+    """The tests used, in words (e.g. "two-proportion z-test; Welch's t-test")."""
+    confidence: _builtins.float
+    as_of: _builtins.str
+    @_builtins.property
+    def exposures(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Channel -> exposures recorded."""
+
+    @_builtins.property
+    def redemption_rate(self) -> Global___Figure:
+        """Redemptions over members exposed."""
+
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroupFigures]: ...
+    @_builtins.property
+    def conversion_uplift(self) -> Global___Figure:
+        """Treatment minus control, with its interval and p-value."""
+
+    @_builtins.property
+    def revenue_per_member_uplift(self) -> Global___Figure: ...
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        audience: _builtins.int = ...,
+        exposures: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        members_exposed: _builtins.int = ...,
+        members_held_out: _builtins.int = ...,
+        redemptions: _builtins.int = ...,
+        redemption_rate: Global___Figure | None = ...,
+        redeemed_revenue: _builtins.float = ...,
+        cost: _builtins.float = ...,
+        groups: _abc.Iterable[Global___GroupFigures] | None = ...,
+        conversion_uplift: Global___Figure | None = ...,
+        conversion_p_value: _builtins.float = ...,
+        revenue_per_member_uplift: Global___Figure | None = ...,
+        revenue_p_value: _builtins.float = ...,
+        incremental_revenue: _builtins.float = ...,
+        roi: _builtins.float | None = ...,
+        method: _builtins.str = ...,
+        confidence: _builtins.float = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
+        as_of: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_roi", b"_roi", "conversion_uplift", b"conversion_uplift", "redemption_rate", b"redemption_rate", "revenue_per_member_uplift", b"revenue_per_member_uplift", "roi", b"roi"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_roi", b"_roi", "as_of", b"as_of", "audience", b"audience", "campaign_id", b"campaign_id", "confidence", b"confidence", "conversion_p_value", b"conversion_p_value", "conversion_uplift", b"conversion_uplift", "cost", b"cost", "exposures", b"exposures", "groups", b"groups", "incremental_revenue", b"incremental_revenue", "members_exposed", b"members_exposed", "members_held_out", b"members_held_out", "method", b"method", "name", b"name", "redeemed_revenue", b"redeemed_revenue", "redemption_rate", b"redemption_rate", "redemptions", b"redemptions", "revenue_p_value", b"revenue_p_value", "revenue_per_member_uplift", b"revenue_per_member_uplift", "roi", b"roi", "warnings", b"warnings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__roi: _TypeAlias = _typing.Literal["roi"]  # noqa: Y015
+    _WhichOneofArgType__roi: _TypeAlias = _typing.Literal["_roi", b"_roi"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__roi) -> _WhichOneofReturnType__roi | None: ...
+
+Global___CampaignReport: _TypeAlias = CampaignReport  # noqa: Y015
+
+@_typing.final
+class ListTemplatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTemplatesRequest: _TypeAlias = ListTemplatesRequest  # noqa: Y015
+
+@_typing.final
+class Template(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    DEFAULTS_JSON_FIELD_NUMBER: _builtins.int
+    REQUIRED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    defaults_json: _builtins.str
+    """The definition a body is merged into (JSON)."""
+    @_builtins.property
+    def required(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Fields the body must give (besides `name`)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        defaults_json: _builtins.str = ...,
+        required: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["defaults_json", b"defaults_json", "description", b"description", "name", b"name", "required", b"required"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Template: _TypeAlias = Template  # noqa: Y015
+
+@_typing.final
+class ListTemplatesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Template]: ...
+    def __init__(
+        self,
+        *,
+        templates: _abc.Iterable[Global___Template] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["templates", b"templates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTemplatesResponse: _TypeAlias = ListTemplatesResponse  # noqa: Y015
+
+@_typing.final
+class Rule(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    DEFINITION_JSON_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    LIVE_FIELD_NUMBER: _builtins.int
+    rule_id: _builtins.str
+    definition_json: _builtins.str
+    """The whole rule, defaults filled in (JSON; services/campaigns/merchandising.py)."""
+    live: _builtins.bool
+    """Whether its time window holds now."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        rule_id: _builtins.str = ...,
+        definition_json: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        live: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "definition_json", b"definition_json", "live", b"live", "rule_id", b"rule_id", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Rule: _TypeAlias = Rule  # noqa: Y015
+
+@_typing.final
+class PutRuleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    DEFINITION_JSON_FIELD_NUMBER: _builtins.int
+    rule_id: _builtins.str
+    """Empty: a new rule with a fresh id."""
+    definition_json: _builtins.str
+    def __init__(
+        self,
+        *,
+        rule_id: _builtins.str = ...,
+        definition_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_json", b"definition_json", "rule_id", b"rule_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutRuleRequest: _TypeAlias = PutRuleRequest  # noqa: Y015
+
+@_typing.final
+class GetRuleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    rule_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        rule_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rule_id", b"rule_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRuleRequest: _TypeAlias = GetRuleRequest  # noqa: Y015
+
+@_typing.final
+class ListRulesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLACEMENT_FIELD_NUMBER: _builtins.int
+    placement: _builtins.str
+    """Only the rules of this placement; empty: all."""
+    def __init__(
+        self,
+        *,
+        placement: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRulesRequest: _TypeAlias = ListRulesRequest  # noqa: Y015
+
+@_typing.final
+class ListRulesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rule]: ...
+    def __init__(
+        self,
+        *,
+        rules: _abc.Iterable[Global___Rule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRulesResponse: _TypeAlias = ListRulesResponse  # noqa: Y015
+
+@_typing.final
+class DeleteRuleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRuleResponse: _TypeAlias = DeleteRuleResponse  # noqa: Y015
+
+@_typing.final
+class GetItemRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    item_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        item_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetItemRequest: _TypeAlias = GetItemRequest  # noqa: Y015
+
+@_typing.final
+class CatalogItem(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AttributesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    PRICE_FIELD_NUMBER: _builtins.int
+    IN_STOCK_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    BRAND_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    item_id: _builtins.str
+    name: _builtins.str
+    category: _builtins.str
+    price: _builtins.float
+    in_stock: _builtins.bool
+    brand: _builtins.str
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Other attributes the shop sent, as text."""
+
+    def __init__(
+        self,
+        *,
+        item_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        category: _builtins.str = ...,
+        price: _builtins.float | None = ...,
+        in_stock: _builtins.bool = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        brand: _builtins.str = ...,
+        attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_price", b"_price", "price", b"price"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_price", b"_price", "attributes", b"attributes", "brand", b"brand", "category", b"category", "in_stock", b"in_stock", "item_id", b"item_id", "name", b"name", "price", b"price", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__price: _TypeAlias = _typing.Literal["price"]  # noqa: Y015
+    _WhichOneofArgType__price: _TypeAlias = _typing.Literal["_price", b"_price"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__price) -> _WhichOneofReturnType__price | None: ...
+
+Global___CatalogItem: _TypeAlias = CatalogItem  # noqa: Y015

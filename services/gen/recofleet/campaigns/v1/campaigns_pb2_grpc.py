@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class CampaignsServiceStub:
-    """Business rules over recommendation lists, and the offers members are eligible for.
+    """Campaigns: who gets which offer on which channel, how often, and what it earned
+    (docs/campaigns.md). Definitions travel as JSON validated by the campaigns service's own
+    model (services/campaigns/model.py), so that a wrong field is named in one place for
+    every caller: INVALID_ARGUMENT with "<field path>: <message>".
     """
 
     def __init__(self, channel):
@@ -45,21 +48,149 @@ class CampaignsServiceStub:
                 request_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetOffersRequest.SerializeToString,
                 response_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetOffersResponse.FromString,
                 _registered_method=True)
+        self.CreateCampaign = channel.unary_unary(
+                '/recofleet.campaigns.v1.CampaignsService/CreateCampaign',
+                request_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.CreateCampaignRequest.SerializeToString,
+                response_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.GetCampaign = channel.unary_unary(
+                '/recofleet.campaigns.v1.CampaignsService/GetCampaign',
+                request_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignRequest.SerializeToString,
+                response_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.ListCampaigns = channel.unary_unary(
+                '/recofleet.campaigns.v1.CampaignsService/ListCampaigns',
+                request_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ListCampaignsRequest.SerializeToString,
+                response_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ListCampaignsResponse.FromString,
+                _registered_method=True)
+        self.UpdateCampaign = channel.unary_unary(
+                '/recofleet.campaigns.v1.CampaignsService/UpdateCampaign',
+                request_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.UpdateCampaignRequest.SerializeToString,
+                response_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.ChangeCampaign = channel.unary_unary(
+                '/recofleet.campaigns.v1.CampaignsService/ChangeCampaign',
+                request_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ChangeCampaignRequest.SerializeToString,
+                response_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.DeleteCampaign = channel.unary_unary(
+                '/recofleet.campaigns.v1.CampaignsService/DeleteCampaign',
+                request_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignRequest.SerializeToString,
+                response_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.DeleteCampaignResponse.FromString,
+                _registered_method=True)
+        self.GetAudience = channel.unary_unary(
+                '/recofleet.campaigns.v1.CampaignsService/GetAudience',
+                request_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignRequest.SerializeToString,
+                response_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.AudienceSize.FromString,
+                _registered_method=True)
+        self.ExportCampaign = channel.unary_stream(
+                '/recofleet.campaigns.v1.CampaignsService/ExportCampaign',
+                request_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ExportCampaignRequest.SerializeToString,
+                response_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ExportPage.FromString,
+                _registered_method=True)
+        self.GetCampaignReport = channel.unary_unary(
+                '/recofleet.campaigns.v1.CampaignsService/GetCampaignReport',
+                request_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.CampaignReportRequest.SerializeToString,
+                response_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.CampaignReport.FromString,
+                _registered_method=True)
+        self.ListTemplates = channel.unary_unary(
+                '/recofleet.campaigns.v1.CampaignsService/ListTemplates',
+                request_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ListTemplatesRequest.SerializeToString,
+                response_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ListTemplatesResponse.FromString,
+                _registered_method=True)
 
 
 class CampaignsServiceServicer:
-    """Business rules over recommendation lists, and the offers members are eligible for.
+    """Campaigns: who gets which offer on which channel, how often, and what it earned
+    (docs/campaigns.md). Definitions travel as JSON validated by the campaigns service's own
+    model (services/campaigns/model.py), so that a wrong field is named in one place for
+    every caller: INVALID_ARGUMENT with "<field path>: <message>".
     """
 
     def ApplyRules(self, request, context):
-        """Drop candidates a shop must never show (bought already, out of stock, excluded by the caller).
+        """Deprecated: kept for gateways of the previous release during a rolling upgrade; the
+        same as MerchandisingService.ApplyRules.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetOffers(self, request, context):
+        """The offers the member is eligible for on the channel now, best first, respecting
+        schedule, quiet hours, budget, frequency caps, consent and the control group. Each
+        offer returned is recorded as an exposure (unless `preview`); a member of a
+        campaign's control group is recorded as held out instead and gets none of it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCampaign(self, request, context):
+        """Create a campaign (a draft unless the definition says `"status": "active"`), from a
+        template when one is named: the body then holds only what differs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCampaign(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCampaigns(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateCampaign(self, request, context):
+        """Replace a campaign's definition (its id, creation time and counters stay).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeCampaign(self, request, context):
+        """activate, pause or end; FAILED_PRECONDITION when not allowed from the current status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCampaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAudience(self, request, context):
+        """How many members the audience holds now, and how many of them each channel reaches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportCampaign(self, request, context):
+        """The audience of a channel with their offers and coupon codes, page by page. Caps and
+        consent are checked at the time of export, exposures are recorded and one message per
+        member is published on the messages topic for the senders (unless `preview`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCampaignReport(self, request, context):
+        """Exposures, redemptions, revenue, uplift against the control group, ROI.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTemplates(self, request, context):
+        """The names of the shipped templates with their defaults (JSON).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -77,6 +208,56 @@ def add_CampaignsServiceServicer_to_server(servicer, server):
                     request_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetOffersRequest.FromString,
                     response_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetOffersResponse.SerializeToString,
             ),
+            'CreateCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCampaign,
+                    request_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.CreateCampaignRequest.FromString,
+                    response_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.SerializeToString,
+            ),
+            'GetCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCampaign,
+                    request_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignRequest.FromString,
+                    response_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.SerializeToString,
+            ),
+            'ListCampaigns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCampaigns,
+                    request_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ListCampaignsRequest.FromString,
+                    response_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ListCampaignsResponse.SerializeToString,
+            ),
+            'UpdateCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCampaign,
+                    request_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.UpdateCampaignRequest.FromString,
+                    response_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.SerializeToString,
+            ),
+            'ChangeCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeCampaign,
+                    request_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ChangeCampaignRequest.FromString,
+                    response_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.SerializeToString,
+            ),
+            'DeleteCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCampaign,
+                    request_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignRequest.FromString,
+                    response_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.DeleteCampaignResponse.SerializeToString,
+            ),
+            'GetAudience': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAudience,
+                    request_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignRequest.FromString,
+                    response_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.AudienceSize.SerializeToString,
+            ),
+            'ExportCampaign': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportCampaign,
+                    request_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ExportCampaignRequest.FromString,
+                    response_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ExportPage.SerializeToString,
+            ),
+            'GetCampaignReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCampaignReport,
+                    request_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.CampaignReportRequest.FromString,
+                    response_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.CampaignReport.SerializeToString,
+            ),
+            'ListTemplates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTemplates,
+                    request_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ListTemplatesRequest.FromString,
+                    response_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ListTemplatesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'recofleet.campaigns.v1.CampaignsService', rpc_method_handlers)
@@ -86,7 +267,10 @@ def add_CampaignsServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class CampaignsService:
-    """Business rules over recommendation lists, and the offers members are eligible for.
+    """Campaigns: who gets which offer on which channel, how often, and what it earned
+    (docs/campaigns.md). Definitions travel as JSON validated by the campaigns service's own
+    model (services/campaigns/model.py), so that a wrong field is named in one place for
+    every caller: INVALID_ARGUMENT with "<field path>: <message>".
     """
 
     @staticmethod
@@ -133,6 +317,573 @@ class CampaignsService:
             '/recofleet.campaigns.v1.CampaignsService/GetOffers',
             recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetOffersRequest.SerializeToString,
             recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetOffersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.campaigns.v1.CampaignsService/CreateCampaign',
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.CreateCampaignRequest.SerializeToString,
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.campaigns.v1.CampaignsService/GetCampaign',
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignRequest.SerializeToString,
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCampaigns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.campaigns.v1.CampaignsService/ListCampaigns',
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ListCampaignsRequest.SerializeToString,
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ListCampaignsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.campaigns.v1.CampaignsService/UpdateCampaign',
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.UpdateCampaignRequest.SerializeToString,
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.campaigns.v1.CampaignsService/ChangeCampaign',
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ChangeCampaignRequest.SerializeToString,
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.campaigns.v1.CampaignsService/DeleteCampaign',
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignRequest.SerializeToString,
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.DeleteCampaignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAudience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.campaigns.v1.CampaignsService/GetAudience',
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignRequest.SerializeToString,
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.AudienceSize.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/recofleet.campaigns.v1.CampaignsService/ExportCampaign',
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ExportCampaignRequest.SerializeToString,
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ExportPage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCampaignReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.campaigns.v1.CampaignsService/GetCampaignReport',
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.CampaignReportRequest.SerializeToString,
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.CampaignReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTemplates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.campaigns.v1.CampaignsService/ListTemplates',
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ListTemplatesRequest.SerializeToString,
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ListTemplatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class MerchandisingServiceStub:
+    """Merchandising: the rules that shape every placement's list, and the catalog facts they
+    read (category, price, stock, brand, tags).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ApplyRules = channel.unary_unary(
+                '/recofleet.campaigns.v1.MerchandisingService/ApplyRules',
+                request_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ApplyRulesRequest.SerializeToString,
+                response_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ApplyRulesResponse.FromString,
+                _registered_method=True)
+        self.PutRule = channel.unary_unary(
+                '/recofleet.campaigns.v1.MerchandisingService/PutRule',
+                request_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.PutRuleRequest.SerializeToString,
+                response_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.Rule.FromString,
+                _registered_method=True)
+        self.GetRule = channel.unary_unary(
+                '/recofleet.campaigns.v1.MerchandisingService/GetRule',
+                request_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetRuleRequest.SerializeToString,
+                response_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.Rule.FromString,
+                _registered_method=True)
+        self.ListRules = channel.unary_unary(
+                '/recofleet.campaigns.v1.MerchandisingService/ListRules',
+                request_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ListRulesRequest.SerializeToString,
+                response_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ListRulesResponse.FromString,
+                _registered_method=True)
+        self.DeleteRule = channel.unary_unary(
+                '/recofleet.campaigns.v1.MerchandisingService/DeleteRule',
+                request_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetRuleRequest.SerializeToString,
+                response_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.DeleteRuleResponse.FromString,
+                _registered_method=True)
+        self.GetItem = channel.unary_unary(
+                '/recofleet.campaigns.v1.MerchandisingService/GetItem',
+                request_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetItemRequest.SerializeToString,
+                response_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.CatalogItem.FromString,
+                _registered_method=True)
+
+
+class MerchandisingServiceServicer:
+    """Merchandising: the rules that shape every placement's list, and the catalog facts they
+    read (category, price, stock, brand, tags).
+    """
+
+    def ApplyRules(self, request, context):
+        """Filters candidates (bought already, out of stock, excluded, filter rules) and says how
+        the final order must be arranged (pins, boosts, buries, promoted shares) by ranking.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutRule(self, request, context):
+        """Create or replace a rule by id (an empty id creates one with a fresh id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetItem(self, request, context):
+        """An item as the catalog holds it (tags and attributes included); NOT_FOUND when unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_MerchandisingServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ApplyRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyRules,
+                    request_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ApplyRulesRequest.FromString,
+                    response_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ApplyRulesResponse.SerializeToString,
+            ),
+            'PutRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutRule,
+                    request_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.PutRuleRequest.FromString,
+                    response_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.Rule.SerializeToString,
+            ),
+            'GetRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRule,
+                    request_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetRuleRequest.FromString,
+                    response_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.Rule.SerializeToString,
+            ),
+            'ListRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRules,
+                    request_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ListRulesRequest.FromString,
+                    response_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ListRulesResponse.SerializeToString,
+            ),
+            'DeleteRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRule,
+                    request_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetRuleRequest.FromString,
+                    response_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.DeleteRuleResponse.SerializeToString,
+            ),
+            'GetItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetItem,
+                    request_deserializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetItemRequest.FromString,
+                    response_serializer=recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.CatalogItem.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'recofleet.campaigns.v1.MerchandisingService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('recofleet.campaigns.v1.MerchandisingService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class MerchandisingService:
+    """Merchandising: the rules that shape every placement's list, and the catalog facts they
+    read (category, price, stock, brand, tags).
+    """
+
+    @staticmethod
+    def ApplyRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.campaigns.v1.MerchandisingService/ApplyRules',
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ApplyRulesRequest.SerializeToString,
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ApplyRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.campaigns.v1.MerchandisingService/PutRule',
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.PutRuleRequest.SerializeToString,
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.Rule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.campaigns.v1.MerchandisingService/GetRule',
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetRuleRequest.SerializeToString,
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.Rule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.campaigns.v1.MerchandisingService/ListRules',
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ListRulesRequest.SerializeToString,
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.ListRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.campaigns.v1.MerchandisingService/DeleteRule',
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetRuleRequest.SerializeToString,
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.DeleteRuleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.campaigns.v1.MerchandisingService/GetItem',
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.GetItemRequest.SerializeToString,
+            recofleet_dot_campaigns_dot_v1_dot_campaigns__pb2.CatalogItem.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,27 +27,97 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class CampaignsServiceStub:
-    """Business rules over recommendation lists, and the offers members are eligible for."""
+    """Campaigns: who gets which offer on which channel, how often, and what it earned
+    (docs/campaigns.md). Definitions travel as JSON validated by the campaigns service's own
+    model (services/campaigns/model.py), so that a wrong field is named in one place for
+    every caller: INVALID_ARGUMENT with "<field path>: <message>".
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CampaignsServiceAsyncStub: ...
     ApplyRules: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.ApplyRulesRequest, _campaigns_pb2.ApplyRulesResponse]
-    """Drop candidates a shop must never show (bought already, out of stock, excluded by the caller)."""
+    """Deprecated: kept for gateways of the previous release during a rolling upgrade; the
+    same as MerchandisingService.ApplyRules.
+    """
     GetOffers: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.GetOffersRequest, _campaigns_pb2.GetOffersResponse]
+    """The offers the member is eligible for on the channel now, best first, respecting
+    schedule, quiet hours, budget, frequency caps, consent and the control group. Each
+    offer returned is recorded as an exposure (unless `preview`); a member of a
+    campaign's control group is recorded as held out instead and gets none of it.
+    """
+    CreateCampaign: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.CreateCampaignRequest, _campaigns_pb2.Campaign]
+    """Create a campaign (a draft unless the definition says `"status": "active"`), from a
+    template when one is named: the body then holds only what differs.
+    """
+    GetCampaign: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.GetCampaignRequest, _campaigns_pb2.Campaign]
+    ListCampaigns: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.ListCampaignsRequest, _campaigns_pb2.ListCampaignsResponse]
+    UpdateCampaign: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.UpdateCampaignRequest, _campaigns_pb2.Campaign]
+    """Replace a campaign's definition (its id, creation time and counters stay)."""
+    ChangeCampaign: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.ChangeCampaignRequest, _campaigns_pb2.Campaign]
+    """activate, pause or end; FAILED_PRECONDITION when not allowed from the current status."""
+    DeleteCampaign: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.GetCampaignRequest, _campaigns_pb2.DeleteCampaignResponse]
+    GetAudience: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.GetCampaignRequest, _campaigns_pb2.AudienceSize]
+    """How many members the audience holds now, and how many of them each channel reaches."""
+    ExportCampaign: _grpc.UnaryStreamMultiCallable[_campaigns_pb2.ExportCampaignRequest, _campaigns_pb2.ExportPage]
+    """The audience of a channel with their offers and coupon codes, page by page. Caps and
+    consent are checked at the time of export, exposures are recorded and one message per
+    member is published on the messages topic for the senders (unless `preview`).
+    """
+    GetCampaignReport: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.CampaignReportRequest, _campaigns_pb2.CampaignReport]
+    """Exposures, redemptions, revenue, uplift against the control group, ROI."""
+    ListTemplates: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.ListTemplatesRequest, _campaigns_pb2.ListTemplatesResponse]
+    """The names of the shipped templates with their defaults (JSON)."""
 
 @_typing.type_check_only
 class CampaignsServiceAsyncStub(CampaignsServiceStub):
-    """Business rules over recommendation lists, and the offers members are eligible for."""
+    """Campaigns: who gets which offer on which channel, how often, and what it earned
+    (docs/campaigns.md). Definitions travel as JSON validated by the campaigns service's own
+    model (services/campaigns/model.py), so that a wrong field is named in one place for
+    every caller: INVALID_ARGUMENT with "<field path>: <message>".
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ApplyRules: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.ApplyRulesRequest, _campaigns_pb2.ApplyRulesResponse]  # type: ignore[assignment]
-    """Drop candidates a shop must never show (bought already, out of stock, excluded by the caller)."""
+    """Deprecated: kept for gateways of the previous release during a rolling upgrade; the
+    same as MerchandisingService.ApplyRules.
+    """
     GetOffers: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.GetOffersRequest, _campaigns_pb2.GetOffersResponse]  # type: ignore[assignment]
+    """The offers the member is eligible for on the channel now, best first, respecting
+    schedule, quiet hours, budget, frequency caps, consent and the control group. Each
+    offer returned is recorded as an exposure (unless `preview`); a member of a
+    campaign's control group is recorded as held out instead and gets none of it.
+    """
+    CreateCampaign: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.CreateCampaignRequest, _campaigns_pb2.Campaign]  # type: ignore[assignment]
+    """Create a campaign (a draft unless the definition says `"status": "active"`), from a
+    template when one is named: the body then holds only what differs.
+    """
+    GetCampaign: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.GetCampaignRequest, _campaigns_pb2.Campaign]  # type: ignore[assignment]
+    ListCampaigns: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.ListCampaignsRequest, _campaigns_pb2.ListCampaignsResponse]  # type: ignore[assignment]
+    UpdateCampaign: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.UpdateCampaignRequest, _campaigns_pb2.Campaign]  # type: ignore[assignment]
+    """Replace a campaign's definition (its id, creation time and counters stay)."""
+    ChangeCampaign: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.ChangeCampaignRequest, _campaigns_pb2.Campaign]  # type: ignore[assignment]
+    """activate, pause or end; FAILED_PRECONDITION when not allowed from the current status."""
+    DeleteCampaign: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.GetCampaignRequest, _campaigns_pb2.DeleteCampaignResponse]  # type: ignore[assignment]
+    GetAudience: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.GetCampaignRequest, _campaigns_pb2.AudienceSize]  # type: ignore[assignment]
+    """How many members the audience holds now, and how many of them each channel reaches."""
+    ExportCampaign: _aio.UnaryStreamMultiCallable[_campaigns_pb2.ExportCampaignRequest, _campaigns_pb2.ExportPage]  # type: ignore[assignment]
+    """The audience of a channel with their offers and coupon codes, page by page. Caps and
+    consent are checked at the time of export, exposures are recorded and one message per
+    member is published on the messages topic for the senders (unless `preview`).
+    """
+    GetCampaignReport: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.CampaignReportRequest, _campaigns_pb2.CampaignReport]  # type: ignore[assignment]
+    """Exposures, redemptions, revenue, uplift against the control group, ROI."""
+    ListTemplates: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.ListTemplatesRequest, _campaigns_pb2.ListTemplatesResponse]  # type: ignore[assignment]
+    """The names of the shipped templates with their defaults (JSON)."""
 
 class CampaignsServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Business rules over recommendation lists, and the offers members are eligible for."""
+    """Campaigns: who gets which offer on which channel, how often, and what it earned
+    (docs/campaigns.md). Definitions travel as JSON validated by the campaigns service's own
+    model (services/campaigns/model.py), so that a wrong field is named in one place for
+    every caller: INVALID_ARGUMENT with "<field path>: <message>".
+    """
 
     @_abc_1.abstractmethod
     def ApplyRules(
@@ -55,13 +125,196 @@ class CampaignsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _campaigns_pb2.ApplyRulesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_campaigns_pb2.ApplyRulesResponse, _abc.Awaitable[_campaigns_pb2.ApplyRulesResponse]]:
-        """Drop candidates a shop must never show (bought already, out of stock, excluded by the caller)."""
+        """Deprecated: kept for gateways of the previous release during a rolling upgrade; the
+        same as MerchandisingService.ApplyRules.
+        """
 
     @_abc_1.abstractmethod
     def GetOffers(
         self,
         request: _campaigns_pb2.GetOffersRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_campaigns_pb2.GetOffersResponse, _abc.Awaitable[_campaigns_pb2.GetOffersResponse]]: ...
+    ) -> _typing.Union[_campaigns_pb2.GetOffersResponse, _abc.Awaitable[_campaigns_pb2.GetOffersResponse]]:
+        """The offers the member is eligible for on the channel now, best first, respecting
+        schedule, quiet hours, budget, frequency caps, consent and the control group. Each
+        offer returned is recorded as an exposure (unless `preview`); a member of a
+        campaign's control group is recorded as held out instead and gets none of it.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateCampaign(
+        self,
+        request: _campaigns_pb2.CreateCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.Campaign, _abc.Awaitable[_campaigns_pb2.Campaign]]:
+        """Create a campaign (a draft unless the definition says `"status": "active"`), from a
+        template when one is named: the body then holds only what differs.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCampaign(
+        self,
+        request: _campaigns_pb2.GetCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.Campaign, _abc.Awaitable[_campaigns_pb2.Campaign]]: ...
+
+    @_abc_1.abstractmethod
+    def ListCampaigns(
+        self,
+        request: _campaigns_pb2.ListCampaignsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.ListCampaignsResponse, _abc.Awaitable[_campaigns_pb2.ListCampaignsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateCampaign(
+        self,
+        request: _campaigns_pb2.UpdateCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.Campaign, _abc.Awaitable[_campaigns_pb2.Campaign]]:
+        """Replace a campaign's definition (its id, creation time and counters stay)."""
+
+    @_abc_1.abstractmethod
+    def ChangeCampaign(
+        self,
+        request: _campaigns_pb2.ChangeCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.Campaign, _abc.Awaitable[_campaigns_pb2.Campaign]]:
+        """activate, pause or end; FAILED_PRECONDITION when not allowed from the current status."""
+
+    @_abc_1.abstractmethod
+    def DeleteCampaign(
+        self,
+        request: _campaigns_pb2.GetCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.DeleteCampaignResponse, _abc.Awaitable[_campaigns_pb2.DeleteCampaignResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetAudience(
+        self,
+        request: _campaigns_pb2.GetCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.AudienceSize, _abc.Awaitable[_campaigns_pb2.AudienceSize]]:
+        """How many members the audience holds now, and how many of them each channel reaches."""
+
+    @_abc_1.abstractmethod
+    def ExportCampaign(
+        self,
+        request: _campaigns_pb2.ExportCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_campaigns_pb2.ExportPage], _abc.AsyncIterator[_campaigns_pb2.ExportPage]]:
+        """The audience of a channel with their offers and coupon codes, page by page. Caps and
+        consent are checked at the time of export, exposures are recorded and one message per
+        member is published on the messages topic for the senders (unless `preview`).
+        """
+
+    @_abc_1.abstractmethod
+    def GetCampaignReport(
+        self,
+        request: _campaigns_pb2.CampaignReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.CampaignReport, _abc.Awaitable[_campaigns_pb2.CampaignReport]]:
+        """Exposures, redemptions, revenue, uplift against the control group, ROI."""
+
+    @_abc_1.abstractmethod
+    def ListTemplates(
+        self,
+        request: _campaigns_pb2.ListTemplatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.ListTemplatesResponse, _abc.Awaitable[_campaigns_pb2.ListTemplatesResponse]]:
+        """The names of the shipped templates with their defaults (JSON)."""
 
 def add_CampaignsServiceServicer_to_server(servicer: CampaignsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class MerchandisingServiceStub:
+    """Merchandising: the rules that shape every placement's list, and the catalog facts they
+    read (category, price, stock, brand, tags).
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> MerchandisingServiceAsyncStub: ...
+    ApplyRules: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.ApplyRulesRequest, _campaigns_pb2.ApplyRulesResponse]
+    """Filters candidates (bought already, out of stock, excluded, filter rules) and says how
+    the final order must be arranged (pins, boosts, buries, promoted shares) by ranking.
+    """
+    PutRule: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.PutRuleRequest, _campaigns_pb2.Rule]
+    """Create or replace a rule by id (an empty id creates one with a fresh id)."""
+    GetRule: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.GetRuleRequest, _campaigns_pb2.Rule]
+    ListRules: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.ListRulesRequest, _campaigns_pb2.ListRulesResponse]
+    DeleteRule: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.GetRuleRequest, _campaigns_pb2.DeleteRuleResponse]
+    GetItem: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.GetItemRequest, _campaigns_pb2.CatalogItem]
+    """An item as the catalog holds it (tags and attributes included); NOT_FOUND when unknown."""
+
+@_typing.type_check_only
+class MerchandisingServiceAsyncStub(MerchandisingServiceStub):
+    """Merchandising: the rules that shape every placement's list, and the catalog facts they
+    read (category, price, stock, brand, tags).
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ApplyRules: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.ApplyRulesRequest, _campaigns_pb2.ApplyRulesResponse]  # type: ignore[assignment]
+    """Filters candidates (bought already, out of stock, excluded, filter rules) and says how
+    the final order must be arranged (pins, boosts, buries, promoted shares) by ranking.
+    """
+    PutRule: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.PutRuleRequest, _campaigns_pb2.Rule]  # type: ignore[assignment]
+    """Create or replace a rule by id (an empty id creates one with a fresh id)."""
+    GetRule: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.GetRuleRequest, _campaigns_pb2.Rule]  # type: ignore[assignment]
+    ListRules: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.ListRulesRequest, _campaigns_pb2.ListRulesResponse]  # type: ignore[assignment]
+    DeleteRule: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.GetRuleRequest, _campaigns_pb2.DeleteRuleResponse]  # type: ignore[assignment]
+    GetItem: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.GetItemRequest, _campaigns_pb2.CatalogItem]  # type: ignore[assignment]
+    """An item as the catalog holds it (tags and attributes included); NOT_FOUND when unknown."""
+
+class MerchandisingServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Merchandising: the rules that shape every placement's list, and the catalog facts they
+    read (category, price, stock, brand, tags).
+    """
+
+    @_abc_1.abstractmethod
+    def ApplyRules(
+        self,
+        request: _campaigns_pb2.ApplyRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.ApplyRulesResponse, _abc.Awaitable[_campaigns_pb2.ApplyRulesResponse]]:
+        """Filters candidates (bought already, out of stock, excluded, filter rules) and says how
+        the final order must be arranged (pins, boosts, buries, promoted shares) by ranking.
+        """
+
+    @_abc_1.abstractmethod
+    def PutRule(
+        self,
+        request: _campaigns_pb2.PutRuleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.Rule, _abc.Awaitable[_campaigns_pb2.Rule]]:
+        """Create or replace a rule by id (an empty id creates one with a fresh id)."""
+
+    @_abc_1.abstractmethod
+    def GetRule(
+        self,
+        request: _campaigns_pb2.GetRuleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.Rule, _abc.Awaitable[_campaigns_pb2.Rule]]: ...
+
+    @_abc_1.abstractmethod
+    def ListRules(
+        self,
+        request: _campaigns_pb2.ListRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.ListRulesResponse, _abc.Awaitable[_campaigns_pb2.ListRulesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteRule(
+        self,
+        request: _campaigns_pb2.GetRuleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.DeleteRuleResponse, _abc.Awaitable[_campaigns_pb2.DeleteRuleResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetItem(
+        self,
+        request: _campaigns_pb2.GetItemRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.CatalogItem, _abc.Awaitable[_campaigns_pb2.CatalogItem]]:
+        """An item as the catalog holds it (tags and attributes included); NOT_FOUND when unknown."""
+
+def add_MerchandisingServiceServicer_to_server(servicer: MerchandisingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n recofleet/common/v1/common.proto\x12\x13recofleet.common.v1\"\xcf\x01\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x12\n\npopularity\x18\x03 \x01(\x01\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12<\n\x07sources\x18\x06 \x03(\x0b\x32+.recofleet.common.v1.Candidate.SourcesEntry\x1a.\n\x0cSourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"O\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\"6\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n recofleet/common/v1/common.proto\x12\x13recofleet.common.v1\"\xcf\x01\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x12\n\npopularity\x18\x03 \x01(\x01\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12<\n\x07sources\x18\x06 \x03(\x0b\x32+.recofleet.common.v1.Candidate.SourcesEntry\x1a.\n\x0cSourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"O\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\"6\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"6\n\x03Pin\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x05\x12\x0c\n\x04rule\x18\x03 \x01(\t\";\n\nAdjustment\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x0c\n\x04rule\x18\x03 \x01(\t\"_\n\tPromotion\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x02 \x01(\t\x12\x10\n\x08item_ids\x18\x03 \x03(\t\x12\r\n\x05share\x18\x04 \x01(\x01\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x9f\x01\n\x0b\x41rrangement\x12&\n\x04pins\x18\x01 \x03(\x0b\x32\x18.recofleet.common.v1.Pin\x12\x34\n\x0b\x61\x64justments\x18\x02 \x03(\x0b\x32\x1f.recofleet.common.v1.Adjustment\x12\x32\n\npromotions\x18\x03 \x03(\x0b\x32\x1e.recofleet.common.v1.Promotionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,4 +41,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOREDITEM']._serialized_end=346
   _globals['_REJECTION']._serialized_start=348
   _globals['_REJECTION']._serialized_end=402
+  _globals['_PIN']._serialized_start=404
+  _globals['_PIN']._serialized_end=458
+  _globals['_ADJUSTMENT']._serialized_start=460
+  _globals['_ADJUSTMENT']._serialized_end=519
+  _globals['_PROMOTION']._serialized_start=521
+  _globals['_PROMOTION']._serialized_end=616
+  _globals['_ARRANGEMENT']._serialized_start=619
+  _globals['_ARRANGEMENT']._serialized_end=778
 # @@protoc_insertion_point(module_scope)

@@ -956,3 +956,170 @@ class ManualTagsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ManualTagsResponse: _TypeAlias = ManualTagsResponse  # noqa: Y015
+
+@_typing.final
+class Audience(_message.Message):
+    """Members in any of `segments` (every member when none is named) for whom `condition`
+    holds (always, when empty). As with segments, members without personalization consent
+    are in no audience.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    CONDITION_FIELD_NUMBER: _builtins.int
+    condition: _builtins.str
+    @_builtins.property
+    def segments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        segments: _abc.Iterable[_builtins.str] | None = ...,
+        condition: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "segments", b"segments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Audience: _TypeAlias = Audience  # noqa: Y015
+
+@_typing.final
+class AudienceCount(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ByChannelEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    BY_CHANNEL_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    members: _builtins.int
+    @_builtins.property
+    def by_channel(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Channel (email, sms, push, onsite) -> members of the audience who consent to it."""
+
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        members: _builtins.int = ...,
+        by_channel: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "by_channel", b"by_channel", "members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AudienceCount: _TypeAlias = AudienceCount  # noqa: Y015
+
+@_typing.final
+class AudienceMembersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    channel: _builtins.str
+    """Only members who consent to this channel; empty: any."""
+    after: _builtins.str
+    """Start after this member id (the previous page's `next_after`)."""
+    limit: _builtins.int
+    """Page size (0: 100; at most 1000)."""
+    @_builtins.property
+    def audience(self) -> Global___Audience: ...
+    def __init__(
+        self,
+        *,
+        audience: Global___Audience | None = ...,
+        channel: _builtins.str = ...,
+        after: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "audience", b"audience", "channel", b"channel", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AudienceMembersRequest: _TypeAlias = AudienceMembersRequest  # noqa: Y015
+
+@_typing.final
+class MatchAudiencesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    AUDIENCES_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    @_builtins.property
+    def audiences(self) -> _containers.RepeatedCompositeFieldContainer[Global___Audience]: ...
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        audiences: _abc.Iterable[Global___Audience] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audiences", b"audiences", "member_id", b"member_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatchAudiencesRequest: _TypeAlias = MatchAudiencesRequest  # noqa: Y015
+
+@_typing.final
+class MatchAudiencesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCHED_FIELD_NUMBER: _builtins.int
+    KNOWN_FIELD_NUMBER: _builtins.int
+    MEMBER_FIELD_NUMBER: _builtins.int
+    PREFERRED_CHANNEL_FIELD_NUMBER: _builtins.int
+    known: _builtins.bool
+    """False when no event of this member was ever seen."""
+    preferred_channel: _builtins.str
+    @_builtins.property
+    def matched(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """One per audience asked, in order."""
+
+    @_builtins.property
+    def member(self) -> Global___SegmentMember:
+        """Scores, figures, tags and consent, as an audience member's page lists them."""
+
+    def __init__(
+        self,
+        *,
+        matched: _abc.Iterable[_builtins.bool] | None = ...,
+        known: _builtins.bool = ...,
+        member: Global___SegmentMember | None = ...,
+        preferred_channel: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["known", b"known", "matched", b"matched", "member", b"member", "preferred_channel", b"preferred_channel"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatchAudiencesResponse: _TypeAlias = MatchAudiencesResponse  # noqa: Y015

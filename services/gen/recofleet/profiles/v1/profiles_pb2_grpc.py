@@ -91,6 +91,21 @@ class ProfilesServiceStub:
                 request_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersRequest.SerializeToString,
                 response_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersResponse.FromString,
                 _registered_method=True)
+        self.CountAudience = channel.unary_unary(
+                '/recofleet.profiles.v1.ProfilesService/CountAudience',
+                request_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.Audience.SerializeToString,
+                response_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.AudienceCount.FromString,
+                _registered_method=True)
+        self.AudienceMembers = channel.unary_unary(
+                '/recofleet.profiles.v1.ProfilesService/AudienceMembers',
+                request_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.AudienceMembersRequest.SerializeToString,
+                response_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersResponse.FromString,
+                _registered_method=True)
+        self.MatchAudiences = channel.unary_unary(
+                '/recofleet.profiles.v1.ProfilesService/MatchAudiences',
+                request_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.MatchAudiencesRequest.SerializeToString,
+                response_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.MatchAudiencesResponse.FromString,
+                _registered_method=True)
 
 
 class ProfilesServiceServicer:
@@ -182,6 +197,29 @@ class ProfilesServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountAudience(self, request, context):
+        """How many members an audience (segments and a condition, for a campaign) holds now, and
+        how many of them consent to each channel. INVALID_ARGUMENT names an unknown segment or
+        a wrong condition.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AudienceMembers(self, request, context):
+        """An audience's members, page by page, in member id order (as SegmentMembers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MatchAudiences(self, request, context):
+        """Which of the audiences one member is in now, with their consent and scores.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProfilesServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -239,6 +277,21 @@ def add_ProfilesServiceServicer_to_server(servicer, server):
                     servicer.ExportSegment,
                     request_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersRequest.FromString,
                     response_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersResponse.SerializeToString,
+            ),
+            'CountAudience': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountAudience,
+                    request_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.Audience.FromString,
+                    response_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.AudienceCount.SerializeToString,
+            ),
+            'AudienceMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.AudienceMembers,
+                    request_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.AudienceMembersRequest.FromString,
+                    response_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersResponse.SerializeToString,
+            ),
+            'MatchAudiences': grpc.unary_unary_rpc_method_handler(
+                    servicer.MatchAudiences,
+                    request_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.MatchAudiencesRequest.FromString,
+                    response_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.MatchAudiencesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -540,6 +593,87 @@ class ProfilesService:
             '/recofleet.profiles.v1.ProfilesService/ExportSegment',
             recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersRequest.SerializeToString,
             recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountAudience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.profiles.v1.ProfilesService/CountAudience',
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.Audience.SerializeToString,
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.AudienceCount.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AudienceMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.profiles.v1.ProfilesService/AudienceMembers',
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.AudienceMembersRequest.SerializeToString,
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.SegmentMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MatchAudiences(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.profiles.v1.ProfilesService/MatchAudiences',
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.MatchAudiencesRequest.SerializeToString,
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.MatchAudiencesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,6 +69,15 @@ class ProfilesServiceStub:
     """One page of a segment's members, by member id."""
     ExportSegment: _grpc.UnaryStreamMultiCallable[_profiles_pb2.SegmentMembersRequest, _profiles_pb2.SegmentMembersResponse]
     """Every member of a segment, streamed in pages (constant memory on both sides)."""
+    CountAudience: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.Audience, _profiles_pb2.AudienceCount]
+    """How many members an audience (segments and a condition, for a campaign) holds now, and
+    how many of them consent to each channel. INVALID_ARGUMENT names an unknown segment or
+    a wrong condition.
+    """
+    AudienceMembers: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.AudienceMembersRequest, _profiles_pb2.SegmentMembersResponse]
+    """An audience's members, page by page, in member id order (as SegmentMembers)."""
+    MatchAudiences: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.MatchAudiencesRequest, _profiles_pb2.MatchAudiencesResponse]
+    """Which of the audiences one member is in now, with their consent and scores."""
 
 @_typing.type_check_only
 class ProfilesServiceAsyncStub(ProfilesServiceStub):
@@ -111,6 +120,15 @@ class ProfilesServiceAsyncStub(ProfilesServiceStub):
     """One page of a segment's members, by member id."""
     ExportSegment: _aio.UnaryStreamMultiCallable[_profiles_pb2.SegmentMembersRequest, _profiles_pb2.SegmentMembersResponse]  # type: ignore[assignment]
     """Every member of a segment, streamed in pages (constant memory on both sides)."""
+    CountAudience: _aio.UnaryUnaryMultiCallable[_profiles_pb2.Audience, _profiles_pb2.AudienceCount]  # type: ignore[assignment]
+    """How many members an audience (segments and a condition, for a campaign) holds now, and
+    how many of them consent to each channel. INVALID_ARGUMENT names an unknown segment or
+    a wrong condition.
+    """
+    AudienceMembers: _aio.UnaryUnaryMultiCallable[_profiles_pb2.AudienceMembersRequest, _profiles_pb2.SegmentMembersResponse]  # type: ignore[assignment]
+    """An audience's members, page by page, in member id order (as SegmentMembers)."""
+    MatchAudiences: _aio.UnaryUnaryMultiCallable[_profiles_pb2.MatchAudiencesRequest, _profiles_pb2.MatchAudiencesResponse]  # type: ignore[assignment]
+    """Which of the audiences one member is in now, with their consent and scores."""
 
 class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
     """Member profiles ("portraits") kept up to date from the event bus. Every definition of a
@@ -216,5 +234,32 @@ class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_profiles_pb2.SegmentMembersResponse], _abc.AsyncIterator[_profiles_pb2.SegmentMembersResponse]]:
         """Every member of a segment, streamed in pages (constant memory on both sides)."""
+
+    @_abc_1.abstractmethod
+    def CountAudience(
+        self,
+        request: _profiles_pb2.Audience,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.AudienceCount, _abc.Awaitable[_profiles_pb2.AudienceCount]]:
+        """How many members an audience (segments and a condition, for a campaign) holds now, and
+        how many of them consent to each channel. INVALID_ARGUMENT names an unknown segment or
+        a wrong condition.
+        """
+
+    @_abc_1.abstractmethod
+    def AudienceMembers(
+        self,
+        request: _profiles_pb2.AudienceMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.SegmentMembersResponse, _abc.Awaitable[_profiles_pb2.SegmentMembersResponse]]:
+        """An audience's members, page by page, in member id order (as SegmentMembers)."""
+
+    @_abc_1.abstractmethod
+    def MatchAudiences(
+        self,
+        request: _profiles_pb2.MatchAudiencesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.MatchAudiencesResponse, _abc.Awaitable[_profiles_pb2.MatchAudiencesResponse]]:
+        """Which of the audiences one member is in now, with their consent and scores."""
 
 def add_ProfilesServiceServicer_to_server(servicer: ProfilesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

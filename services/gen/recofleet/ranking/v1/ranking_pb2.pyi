@@ -133,6 +133,7 @@ class RankRequest(_message.Message):
     PLACEMENT_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     RANKER_FIELD_NUMBER: _builtins.int
+    ARRANGEMENT_FIELD_NUMBER: _builtins.int
     placement: _builtins.str
     limit: _builtins.int
     ranker: _builtins.str
@@ -141,6 +142,12 @@ class RankRequest(_message.Message):
     def member(self) -> Global___MemberContext: ...
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Candidate]: ...
+    @_builtins.property
+    def arrangement(self) -> _common_pb2.Arrangement:
+        """Merchandising rules' boosts, buries and promotions, applied after the ranker and
+        before diversity, then their pins; each item they move names the rule in its reasons.
+        """
+
     def __init__(
         self,
         *,
@@ -149,10 +156,11 @@ class RankRequest(_message.Message):
         placement: _builtins.str = ...,
         limit: _builtins.int = ...,
         ranker: _builtins.str = ...,
+        arrangement: _common_pb2.Arrangement | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arrangement", b"arrangement", "member", b"member"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "limit", b"limit", "member", b"member", "placement", b"placement", "ranker", b"ranker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrangement", b"arrangement", "candidates", b"candidates", "limit", b"limit", "member", b"member", "placement", b"placement", "ranker", b"ranker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
