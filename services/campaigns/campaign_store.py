@@ -217,6 +217,10 @@ class CampaignStore(abc.ABC):
         """(channel, group) -> exposures of the campaign."""
 
     @abc.abstractmethod
+    def members_of(self, campaign_id: str) -> dict[str, tuple[str, str]]:
+        """Member -> (group, coupon code) of their first exposure to the campaign."""
+
+    @abc.abstractmethod
     def apply_commands(self, commands: Sequence[MemberCommand]) -> None:
         """Erasures (the member's exposures and codes go; their redemptions stay counted
         for the budget, under a keyed digest instead of their id) and identity links."""
@@ -428,6 +432,16 @@ class SqlCampaignStore(CampaignStore):
         )
         with self._engine.connect() as conn:
             return {(channel, grp): int(n) for channel, grp, n in conn.execute(query)}
+
+    def members_of(self, campaign_id: str) -> dict[str, tuple[str, str]]:
+        query = (
+            select(exposures.c.member_id, exposures.c.grp, exposures.c.coupon_code)
+            .where(exposures.c.campaign_id == campaign_id)
+            .order_by(exposures.c.at.desc())
+        )
+        with self._engine.connect() as conn:
+            # Newest first, so the first exposure of each member is the one kept.
+            return {member: (grp, code) for member, grp, code in conn.execute(query)}
 
     def apply_commands(self, commands: Sequence[MemberCommand]) -> None:
         erased = False

@@ -26,7 +26,7 @@ from services.campaigns.model import (
     Tier,
     validated,
 )
-from services.campaigns.offers import Draft, Member, expires_at, plan_offers
+from services.campaigns.offers import Draft, Member, expires_at, plan_offers, why_not_live
 from services.campaigns.redemptions import redemptions_in
 from services.campaigns.settings import CampaignsSettings, WelcomeOffer
 from services.campaigns.templates import from_template
@@ -137,6 +137,13 @@ class CampaignDesk:
 
     def exposure_counts(self, campaign_id: str) -> dict[tuple[str, str], int]:
         return self._store.exposure_counts(campaign_id)
+
+    def promoted(self, campaign_id: str) -> tuple[str, list[str]] | None:
+        """The campaign's name and items while it is live (for merchandising's promotions)."""
+        campaign = self._campaigns.get(campaign_id)
+        if campaign is None or why_not_live(campaign, self.spent(campaign_id), self.now()):
+            return None
+        return campaign.definition.name, list(campaign.definition.items)
 
     def spent(self, campaign_id: str) -> Spent:
         return self._spent.get(campaign_id, Spent())

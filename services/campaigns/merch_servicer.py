@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from services.campaigns.merchandising import (
     InvalidRule,
     MerchandisingSettings,
+    PromoteRule,
     Purchase,
     Request,
     Rule,
@@ -46,6 +47,7 @@ T = TypeVar("T")
 Context: TypeAlias = grpc.aio.ServicerContext
 RULE_ID = re.compile(r"[0-9A-Za-z._-]{1,64}")
 RULE_ID_SAYS = "1 to 64 letters, digits, '.', '_' or '-'"
+CampaignItems = Callable[[str], tuple[str, list[str]] | None]
 
 
 @dataclass(frozen=True)
@@ -111,11 +113,18 @@ class RuleBook:
 
 class MerchandisingServicer(campaigns_pb2_grpc.MerchandisingServiceServicer):
     def __init__(
-        self, store: MerchandisingStore, clock: Clock, settings: MerchandisingSettings
+        self,
+        store: MerchandisingStore,
+        clock: Clock,
+        settings: MerchandisingSettings,
+        campaign_items: CampaignItems | None = None,
     ) -> None:
+        """`campaign_items(campaign_id)`: the live campaign's name and items, None when it
+        is not live (a promotion of its own items then waits for it)."""
         self._store = store
         self._clock = clock
         self._settings = settings
+        self._campaign_items = campaign_items or (lambda campaign_id: None)
         self.book = RuleBook(store)
         self.book.refresh()
 
@@ -150,7 +159,7 @@ class MerchandisingServicer(campaigns_pb2_grpc.MerchandisingServiceServicer):
             ],
             banned=frozenset(purchased) | frozenset(excluded),
         )
-        rules = live_rules(self.book.placement(request.placement), now)
+        rules = self._with_campaigns(live_rules(self.book.placement(request.placement), now))
         done = merchandise(rules, asked, self._store.facts())
         return campaigns_pb2.ApplyRulesResponse(
             candidates=done.candidates,
@@ -164,6 +173,22 @@ class MerchandisingServicer(campaigns_pb2_grpc.MerchandisingServiceServicer):
             arrangement=done.arrangement,
             rules=done.rules,
         )
+
+    def _with_campaigns(self, rules: list[Rule]) -> list[Rule]:
+        """Promotions of a campaign's own items with those items and the campaign's name;
+        without them while the campaign is not live."""
+        found: list[Rule] = []
+        for rule in rules:
+            if isinstance(rule, PromoteRule) and rule.the_campaigns_own:
+                campaign = self._campaign_items(rule.campaign_id)
+                if campaign is None or not campaign[1]:
+                    continue
+                name, items = campaign
+                rule = rule.model_copy(
+                    update={"item_ids": items, "campaign_name": rule.campaign_name or name}
+                )
+            found.append(rule)
+        return found
 
     async def PutRule(
         self, request: campaigns_pb2.PutRuleRequest, context: Context

@@ -260,7 +260,8 @@ class FilterRule(_Selecting):
 
 
 class PromoteRule(_Selecting):
-    """Give a campaign's items (listed, or every item that matches) a share of the slots."""
+    """Give a campaign's items (listed, every item that matches, or else the campaign's own
+    `items` while it is live) a share of the slots."""
 
     action: Literal["promote"]
     campaign_id: Word
@@ -272,8 +273,6 @@ class PromoteRule(_Selecting):
 
     @model_validator(mode="after")
     def _items_or_selector(self) -> PromoteRule:
-        if self.item_ids is None and not self._conditions():
-            raise ValueError("item_ids: give item_ids or a selector (category, tag, brand, price)")
         if self.item_ids is not None and self._conditions():
             raise ValueError("item_ids: give item_ids or a selector, not both")
         return self
@@ -281,6 +280,11 @@ class PromoteRule(_Selecting):
     @property
     def reason(self) -> str:
         return f"in campaign {self.campaign_name or self.campaign_id}"
+
+    @property
+    def the_campaigns_own(self) -> bool:
+        """Whether the items are the campaign's own (`items` of its definition)."""
+        return self.item_ids is None and not self._conditions()
 
 
 class ExcludeBoughtRule(_Rule):

@@ -94,7 +94,9 @@ async def run(fleet: FleetSettings, settings: CampaignsSettings) -> None:
     workers = [catalog_worker(bus, catalog, settings), redemptions_worker(bus, desk, settings)]
     for worker in workers:
         worker.start()
-    merchandising = MerchandisingServicer(catalog, fleet.clock(), settings.merchandising)
+    merchandising = MerchandisingServicer(
+        catalog, fleet.clock(), settings.merchandising, desk.promoted
+    )
     servicer = CampaignsServicer(
         desk,
         AnalyticsOutcomes(analytics, settings.analytics_deadline_s),

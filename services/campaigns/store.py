@@ -298,6 +298,11 @@ class CatalogFacts:
     def __len__(self) -> int:
         return self._size
 
+    def in_stock(self) -> list[str]:
+        """The ids of the items in stock, in catalog order."""
+        size = self._size
+        return [self._ids[row] for row in np.flatnonzero(self._stock[:size])]
+
     def update(self, items: Iterable[CatalogItem]) -> None:
         with self._lock:
             for item in items:

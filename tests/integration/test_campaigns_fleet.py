@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import csv
 import io
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 
 from services.campaigns.offers import in_control
-from tests.integration.conftest import RunningFleet, cli
+from tests.integration.conftest import RunningFleet, cli, free_port, wait_ready
 
 T = TypeVar("T")
 SEASONAL = {
@@ -120,6 +123,69 @@ def test_a_seasonal_campaign_is_exported_redeemed_and_measured(
     assert "Welch" in report["method"]
     low, high = report["conversion_uplift"]["low"], report["conversion_uplift"]["high"]
     assert low <= report["conversion_uplift"]["value"] <= high
+
+
+@pytest.fixture
+def second_gateway(fleet: RunningFleet) -> Iterator[str]:
+    """Another gateway process in front of the same fleet: a second replica."""
+    env = {**fleet.env, "RECOFLEET_GATEWAY_PORT": str(free_port())}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.gateway"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{env['RECOFLEET_GATEWAY_PORT']}"
+    try:
+        wait_ready(url, process, timeout_s=60)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_no_member_gets_past_a_cap_from_two_gateways_at_once(
+    fleet: RunningFleet, marketer: httpx.Client, second_gateway: str
+) -> None:
+    member = f"capped-{uuid.uuid4().hex[:8]}"
+    body = {
+        "name": "Capped",
+        "status": "active",
+        "offer": {"discount_percent": 5, "coupon_code": "CAPPED5"},
+        "channels": ["email"],
+        "control_share": 0,
+        "frequency_caps": {"email": {"max": 2, "per_days": 7}},
+    }
+    cid = marketer.post("/v1/campaigns", json=body).json()["campaign_id"]
+    # A key of its own: a rate-limit bucket of its own on each gateway.
+    reader = fleet.new_key("recommendations:read", name="caps test")
+    with fleet.client() as shop:
+        sent = shop.post("/v1/events", json={"events": [_purchase(member, 10.0, None)]})
+        assert sent.status_code in (200, 202)
+        assert shop.put(f"/v1/members/{member}/consent", json={"email": True}).status_code == 200
+
+    def asks(url: str) -> int:
+        with httpx.Client(base_url=url, headers={"x-api-key": reader}, timeout=10) as http:
+            reply = http.get(f"/v1/members/{member}/offers", params={"channel": "email"})
+            assert reply.status_code == 200, reply.text
+            # Each answer vouched for: none fell back because campaigns failed meanwhile.
+            assert not reply.json()["degraded"]
+            return sum(o["campaign_id"] == cid for o in reply.json()["offers"])
+
+    def reachable() -> bool:
+        with httpx.Client(base_url=fleet.url, headers={"x-api-key": reader}) as http:
+            asked = {"channel": "email", "preview": True}
+            reply = http.get(f"/v1/members/{member}/offers", params=asked)
+            return any(o["campaign_id"] == cid for o in reply.json()["offers"])
+
+    assert _eventually(reachable)
+    gateways = [fleet.url, second_gateway] * 10
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        given = list(pool.map(asks, gateways))
+
+    assert sum(given) == 2
+    report = marketer.get(f"/v1/campaigns/{cid}/report").json()
+    assert report["exposures"] == {"email": 2}
 
 
 def test_the_welcome_offer_greets_a_new_visitor_in_its_settings_words(

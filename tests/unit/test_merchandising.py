@@ -38,12 +38,9 @@ from services.gen.recofleet.campaigns.v1 import campaigns_pb2
 from services.gen.recofleet.common.v1 import common_pb2
 from services.gen.recofleet.ranking.v1 import ranking_pb2, ranking_pb2_grpc
 from services.ranking.arrangement import arrange
-from services.ranking.domain import RankerBook
 from services.ranking.rankers import RankedItem
-from services.ranking.registry import BUILT_INS
-from services.ranking.servicer import RankingServicer
-from services.ranking.settings import Diversity, RankingSettings
-from services.ranking.store import SqlRankingStore
+from services.ranking.settings import Diversity
+from tests.unit.test_ranking_diversity import serving_ranking
 
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
 ITEMS = [
@@ -123,7 +120,10 @@ def reasons(items: Sequence[RankedItem]) -> dict[str, list[str]]:
         ({"action": "bury", "brand": "Acme", "strength": 0}, "strength: "),
         ({"action": "filter", "min_price": 50, "max_price": 10}, "max_price: must be at least"),
         ({"action": "filter", "in_stock": False}, "in_stock: "),
-        ({"action": "promote", "campaign_id": "c-1", "share": 0.3}, "item_ids: give item_ids"),
+        (
+            {"action": "promote", "campaign_id": "c-1", "item_ids": ["a"], "tag": "x", "share": 1},
+            "item_ids: give item_ids or a selector, not both",
+        ),
         ({"action": "promote", "campaign_id": "c-1", "item_ids": ["a"], "share": 1.5}, "share: "),
         ({"action": "exclude_bought", "days": 0}, "days: "),
         ({"action": "pin", "item_id": "rake", "position": 1, "colour": "red"}, "colour: Extra"),
@@ -392,17 +392,8 @@ def test_a_promotion_adds_nothing_when_enough_of_its_items_were_proposed() -> No
 @pytest.fixture
 async def ranking(tmp_path: Path) -> AsyncIterator[ranking_pb2_grpc.RankingServiceStub]:
     """Ranking with the blend ranker and at most one item of a category on home."""
-    store = SqlRankingStore.from_url(f"sqlite:///{tmp_path / 'ranking.db'}")
-    book = RankerBook(BUILT_INS, store, RankingSettings(), tmp_path / "models", Clock.fixed(NOW))
-    server = grpc.aio.server()
-    servicer = RankingServicer(book, {"home": Diversity(max_per_category=1)})
-    ranking_pb2_grpc.add_RankingServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield ranking_pb2_grpc.RankingServiceStub(channel)
-    await server.stop(None)
-    store.close()
+    async with serving_ranking(tmp_path, {"home": Diversity(max_per_category=1)}, NOW) as stub:
+        yield stub
 
 
 @pytest.fixture
@@ -638,3 +629,28 @@ def test_the_refresh_reads_only_what_changed_yet_sees_every_change(engine: Engin
     found = reader.facts().facts("new")
     assert found is not None
     assert (found.tags, found.in_stock, found.price) == (frozenset({"gift"}), False, None)
+
+
+async def test_a_promotion_of_a_campaigns_own_items_follows_the_campaign(
+    campaigns_store: SqlCatalogStore,
+) -> None:
+    live: dict[str, tuple[str, list[str]]] = {"c-spring": ("Spring garden", ["hose", "rake"])}
+    rules = MerchandisingServicer(
+        campaigns_store, Clock.fixed(NOW), MerchandisingSettings(), live.get
+    )
+    await put(rules, placement="home", action="promote", campaign_id="c-spring", share=0.5)
+    proposed = [common_pb2.Candidate(item_id="lamp", score=0.9, category="lighting")]
+    request = campaigns_pb2.ApplyRulesRequest(
+        member_id="m-1", placement="home", candidates=proposed, limit=4
+    )
+
+    running = await rules.ApplyRules(request, Context())
+    live.clear()  # the campaign paused or ended
+    stopped = await rules.ApplyRules(request, Context())
+
+    [promotion] = running.arrangement.promotions
+    assert list(promotion.item_ids) == ["hose", "rake"]
+    assert promotion.reason == "in campaign Spring garden"
+    assert {c.item_id for c in running.candidates} == {"lamp", "hose", "rake"}
+    assert not stopped.arrangement.promotions
+    assert [c.item_id for c in stopped.candidates] == ["lamp"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -48,19 +49,30 @@ def test_items_without_a_category_are_not_capped() -> None:
     assert len(capped(_items("", "", "", ""), limit=3, per_category=1)) == 3
 
 
-@pytest.fixture
-async def ranking(tmp_path: Path) -> AsyncIterator[ranking_pb2_grpc.RankingServiceStub]:
+@contextlib.asynccontextmanager
+async def serving_ranking(
+    tmp_path: Path, diversity: dict[str, Diversity], at: datetime
+) -> AsyncIterator[ranking_pb2_grpc.RankingServiceStub]:
+    """A ranking service (the built-in rankers, this diversity per placement) on an
+    in-process gRPC server, and a stub to it."""
     store = SqlRankingStore.from_url(f"sqlite:///{tmp_path / 'ranking.db'}")
-    book = RankerBook(BUILT_INS, store, RankingSettings(), tmp_path / "models", Clock.fixed(AT))
+    book = RankerBook(BUILT_INS, store, RankingSettings(), tmp_path / "models", Clock.fixed(at))
     server = grpc.aio.server()
-    servicer = RankingServicer(book, {"home": Diversity(max_per_category=2)})
-    ranking_pb2_grpc.add_RankingServiceServicer_to_server(servicer, server)
+    ranking_pb2_grpc.add_RankingServiceServicer_to_server(RankingServicer(book, diversity), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield ranking_pb2_grpc.RankingServiceStub(channel)
-    await server.stop(None)
-    store.close()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield ranking_pb2_grpc.RankingServiceStub(channel)
+    finally:
+        await server.stop(None)
+        store.close()
+
+
+@pytest.fixture
+async def ranking(tmp_path: Path) -> AsyncIterator[ranking_pb2_grpc.RankingServiceStub]:
+    async with serving_ranking(tmp_path, {"home": Diversity(max_per_category=2)}, AT) as stub:
+        yield stub
 
 
 async def test_the_placement_s_cap_applies_to_the_answer(
