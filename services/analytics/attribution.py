@@ -2,7 +2,8 @@
 
 An *impression* is one recommendation answer as shown: an `impression` event carrying the
 answer's `recommendation_id`, the items in the order shown and, in `context`, the placement,
-the experiment and variant, the model and whether the answer was degraded. An impression
+the experiment and variant, the model, whether the answer was degraded and how long the
+gateway took to compose it (`latency_ms`, for the latency guardrail). An impression
 without a `recommendation_id` (a shop's own product list view) is no recommendation and is
 left out. An *outcome* is a `click`, `add_to_cart` or `purchase` of a member.
 
@@ -39,6 +40,7 @@ The rules, as `attribute` and `refunded` apply them:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -75,6 +77,8 @@ class Impression:
     variant: str = ""
     model: str = ""
     degraded: bool = False
+    # The gateway's serving latency of the answer; None when the impression does not say.
+    latency_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +142,7 @@ def impression_of(event: AnyEvent) -> Impression | None:
         variant=_text(context.get("variant")),
         model=_text(context.get("model")),
         degraded=context.get("degraded") is True,
+        latency_ms=_latency(context.get("latency_ms")),
     )
 
 
@@ -334,6 +339,15 @@ def _names(outcome: Outcome, impression: Impression) -> bool:
         outcome.claimed == impression.recommendation_id
         and outcome.member_id == impression.member_id
     )
+
+
+def _latency(value: Any) -> float | None:
+    """A context's latency in ms as kept: a finite, non-negative number, else None (a shop's
+    own impression may say anything there; a wrong figure must not move a percentile)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    latency = float(value)
+    return latency if math.isfinite(latency) and latency >= 0 else None
 
 
 def _text(value: Any) -> str:

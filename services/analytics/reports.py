@@ -9,6 +9,13 @@ Members are the unit: CTR and add-to-cart rate are ratios of per-member sums (de
 method), conversion rate (the share of members with an attributed purchase) and revenue
 per member are means (Welch's t-test), and revenue per member is also compared after CUPED
 with each member's spend before the experiment as the covariate.
+
+Guardrails are figures a variant must not make worse while it improves the primary metric.
+The rates (CTR, add-to-cart rate, conversion rate, refund rate: refunded attributed revenue
+over attributed revenue, a ratio of per-member sums) are breached when the variant is
+significantly worse than the control at the report's confidence; the serving latency's p99
+(nearest rank over the variant's impressions that carry one) when it exceeds the control's
+by more than a tolerance, since a latency budget is a threshold, not a test.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from services.analytics.stats import (
     cuped_difference,
     mean_difference,
     mean_estimate,
+    percentile,
     ratio_difference,
     ratio_estimate,
     sample_ratio_mismatch,
@@ -40,14 +48,23 @@ METRICS = (
     "revenue_per_member_cuped",
 )
 DEFAULT_MIN_MEMBERS = 100
+LATENCY_GUARDRAIL = "latency_p99_ms"
+REFUND_RATE = "refund_rate"
+# The guardrails an experiment may name (services/ranking/experiments.py has the same list).
+GUARDRAILS = (LATENCY_GUARDRAIL, REFUND_RATE, "ctr", "add_to_cart_rate", "conversion_rate")
+# Guardrails that get worse as they fall; the others get worse as they rise.
+WORSE_WHEN_LOWER = frozenset({"ctr", "add_to_cart_rate", "conversion_rate"})
+# A variant's p99 latency may exceed the control's by this share before its guardrail is
+# breached (AnalyticsSettings.latency_guardrail_tolerance).
+DEFAULT_LATENCY_TOLERANCE = 0.2
 
 
 @dataclass(frozen=True)
 class MemberFigures:
     """The members of one variant: each array holds one value per member, in the same order.
 
-    `revenue` is attributed revenue less what refunds reversed; `pre_spend` what the member
-    spent (all purchases, less refunds) before the experiment, CUPED's covariate.
+    `revenue` is attributed revenue less what refunds reversed (`refunded`); `pre_spend` what
+    the member spent (all purchases, less refunds) before the experiment, CUPED's covariate.
     """
 
     impressions: Array
@@ -56,12 +73,14 @@ class MemberFigures:
     purchases: Array
     revenue: Array
     pre_spend: Array
+    refunded: Array
 
     @classmethod
     def of(cls, rows: Iterable[Sequence[float]]) -> MemberFigures:
-        """From (impressions, clicks, carts, purchases, revenue, pre_spend) per member."""
-        table = np.asarray(list(rows), dtype=np.float64).reshape(-1, 6)
-        return cls(*(np.ascontiguousarray(table[:, column]) for column in range(6)))
+        """From (impressions, clicks, carts, purchases, revenue, pre_spend, refunded) per
+        member."""
+        table = np.asarray(list(rows), dtype=np.float64).reshape(-1, 7)
+        return cls(*(np.ascontiguousarray(table[:, column]) for column in range(7)))
 
     @property
     def members(self) -> int:
@@ -71,6 +90,33 @@ class MemberFigures:
     def converted(self) -> Array:
         """1 for a member with an attributed purchase, else 0."""
         return (self.purchases > 0).astype(np.float64)
+
+    @property
+    def gross_revenue(self) -> Array:
+        """Attributed revenue before refunds: the refund rate's denominator."""
+        return self.revenue + self.refunded
+
+
+@dataclass(frozen=True)
+class Latencies:
+    """The serving latencies (ms) of one variant's impressions: each distinct value and how
+    many impressions had it."""
+
+    values: Array
+    counts: Array
+
+    @classmethod
+    def of(cls, rows: Iterable[tuple[float, int]]) -> Latencies:
+        """From (latency, impressions) pairs."""
+        table = np.asarray(list(rows), dtype=np.float64).reshape(-1, 2)
+        return cls(np.ascontiguousarray(table[:, 0]), table[:, 1].astype(np.int64))
+
+    @property
+    def impressions(self) -> int:
+        return int(self.counts.sum())
+
+    def percentile(self, q: float) -> float | None:
+        return percentile(self.values, self.counts, q)
 
 
 @dataclass(frozen=True)
@@ -83,6 +129,8 @@ class ExperimentFigures:
     crossed: int = 0
     started_at: datetime | None = None
     stopped_at: datetime | None = None
+    # Per variant, its impressions' serving latencies (by the impression's own variant).
+    latencies: dict[str, Latencies] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,7 +150,36 @@ class VariantReport:
     add_to_cart_rate: Estimate
     conversion_rate: Estimate
     revenue_per_member: Estimate
+    refunded: float
+    refund_rate: Estimate
+    # Impressions with a serving latency, and its nearest-rank p50 and p99 (None: none).
+    latency_impressions: int
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
     differences: dict[str, Difference] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GuardrailCheck:
+    """One guardrail of one non-control variant against the control.
+
+    `control` and `treatment` are the figures compared (None when there is none); `relative`
+    treatment / control - 1; `difference` the test of a rate (None for latency); `worse`
+    "lower" or "higher"; `rule` the breach rule in words; `note` why it could not be judged.
+    """
+
+    metric: str
+    variant: str
+    control: float | None
+    treatment: float | None
+    relative: float | None
+    difference: Difference | None
+    breached: bool
+    worse: str
+    rule: str
+    note: str | None = None
+    # Latency only: how much higher than the control's the p99 may be, as a share.
+    tolerance: float | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +199,8 @@ class ExperimentReport:
     crossed: int = 0
     # Members first shown a variant the experiment does not define (left out), per variant.
     unknown: dict[str, int] = field(default_factory=dict)
+    # The guardrails asked, each for every non-control variant, in the order asked.
+    guardrails: tuple[GuardrailCheck, ...] = ()
 
 
 def report(
@@ -134,18 +213,24 @@ def report(
     figures: ExperimentFigures,
     *,
     min_members: int = DEFAULT_MIN_MEMBERS,
+    guardrails: Sequence[str] = (),
+    latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE,
 ) -> ExperimentReport:
     """The report of an experiment with `shares` (variant -> share, in the order to show)
-    whose `control` the other variants are compared with, at `confidence`.
+    whose `control` the other variants are compared with, at `confidence`, judging the
+    `guardrails` asked (GUARDRAILS) for every other variant.
 
     `started_at` and `stopped_at` are the window asked (the figures' own window wins when
     the store resolved one). ValueError for a control that is not a variant, shares that
-    are not positive, or a confidence outside (0, 1).
+    are not positive, a confidence outside (0, 1) or an unknown guardrail.
     """
     if control not in shares:
         raise ValueError(f"control: no variant '{control}'; variants: {list(shares)}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be between 0 and 1, not {confidence}")
+    unknown_guardrails = [g for g in guardrails if g not in GUARDRAILS]
+    if unknown_guardrails:
+        raise ValueError(f"unknown guardrails {unknown_guardrails}; known: {list(GUARDRAILS)}")
     empty = MemberFigures.of([])
     members = {name: figures.variants.get(name, empty) for name in shares}
     unknown = {
@@ -157,6 +242,7 @@ def report(
         {name: found.members for name, found in members.items()}, shares
     )
     baseline = members[control]
+    no_latency = Latencies.of([])
     variants = tuple(
         _variant(
             name,
@@ -164,20 +250,29 @@ def report(
             found,
             None if name == control else baseline,
             confidence,
+            figures.latencies.get(name, no_latency),
         )
         for name, found in members.items()
     )
+    checks = _guardrails(
+        dict.fromkeys(guardrails), variants, control, members, confidence, latency_tolerance
+    )
+    warnings = _warnings(sample_ratio, members, figures.crossed, unknown, min_members)
+    # After a broken split (which says no difference can be trusted), before the rest.
+    at = 1 if sample_ratio.flagged else 0
+    warnings[at:at] = [_breach(check, control) for check in checks if check.breached]
     return ExperimentReport(
         experiment_id=experiment_id,
         control=control,
         confidence=confidence,
         variants=variants,
         sample_ratio=sample_ratio,
-        warnings=tuple(_warnings(sample_ratio, members, figures.crossed, unknown, min_members)),
+        warnings=tuple(warnings),
         started_at=figures.started_at or started_at,
         stopped_at=figures.stopped_at or stopped_at,
         crossed=figures.crossed,
         unknown=unknown,
+        guardrails=checks,
     )
 
 
@@ -187,6 +282,7 @@ def _variant(
     found: MemberFigures,
     control: MemberFigures | None,
     confidence: float,
+    latencies: Latencies,
 ) -> VariantReport:
     differences: dict[str, Difference] = {}
     if control is not None:
@@ -216,7 +312,115 @@ def _variant(
         add_to_cart_rate=ratio_estimate(found.carts, found.impressions, confidence),
         conversion_rate=mean_estimate(found.converted, confidence),
         revenue_per_member=mean_estimate(found.revenue, confidence),
+        refunded=float(found.refunded.sum()),
+        refund_rate=ratio_estimate(found.refunded, found.gross_revenue, confidence),
+        latency_impressions=latencies.impressions,
+        latency_p50_ms=latencies.percentile(0.5),
+        latency_p99_ms=latencies.percentile(0.99),
         differences=differences,
+    )
+
+
+def _guardrails(
+    asked: Iterable[str],
+    variants: Sequence[VariantReport],
+    control: str,
+    members: Mapping[str, MemberFigures],
+    confidence: float,
+    tolerance: float,
+) -> tuple[GuardrailCheck, ...]:
+    baseline = next(v for v in variants if v.name == control)
+    return tuple(
+        _guardrail(metric, variant, baseline, members, confidence, tolerance)
+        for metric in asked
+        for variant in variants
+        if variant.name != control
+    )
+
+
+def _guardrail(
+    metric: str,
+    variant: VariantReport,
+    control: VariantReport,
+    members: Mapping[str, MemberFigures],
+    confidence: float,
+    tolerance: float,
+) -> GuardrailCheck:
+    if metric == LATENCY_GUARDRAIL:
+        return _latency_guardrail(variant, control, tolerance)
+    if metric != REFUND_RATE:
+        return _rate_guardrail(metric, variant.name, variant.differences[metric])
+    # Not among `differences`, whose metrics are fixed: only its guardrail compares it.
+    base, found = members[control.name], members[variant.name]
+    difference = ratio_difference(
+        base.refunded, base.gross_revenue, found.refunded, found.gross_revenue, confidence
+    )
+    return _rate_guardrail(metric, variant.name, difference)
+
+
+def _rate_guardrail(metric: str, variant: str, difference: Difference) -> GuardrailCheck:
+    """Breached when the interval lies wholly on the worse side: a two-sided test at the
+    report's confidence that came out significant, in the harmful direction."""
+    lower = metric in WORSE_WHEN_LOWER
+    worse = difference.absolute < 0 if lower else difference.absolute > 0
+    direction = "lower" if lower else "higher"
+    level = f"{difference.confidence * 100:g}%"
+    return GuardrailCheck(
+        metric=metric,
+        variant=variant,
+        control=difference.control.value,
+        treatment=difference.treatment.value,
+        relative=difference.relative,
+        difference=difference,
+        breached=difference.significant and worse,
+        worse=direction,
+        rule=f"breached when significantly {direction} than the control's at {level}",
+        note=difference.note,
+    )
+
+
+def _latency_guardrail(
+    variant: VariantReport, control: VariantReport, tolerance: float
+) -> GuardrailCheck:
+    """Breached when the variant's p99 exceeds the control's by more than `tolerance`."""
+    ours, theirs = variant.latency_p99_ms, control.latency_p99_ms
+    note, breached, relative = None, False, None
+    if ours is None or theirs is None:
+        missing = [v.name for v in (control, variant) if v.latency_p99_ms is None]
+        names = " and ".join(f"'{name}'" for name in missing)
+        note = f"no serving latency recorded in {names}: nothing to compare"
+    else:
+        breached = ours > theirs * (1 + tolerance)
+        relative = ours / theirs - 1 if theirs > 0 else None
+    return GuardrailCheck(
+        metric=LATENCY_GUARDRAIL,
+        variant=variant.name,
+        control=theirs,
+        treatment=ours,
+        relative=relative,
+        difference=None,
+        breached=breached,
+        worse="higher",
+        rule=f"breached when the p99 exceeds the control's by more than {tolerance * 100:g}%",
+        note=note,
+        tolerance=tolerance,
+    )
+
+
+def _breach(check: GuardrailCheck, control: str) -> str:
+    """The warning of a breached guardrail, with the figures that breached it."""
+    head = f"guardrail {check.metric} breached by {check.variant}"
+    d = check.difference
+    if d is None:
+        lift = f"{check.relative:+.0%}, " if check.relative is not None else ""
+        return (
+            f"{head}: p99 {check.treatment:.1f} ms against {check.control:.1f} ms in "
+            f"{control} ({lift}more than the {(check.tolerance or 0) * 100:g}% allowed)"
+        )
+    return (
+        f"{head}: {d.treatment.value:.4g} against {d.control.value:.4g} in {control}, "
+        f"{d.absolute:+.4g} [{d.low:+.4g}, {d.high:+.4g}] at {d.confidence * 100:g}%, "
+        f"p={d.p_value:.2g} ({check.worse} is worse)"
     )
 
 

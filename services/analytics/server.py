@@ -53,6 +53,7 @@ async def run(fleet: FleetSettings, settings: AnalyticsSettings) -> None:
     await serve(
         service_name=SERVICE_NAME,
         address=fleet.analytics_addr,
+        metrics_offset=fleet.metrics_port_offset,
         register=register,
         probe=lambda: worker.alive,
         on_stop=close,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -13,7 +14,13 @@ import grpc
 from services.analytics import campaigns
 from services.analytics.attribution import describe
 from services.analytics.campaigns import CampaignOutcomes, GroupOutcome, campaign_outcomes
-from services.analytics.reports import ExperimentReport, VariantReport, report
+from services.analytics.reports import (
+    GUARDRAILS,
+    ExperimentReport,
+    GuardrailCheck,
+    VariantReport,
+    report,
+)
 from services.analytics.settings import AnalyticsSettings
 from services.analytics.stats import Difference, Estimate, SrmCheck
 from services.analytics.store import AnalyticsStore
@@ -38,6 +45,8 @@ class ReportRequest:
     started_at: datetime | None
     stopped_at: datetime | None
     confidence: float
+    # The experiment's guardrails, each once, in the order it names them.
+    guardrails: tuple[str, ...] = ()
 
 
 def read_request(request: analytics_pb2.ExperimentReportRequest) -> ReportRequest:
@@ -68,7 +77,25 @@ def read_request(request: analytics_pb2.ExperimentReportRequest) -> ReportReques
     stopped_at = _instant(request.stopped_at, "stopped_at")
     if started_at and stopped_at and stopped_at <= started_at:
         raise InvalidRequest("stopped_at: must be after started_at")
-    return ReportRequest(request.experiment_id, shares, control, started_at, stopped_at, confidence)
+    return ReportRequest(
+        request.experiment_id,
+        shares,
+        control,
+        started_at,
+        stopped_at,
+        confidence,
+        _guardrails(request.guardrails),
+    )
+
+
+def _guardrails(asked: Sequence[str]) -> tuple[str, ...]:
+    for index, name in enumerate(asked):
+        if name not in GUARDRAILS:
+            raise InvalidRequest(
+                f"guardrails[{index}]: unknown guardrail '{name[:MAX_ID_LENGTH]}'; "
+                f"known: {list(GUARDRAILS)}"
+            )
+    return tuple(dict.fromkeys(asked))
 
 
 @dataclass(frozen=True)
@@ -160,6 +187,8 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
             asked.confidence,
             figures,
             min_members=self._settings.min_members_per_variant,
+            guardrails=asked.guardrails,
+            latency_tolerance=self._settings.latency_guardrail_tolerance,
         )
 
 
@@ -174,6 +203,7 @@ def report_message(
         warnings=list(done.warnings),
         as_of=as_of.isoformat(),
         attribution=attribution,
+        guardrails=[_guardrail(g) for g in done.guardrails],
     )
 
 
@@ -218,7 +248,30 @@ def _variant(variant: VariantReport) -> analytics_pb2.VariantFigures:
         conversion_rate=_estimate(variant.conversion_rate),
         revenue_per_member=_estimate(variant.revenue_per_member),
         differences=[_difference(metric, d) for metric, d in variant.differences.items()],
+        refunded=variant.refunded,
+        refund_rate=_estimate(variant.refund_rate),
+        latency_impressions=variant.latency_impressions,
+        latency_p50_ms=variant.latency_p50_ms,
+        latency_p99_ms=variant.latency_p99_ms,
     )
+
+
+def _guardrail(check: GuardrailCheck) -> analytics_pb2.Guardrail:
+    message = analytics_pb2.Guardrail(
+        metric=check.metric,
+        variant=check.variant,
+        control=check.control,
+        treatment=check.treatment,
+        relative=check.relative,
+        breached=check.breached,
+        worse=check.worse,
+        rule=check.rule,
+        note=check.note or "",
+        tolerance=check.tolerance,
+    )
+    if check.difference is not None:
+        message.difference.CopyFrom(_difference(check.metric, check.difference))
+    return message
 
 
 def _estimate(estimate: Estimate) -> analytics_pb2.Estimate:

@@ -32,6 +32,13 @@ class AnalyticsSettings(BaseSettings):
         description="A report warns when a variant has fewer members than this: its "
         "intervals are too wide to decide anything.",
     )
+    latency_guardrail_tolerance: float = Field(
+        default=0.2,
+        ge=0,
+        le=10,
+        description="An experiment's latency_p99_ms guardrail is breached when a variant's "
+        "p99 serving latency exceeds the control's by more than this share (0.2: 20%).",
+    )
     prune_every_s: float = Field(
         default=600,
         gt=0,

@@ -13,7 +13,9 @@ variant is an empty array) and compares per-member quantities:
   stays within [0, 1] and does not collapse on a group where nobody (or everybody) converted;
 * sample ratio mismatch: chi-squared goodness of fit of members per variant to the shares;
 * CUPED: each member's metric less theta * (covariate - its mean), theta fitted on all variants
-  pooled, with the share of the difference's variance that removed.
+  pooled, with the share of the difference's variance that removed;
+* percentiles of a distribution given as distinct values and their counts (serving latency):
+  nearest rank, so that a percentile is always a value that was observed.
 
 Results are frozen dataclasses of finite floats, so `dataclasses.asdict` serialises to JSON.
 A test that cannot be run (an empty variant, a single member, no variance, no denominator)
@@ -241,6 +243,26 @@ def cuped_difference(
     unadjusted = mean_difference(control_y, treatment_y, confidence)
     reduction = _variance_reduction(unadjusted.standard_error, result.standard_error)
     return dataclasses.replace(result, variance_reduction=reduction)
+
+
+def percentile(values: npt.ArrayLike, counts: npt.ArrayLike, q: float) -> float | None:
+    """The nearest-rank `q` quantile (0 < q <= 1) of `values`, each seen `counts` times: the
+    smallest value with at least a share `q` of all observations at or below it (the p99 of
+    100 latencies is the 99th smallest, of 50 their largest). None without observations."""
+    if not 0 < q <= 1:
+        raise ValueError(f"q must be more than 0 and at most 1, not {q}")
+    x = _as_values(values, "values")
+    n = np.asarray(counts, dtype=np.int64)
+    if n.shape != x.shape or np.any(n < 0):
+        raise ValueError("one count (0 or more) per value is needed")
+    total = int(n.sum())
+    if total == 0:
+        return None
+    order = np.argsort(x, kind="stable")
+    # Rounded first: 0.07 * 100 is 7.000000000000001 in floating point, whose ceiling is 8.
+    rank = math.ceil(round(q * total, 9))
+    index = int(np.searchsorted(np.cumsum(n[order]), rank))
+    return float(x[order][index])
 
 
 def _compare(control: _Arm, treatment: _Arm, confidence: float, method: str) -> Difference:

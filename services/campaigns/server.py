@@ -127,6 +127,7 @@ async def run(fleet: FleetSettings, settings: CampaignsSettings) -> None:
     await serve(
         service_name=SERVICE_NAME,
         address=fleet.campaigns_addr,
+        metrics_offset=fleet.metrics_port_offset,
         register=register,
         probe=lambda: all(worker.alive for worker in workers),
         on_stop=close,

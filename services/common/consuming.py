@@ -40,6 +40,7 @@ from services.common.bus import (
 from services.common.dead_letters import encode
 from services.common.events import AnyEvent, CatalogItem, describe_error, read_events
 from services.common.members import MemberCommand, read_command
+from services.common.metrics import CONSUMED, LAG
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ class BusWorker:
         self._commit = commit
         self._group = group
         self._topics = list(topics)
+        self._applied_count = CONSUMED.labels(group, "applied")
+        self._dead_count = CONSUMED.labels(group, "dead_lettered")
         self._handler = handler
         self._batch_size = batch_size
         self._attempts = attempts
@@ -109,11 +112,30 @@ class BusWorker:
         # How many times the worker paused on an unreachable store or bus.
         self.transient_failures = 0
 
+    # What the lag metric reads (services/common/metrics.py).
+    @property
+    def bus(self) -> EventBus:
+        return self._bus
+
+    @property
+    def group(self) -> str:
+        return self._group
+
+    @property
+    def topics(self) -> Sequence[str]:
+        return self._topics
+
+    @property
+    def commits(self) -> bool:
+        return self._commit
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"bus-{self._group}", daemon=True)
         self._thread.start()
+        LAG.track(self)
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        LAG.untrack(self)
         self._stop.set()
         if self._thread:
             self._thread.join(timeout_s)
@@ -169,9 +191,11 @@ class BusWorker:
             letters = [encode(d.record, self._group, d.reason) for d in rejected]
             self._patiently("dead-lettering")(self._bus.publish, DEAD_LETTERS_TOPIC, letters)
             self.dead_lettered += len(rejected)
+            self._dead_count.inc(len(rejected))
             for letter in rejected:
                 log.warning("dead-lettered %s: %s", letter.record.key, letter.reason)
         self.applied += len(records) - len(rejected)
+        self._applied_count.inc(len(records) - len(rejected))
 
     def _with_retries(
         self, records: Sequence[Record], attempts: int | None = None

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.common.metrics import MeteredCalls, serve_metrics
+
 log = logging.getLogger(__name__)
 
 Registrar = Callable[[grpc.aio.Server], None]
@@ -69,15 +71,20 @@ async def serve(
     probe: Callable[[], bool],
     on_stop: Callable[[], Awaitable[None]] | None = None,
     grace_s: float = 5.0,
+    metrics_offset: int = 0,
 ) -> None:
-    """Run until SIGTERM or SIGINT, then stop accepting calls and finish those in flight."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *MESSAGE_OPTIONS])
+    """Run until SIGTERM or SIGINT, then stop accepting calls and finish those in flight.
+    With a `metrics_offset`, Prometheus metrics are served on the gRPC port plus it."""
+    server = grpc.aio.server(
+        options=[("grpc.so_reuseport", 0), *MESSAGE_OPTIONS], interceptors=[MeteredCalls()]
+    )
     register(server)
     reporter = HealthReporter(service_name, probe)
     health_pb2_grpc.add_HealthServicer_to_server(reporter.servicer, server)
     if server.add_insecure_port(address) == 0:
         raise SystemExit(f"{service_name}: cannot listen on {address}")
     await server.start()
+    serve_metrics(address, metrics_offset)
     tune_gc()
     log.info("%s listening on %s", service_name, address)
 

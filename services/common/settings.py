@@ -58,6 +58,31 @@ class FleetSettings(BaseSettings):
         description="Added to real time to make the fleet's clock (e.g. `-P4750D`), to look "
         "at a data set loaded with --no-redate as of its own dates.",
     )
+    # The model store (services/retrieval/model_store.py). S3 credentials come from boto3's
+    # own chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a web identity, an instance role).
+    model_store_kind: Literal["local", "s3"] = Field(
+        default="local",
+        description="Where trained model versions live: `local` (folders in the data dir, "
+        "one machine) or `s3` (an S3-compatible bucket every replica reads).",
+    )
+    model_store_s3_bucket: str | None = Field(
+        default=None, description="The bucket of the s3 model store (required with it)."
+    )
+    model_store_s3_endpoint: str | None = Field(
+        default=None,
+        description="URL of an S3-compatible server (MinIO, Ceph, moto); AWS S3 when unset.",
+    )
+    model_store_s3_region: str | None = Field(
+        default=None, description="The bucket's region; boto3's own (AWS_REGION) when unset."
+    )
+    model_store_s3_prefix: str = Field(
+        default="recofleet", description="Key prefix of the fleet's models in the bucket."
+    )
+    model_store_cache_dir: Path | None = Field(
+        default=None,
+        description="Where an s3 store's versions are downloaded to be loaded; "
+        "data_dir/model-cache when unset.",
+    )
 
     ingestion_addr: str = "127.0.0.1:50051"
     profiles_addr: str = "127.0.0.1:50052"
@@ -65,6 +90,13 @@ class FleetSettings(BaseSettings):
     ranking_addr: str = "127.0.0.1:50054"
     campaigns_addr: str = "127.0.0.1:50055"
     analytics_addr: str = "127.0.0.1:50056"
+    metrics_port_offset: int = Field(
+        default=100,
+        ge=0,
+        le=10000,
+        description="Each service serves Prometheus metrics on its gRPC port plus this "
+        "(50151 for ingestion ... 50156 for analytics); 0: no metrics endpoint.",
+    )
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
 
@@ -74,6 +106,15 @@ class FleetSettings(BaseSettings):
             raise ValueError(
                 "processed_retention_hours must be longer than bus_retention_hours: a store "
                 "that forgot an event id would apply a redelivered event twice"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> Self:
+        if self.model_store_kind == "s3" and not self.model_store_s3_bucket:
+            raise ValueError(
+                "RECOFLEET_MODEL_STORE_KIND=s3 needs RECOFLEET_MODEL_STORE_S3_BUCKET: "
+                "the bucket every replica reads the model versions from"
             )
         return self
 
@@ -88,3 +129,7 @@ class FleetSettings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.model_store_cache_dir or self.data_dir / "model-cache"

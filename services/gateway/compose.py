@@ -74,6 +74,9 @@ class Recommendation:
     degraded: bool = False
     degraded_services: list[str] = field(default_factory=list)
     personalized: bool = True
+    # How long the answer took to compose, from the composer receiving the request
+    # (monotonic clock); None for an answer the composer did not make.
+    latency_ms: float | None = None
 
 
 def personalizable(profile: profiles_pb2.Profile | None) -> bool:
@@ -115,6 +118,8 @@ class Asked:
     limit: int
     context_item: str | None
     exclude: list[str]
+    # When the composer received the request (time.monotonic), for the answer's latency.
+    received_at: float = field(default_factory=time.monotonic)
 
     def answer(
         self,
@@ -135,6 +140,7 @@ class Asked:
             personalized=personalized,
             variant=ranked.variant if ranked else DEFAULT_VARIANT,
             experiment_id=ranked.experiment_id if ranked else "",
+            latency_ms=(time.monotonic() - self.received_at) * 1000,
         )
 
 

@@ -129,5 +129,14 @@ def _impression(
             "personalized": answer.personalized,
             "scores": {item.item_id: item.score for item in answer.items},
             "sources": {i: dict(sources[i]) for i in shown if i in sources},
+            **_latency(answer),
         },
     }
+
+
+def _latency(answer: Recommendation) -> dict[str, float]:
+    """The answer's serving latency for experiment reports' latency guardrail; to 10 µs, which
+    is finer than anything a guardrail compares and keeps the distinct values few."""
+    if answer.latency_ms is None:
+        return {}
+    return {"latency_ms": round(answer.latency_ms, 2)}

@@ -30,6 +30,7 @@ async def run(fleet: FleetSettings, settings: IngestionSettings) -> None:
     await serve(
         service_name=SERVICE_NAME,
         address=fleet.ingestion_addr,
+        metrics_offset=fleet.metrics_port_offset,
         register=register,
         probe=bus.healthy,
         on_stop=close,

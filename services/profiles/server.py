@@ -108,6 +108,7 @@ async def run(fleet: FleetSettings, settings: ProfilesSettings) -> None:
     await serve(
         service_name=SERVICE_NAME,
         address=fleet.profiles_addr,
+        metrics_offset=fleet.metrics_port_offset,
         register=register,
         probe=lambda: worker.alive,
         on_stop=close,

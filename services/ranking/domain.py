@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.clock import Clock
+from services.common.metrics import model_served
 from services.common.settings import FleetSettings
 from services.ranking.experiments import (
     DEFAULT_VARIANT,
@@ -30,19 +31,22 @@ from services.ranking.rankers import Ranker
 from services.ranking.registry import RankerInputs, RankerKind
 from services.ranking.settings import RankingSettings
 from services.ranking.store import Activation, RankingStore
-from services.retrieval.model_store import LocalModelStore, ModelStore
+from services.retrieval.model_store import LocalModelStore, ModelStore, open_model_store
 
 log = logging.getLogger(__name__)
 
 
 def rankers_dir(fleet: FleetSettings) -> Path:
-    """Where the trained rankers' versions live, a folder per ranker."""
+    """Where the trained rankers' versions live in a local model store, a folder per ranker."""
     return fleet.models_dir / "rankers"
 
 
-def ranker_store(models_dir: Path, name: str, settings: RankingSettings) -> ModelStore:
-    """The versions of the trained ranker `name` under `models_dir` (`rankers_dir`)."""
-    return LocalModelStore(models_dir / name, keep=settings.keep_versions)
+def ranker_store(rankers: FleetSettings | Path, name: str, settings: RankingSettings) -> ModelStore:
+    """The versions of the trained ranker `name`: in the fleet's model store (its folders or
+    its bucket), or in a folder of rankers of one's own (`rankers_dir`, a test's folder)."""
+    if isinstance(rankers, Path):
+        return LocalModelStore(rankers / name, keep=settings.keep_versions)
+    return open_model_store(rankers, f"rankers/{name}", keep=settings.keep_versions)
 
 
 class UnknownRanker(LookupError):
@@ -70,14 +74,14 @@ class RankerBook:
         kinds: Mapping[str, RankerKind],
         store: RankingStore,
         settings: RankingSettings,
-        models_dir: Path,
+        rankers: FleetSettings | Path,
         clock: Clock,
         features: object = None,
     ) -> None:
         self._kinds = dict(kinds)
         self._store = store
         self._settings = settings
-        self._models_dir = models_dir
+        self._rankers = rankers
         self._clock = clock
         self._features = features
         self._built: dict[tuple[str, str], Ranker] = {}
@@ -98,6 +102,8 @@ class RankerBook:
         """Read the active ranker and the experiments again (what other replicas changed)."""
         self._active = self._store.active()
         self._experiments = self._store.experiments()
+        if self._active is not None:
+            model_served("ranker", self._active.label)
 
     # Serving -------------------------------------------------------------------------
 
@@ -185,7 +191,7 @@ class RankerBook:
             raise RankerRefused(f"failed to load: {exc}") from exc
 
     def model_store(self, name: str) -> ModelStore:
-        return ranker_store(self._models_dir, name, self._settings)
+        return ranker_store(self._rankers, name, self._settings)
 
     # Activation ----------------------------------------------------------------------
 

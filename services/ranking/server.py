@@ -17,7 +17,7 @@ from services.common.consuming import BusWorker, DeadLetter, decode
 from services.common.grpc_server import configure_logging, serve
 from services.common.settings import FleetSettings
 from services.gen.recofleet.ranking.v1 import ranking_pb2_grpc
-from services.ranking.domain import RankerBook, ranker_store, rankers_dir
+from services.ranking.domain import RankerBook, ranker_store
 from services.ranking.features import ItemFeatureState
 from services.ranking.ltr import STATE_FILE
 from services.ranking.registry import discover
@@ -40,19 +40,22 @@ async def keep_fresh(book: RankerBook, interval_s: float) -> None:
             log.warning("rankers and experiments not refreshed from the store: %s", exc)
 
 
-def live_features(models_dir: Path, settings: RankingSettings) -> ItemFeatureState:
+def live_features(rankers: FleetSettings | Path, settings: RankingSettings) -> ItemFeatureState:
     """The items' state the learned ranker reads: the newest trained version's, as of its
-    training, or an empty one before the first."""
-    store = ranker_store(models_dir, LTR, settings)
-    current = store.current()
-    carried = store.path(current) / STATE_FILE if current else None
-    if carried is None or not carried.is_file():
-        return ItemFeatureState()
+    training, or an empty one before the first (or while the model store is out of reach:
+    the bus refills it)."""
+    store = ranker_store(rankers, LTR, settings)
     try:
+        current = store.current()
+        carried = store.path(current) / STATE_FILE if current else None
+        if carried is None or not carried.is_file():
+            return ItemFeatureState()
         return ItemFeatureState.restore(carried.read_bytes())
     except ValueError as exc:
-        log.warning("the items' state of ltr %s is unreadable (%s): starting empty", current, exc)
-        return ItemFeatureState()
+        log.warning("the items' state of ltr is unreadable (%s): starting empty", exc)
+    except OSError as exc:
+        log.warning("the items' state of ltr could not be read (%s): starting empty", exc)
+    return ItemFeatureState()
 
 
 def feature_worker(bus: EventBus, state: ItemFeatureState, group: str) -> BusWorker:
@@ -72,13 +75,12 @@ def feature_worker(bus: EventBus, state: ItemFeatureState, group: str) -> BusWor
 
 async def run(fleet: FleetSettings, settings: RankingSettings) -> None:
     store = SqlRankingStore.from_url(settings.database_url or fleet.sqlite_url("ranking"))
-    models_dir = rankers_dir(fleet)
-    features = live_features(models_dir, settings)
+    features = live_features(fleet, settings)
     bus = open_bus(fleet)
     group = f"ranking-features-{uuid.uuid4().hex[:12]}"
     worker = feature_worker(bus, features, group)
     worker.start()
-    book = RankerBook(discover(), store, settings, models_dir, fleet.clock(), features)
+    book = RankerBook(discover(), store, settings, fleet, fleet.clock(), features)
     servicer = RankingServicer(book, settings.diversity)
     refresher = asyncio.create_task(keep_fresh(book, settings.refresh_s))
 
@@ -98,6 +100,7 @@ async def run(fleet: FleetSettings, settings: RankingSettings) -> None:
     await serve(
         service_name=SERVICE_NAME,
         address=fleet.ranking_addr,
+        metrics_offset=fleet.metrics_port_offset,
         register=register,
         probe=lambda: worker.alive,
         on_stop=close,

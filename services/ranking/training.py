@@ -16,7 +16,7 @@ from typing import Any
 
 from services.common.events import AnyEvent
 from services.common.settings import FleetSettings
-from services.ranking.domain import ranker_store, rankers_dir
+from services.ranking.domain import ranker_store
 from services.ranking.settings import RankingSettings
 
 LTR = "ltr"
@@ -36,7 +36,7 @@ def train_ranker(
     from services.ranking.ltr import train_ltr
 
     started = time.perf_counter()
-    store = ranker_store(rankers_dir(fleet), LTR, settings)
+    store = ranker_store(fleet, LTR, settings)
     now = fleet.clock().now()
 
     def build(folder: Path) -> dict[str, Any]:

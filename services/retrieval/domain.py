@@ -17,6 +17,7 @@ import numpy as np
 
 from services.common.candidates import Candidate
 from services.common.events import CatalogItem
+from services.common.metrics import model_served
 from services.retrieval import sources
 from services.retrieval.activity import ActivityCache
 from services.retrieval.answers import AnswerCache
@@ -112,6 +113,7 @@ class Retriever:
                 return False
             self._model = loaded  # one reference swap: calls in flight finish on the old model
         self.answers.clear()
+        model_served("retrieval", version)
         log.info("serving retrieval model %s (%d items)", version, loaded.item_count)
         return True
 

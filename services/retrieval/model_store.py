@@ -5,6 +5,10 @@ rolled back from stays on disk, unserved, until it is activated again. A version
 could not load is recorded as refused (with the reason), so that servers do not retry it
 in a loop and operators see why; `previous` skips refused versions, so a rollback never
 lands on one.
+
+Two implementations: `LocalModelStore`, folders on one machine (the embedded default), and
+`S3ModelStore` (services/retrieval/s3_model_store.py), an S3-compatible bucket every
+replica reads. `open_model_store` picks the one the fleet's settings name.
 """
 
 from __future__ import annotations
@@ -14,14 +18,19 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from services.common.settings import FleetSettings
+
 VERSION_FORMAT = "%Y%m%dT%H%M%S%fZ"
+_VERSION_NAME = re.compile(r"\d{8}T\d{12}Z")
+META = "meta.json"
 
 
 class NoPreviousVersion(LookupError):
@@ -30,6 +39,11 @@ class NoPreviousVersion(LookupError):
 
 class UnknownVersion(LookupError):
     """No kept version has that name."""
+
+
+class ModelStoreUnavailable(OSError):
+    """The store could not be read or written (S3: network, credentials, bucket). An OSError,
+    as a local store's failures are: servers keep serving what they loaded and try again."""
 
 
 class ModelStore(abc.ABC):
@@ -42,10 +56,12 @@ class ModelStore(abc.ABC):
         """The version servers should load, or None before the first training."""
 
     @abc.abstractmethod
-    def path(self, version: str) -> Path: ...
+    def path(self, version: str) -> Path:
+        """A local folder holding the version's files (`UnknownVersion` if it is not kept)."""
 
     @abc.abstractmethod
-    def meta(self, version: str) -> dict[str, Any]: ...
+    def meta(self, version: str) -> dict[str, Any]:
+        """The version's meta.json (`FileNotFoundError` if it is not kept)."""
 
     @abc.abstractmethod
     def versions(self) -> list[str]:
@@ -103,10 +119,10 @@ class LocalModelStore(ModelStore):
         staging = Path(tempfile.mkdtemp(prefix=".build-", dir=self._versions))
         try:
             meta = build(staging)
-            # Named once built: a name later than every kept one, even if the clock stepped back.
-            version = self._new_version()
+            # Named once built: later than any version published while this one was built.
+            version = next_version(self.versions())
             meta["version"] = version
-            (staging / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+            (staging / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
             staging.rename(self._versions / version)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -120,21 +136,21 @@ class LocalModelStore(ModelStore):
             version = (self._root / "CURRENT").read_text().strip()
         except FileNotFoundError:
             return None
-        return version if version and (self._versions / version).is_dir() else None
+        return version if version and (self._versions / version / META).is_file() else None
 
     def path(self, version: str) -> Path:
+        if version not in self.versions():
+            raise UnknownVersion(f"no model version {version!r} is kept")
         return self._versions / version
 
     def meta(self, version: str) -> dict[str, Any]:
-        loaded: dict[str, Any] = json.loads((self.path(version) / "meta.json").read_text())
+        loaded: dict[str, Any] = json.loads((self._versions / version / META).read_text())
         return loaded
 
     def versions(self) -> list[str]:
         # Staging folders start with a dot; a published one always has its meta.json.
         return sorted(
-            p.name
-            for p in self._versions.iterdir()
-            if p.name[0] != "." and (p / "meta.json").is_file()
+            p.name for p in self._versions.iterdir() if p.name[0] != "." and (p / META).is_file()
         )
 
     def activate(self, version: str) -> None:
@@ -152,21 +168,9 @@ class LocalModelStore(ModelStore):
         kept = set(self.versions())
         return {v: r for v, r in self._read_refusals().items() if v in kept}
 
-    def _new_version(self) -> str:
-        now = datetime.now(UTC)
-        kept = self.versions()
-        if kept:
-            newest = datetime.strptime(kept[-1], VERSION_FORMAT).replace(tzinfo=UTC)
-            now = max(now, newest + timedelta(microseconds=1))
-        return now.strftime(VERSION_FORMAT)
-
     def _prune(self, live: str) -> None:
-        # Never the live version nor the one a rollback would go to, whatever `keep` says.
-        protected = {live, self.previous(live)}
-        done = self.versions()
-        for old in done[: max(len(done) - self._keep, 0)]:
-            if old not in protected:
-                shutil.rmtree(self._versions / old, ignore_errors=True)
+        for old in prunable(self, live, self._keep):
+            shutil.rmtree(self._versions / old, ignore_errors=True)
         with self._refusals() as refusals:
             kept = set(self.versions())
             for gone in [v for v in refusals if v not in kept]:
@@ -191,6 +195,39 @@ class LocalModelStore(ModelStore):
             if refusals != before:
                 text = json.dumps(refusals, indent=2, sort_keys=True)
                 _write_atomically(self._root / "refused.json", text)
+
+
+def open_model_store(fleet: FleetSettings, name: str, keep: int) -> ModelStore:
+    """The versions of the fleet's model `name` ("retrieval", "rankers/ltr"), where the
+    fleet keeps its models: folders under the data dir, or the S3 bucket."""
+    if fleet.model_store_kind == "local":
+        return LocalModelStore(fleet.models_dir / name, keep=keep)
+    # Here, not at the top: that module builds on this one, and a local fleet needs no boto3.
+    from services.retrieval.s3_model_store import open_s3_model_store
+
+    return open_s3_model_store(fleet, name, keep)
+
+
+def is_version_name(text: str) -> bool:
+    return _VERSION_NAME.fullmatch(text) is not None
+
+
+def next_version(kept: Sequence[str]) -> str:
+    """The name of a version published now: later than every kept one (`kept` is oldest
+    first), even if the clock stepped back."""
+    now = datetime.now(UTC)
+    if kept:
+        newest = datetime.strptime(kept[-1], VERSION_FORMAT).replace(tzinfo=UTC)
+        now = max(now, newest + timedelta(microseconds=1))
+    return now.strftime(VERSION_FORMAT)
+
+
+def prunable(store: ModelStore, live: str, keep: int) -> list[str]:
+    """The versions past `keep`, oldest first; never the live version nor the one a rollback
+    would go to, whatever `keep` says."""
+    protected = {live, store.previous(live)}
+    done = store.versions()
+    return [old for old in done[: max(len(done) - keep, 0)] if old not in protected]
 
 
 def _write_atomically(target: Path, text: str) -> None:

@@ -26,7 +26,7 @@ from services.common.pii import pii_secret
 from services.common.settings import FleetSettings
 from services.gen.recofleet.retrieval.v1 import retrieval_pb2_grpc
 from services.retrieval.domain import Retriever
-from services.retrieval.model_store import LocalModelStore
+from services.retrieval.model_store import ModelStore, ModelStoreUnavailable, open_model_store
 from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import InteractionStore, SqlInteractionStore
@@ -42,8 +42,8 @@ def open_store(fleet: FleetSettings, settings: RetrievalSettings) -> SqlInteract
     )
 
 
-def open_models(fleet: FleetSettings, settings: RetrievalSettings) -> LocalModelStore:
-    return LocalModelStore(fleet.models_dir / "retrieval", keep=settings.keep_versions)
+def open_models(fleet: FleetSettings, settings: RetrievalSettings) -> ModelStore:
+    return open_model_store(fleet, "retrieval", keep=settings.keep_versions)
 
 
 def interaction_worker(
@@ -104,6 +104,8 @@ async def _watch_models(retriever: Retriever, interval_s: float) -> None:
     while True:
         try:
             await asyncio.to_thread(retriever.reload)
+        except ModelStoreUnavailable as exc:  # an outage of the bucket: no stack trace each time
+            log.warning("the model store is unavailable (%s); still serving the last model", exc)
         except Exception:
             log.exception("loading the current retrieval model failed; still serving the last one")
         await asyncio.sleep(interval_s)
@@ -136,6 +138,7 @@ async def run(fleet: FleetSettings, settings: RetrievalSettings) -> None:
     await serve(
         service_name=SERVICE_NAME,
         address=fleet.retrieval_addr,
+        metrics_offset=fleet.metrics_port_offset,
         register=register,
         probe=lambda: retriever.ready and worker.alive,
         on_stop=close,

@@ -35,7 +35,8 @@ def members(
     bought = rng.random(n) < conversion
     revenue = np.where(bought, rng.gamma(4.0, basket / 4.0, n), 0.0)
     pre = pre_spend if pre_spend is not None else rng.gamma(2.0, 50.0, n)
-    rows = zip(impressions, clicks, carts, bought.astype(int), revenue, pre, strict=True)
+    refunded = np.zeros(n)
+    rows = zip(impressions, clicks, carts, bought.astype(int), revenue, pre, refunded, strict=True)
     return MemberFigures.of(rows)
 
 
@@ -109,7 +110,8 @@ def test_cuped_narrows_the_interval_when_pre_spend_predicts_spend() -> None:
     def with_history(lift: float) -> MemberFigures:
         pre = rng.gamma(2.0, 50.0, n)
         revenue = np.maximum(0.8 * pre + rng.normal(lift, 20.0, n), 0.0)
-        rows = zip(np.full(n, 5), np.ones(n), np.zeros(n), revenue > 0, revenue, pre, strict=True)
+        columns = (np.full(n, 5), np.ones(n), np.zeros(n), revenue > 0, revenue, pre, np.zeros(n))
+        rows = zip(*columns, strict=True)
         return MemberFigures.of(rows)
 
     done = run({"control": with_history(0.0), "treatment": with_history(3.0)})

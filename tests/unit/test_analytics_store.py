@@ -41,6 +41,7 @@ def shown(
     at: datetime,
     variant: str = "control",
     experiment: str = "exp-1",
+    latency_ms: Any = None,
 ) -> Event:
     return ev(
         "impression",
@@ -56,6 +57,7 @@ def shown(
             "degraded": False,
             "scores": {item: 1.0 for item in items},
             "sources": {},
+            **({} if latency_ms is None else {"latency_ms": latency_ms}),
         },
     )
 
@@ -418,6 +420,45 @@ def test_the_figures_of_an_experiment_are_per_member_of_its_window(
     assert whole.started_at == start - HOUR
     assert sum(f.members for f in whole.variants.values()) == 3
     assert store.experiment_figures("exp-none").variants == {}
+
+
+def test_serving_latencies_and_refunds_reach_the_figures_of_an_experiment(
+    store: SqlAnalyticsStore,
+) -> None:
+    start = NOW - 24 * HOUR
+    store.apply_events(
+        [
+            shown("m-1", "r-1", ["sku-1"], start + HOUR, latency_ms=12.5),
+            shown("m-1", "r-2", ["sku-2"], start + 2 * HOUR, latency_ms=12.5),
+            # Counted in control with m-1's impressions, but its latency is the treatment's.
+            shown("m-1", "r-3", ["sku-3"], start + 3 * HOUR, variant="treatment", latency_ms=40),
+            shown("m-2", "r-4", ["sku-1"], start + HOUR, latency_ms=30.25),
+            # Older impressions carry none; a shop's own may say anything.
+            shown("m-2", "r-5", ["sku-1"], start + 2 * HOUR),
+            shown("m-2", "r-6", ["sku-1"], start + 3 * HOUR, latency_ms="fast"),
+            shown("m-2", "r-7", ["sku-1"], start + 4 * HOUR, latency_ms=-1),
+            shown("m-3", "r-8", ["sku-1"], start - HOUR, latency_ms=99.0),  # before the start
+            buy("m-1", "o-1", [("sku-1", 2, 10.0)], start + 5 * HOUR),
+            refund("m-1", "o-1", start + 6 * HOUR, items=[{"item_id": "sku-1", "quantity": 1}]),
+        ]
+    )
+
+    figures = store.experiment_figures("exp-1", start, NOW)
+
+    impression = store.impression("r-4")
+    assert impression is not None and impression.latency_ms == 30.25
+    unsaid = [store.impression(r) for r in ("r-5", "r-6", "r-7")]
+    assert [(i is not None, i and i.latency_ms) for i in unsaid] == [(True, None)] * 3
+    latencies = {
+        name: dict(zip(found.values.tolist(), found.counts.tolist(), strict=True))
+        for name, found in figures.latencies.items()
+    }
+    assert latencies == {"control": {12.5: 2, 30.25: 1}, "treatment": {40.0: 1}}
+    control = figures.variants["control"]
+    by_member = dict(zip(control.impressions.tolist(), control.refunded.tolist(), strict=True))
+    # m-1 (3 impressions) bought 20.0 of what was shown and returned half of it.
+    assert by_member == {3.0: 10.0, 4.0: 0.0}
+    assert sorted(control.revenue.tolist()) == [0.0, 10.0]
 
 
 def test_processed_event_ids_are_forgotten_past_the_retention(

@@ -13,9 +13,10 @@ from services.common.clock import Clock
 from services.common.events import EventType, parse_event
 from services.gateway.compose import RankedEntry, Recommendation
 from services.gateway.impressions import LOGGED, ImpressionLog
-from services.gateway.settings import ImpressionSettings
+from services.gateway.settings import GatewaySettings, ImpressionSettings
 from services.gen.recofleet.common.v1 import common_pb2
 from services.gen.recofleet.ingestion.v1 import ingestion_pb2
+from tests.unit.test_gateway_compose import Fleet
 
 AT = datetime(2026, 12, 1, 12, tzinfo=UTC)
 
@@ -68,6 +69,34 @@ async def test_an_impression_is_a_valid_native_event_with_positions_and_the_vari
     assert event.context["placement"] == "home"
     assert event.context["sources"] == {"sku-0": {"als": 0.2, "trending": 0.1}}
     assert event.context["scores"]["sku-1"] == pytest.approx(0.9)
+
+
+async def test_a_composed_answer_logs_how_long_it_took_to_compose() -> None:
+    fleet = Fleet()
+    ingestion = Ingestion()
+    log = _log(ingestion)
+    fleet.composer.shown = log.record
+    # Ranking takes 40 ms: the answer cannot have taken less.
+    fleet.ranking.delay["Rank"] = 0.04
+
+    answer = await fleet.recommend()
+    assert await log.flush()
+
+    (sent,) = ingestion.events
+    latency = parse_event(sent).context["latency_ms"]
+    assert answer.latency_ms is not None and latency == round(answer.latency_ms, 2)
+    assert 40 <= latency < GatewaySettings().recommend_budget_s * 1000 + 100
+
+
+async def test_an_answer_without_a_latency_logs_none() -> None:
+    ingestion = Ingestion()
+    log = _log(ingestion)
+    log.record(_answer())
+
+    assert await log.flush()
+
+    (sent,) = ingestion.events
+    assert "latency_ms" not in sent["context"]
 
 
 async def test_answers_are_sent_in_batches_within_the_flush_interval() -> None:

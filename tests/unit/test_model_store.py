@@ -1,4 +1,5 @@
-"""Model versions: publish, list, roll back, activate, refuse, prune; and the RPCs over them."""
+"""Model versions in local folders, the fleet's choice of model store; servers following
+CURRENT, and the RPCs over the versions."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ from typing import Any
 
 import grpc
 import pytest
+from pydantic import ValidationError
 
 from services.common.events import Event
+from services.common.settings import FleetSettings
 from services.gen.recofleet.retrieval.v1 import retrieval_pb2
+from services.ranking.domain import ranker_store, rankers_dir
+from services.ranking.settings import RankingSettings
 from services.retrieval.domain import Retriever
-from services.retrieval.model_store import LocalModelStore, NoPreviousVersion, UnknownVersion
+from services.retrieval.model_store import LocalModelStore, ModelStore, open_model_store
+from services.retrieval.s3_model_store import S3ModelStore, s3_client
 from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import SqlInteractionStore
@@ -24,7 +30,7 @@ SETTINGS = RetrievalSettings(factors=4, iterations=2)
 START = datetime(2026, 3, 1, tzinfo=UTC)
 
 
-def publish(models: LocalModelStore, n: int = 1) -> list[str]:
+def publish(models: ModelStore, n: int = 1) -> list[str]:
     """`n` versions holding nothing but their meta (the store never reads the files)."""
 
     def build(folder: Path) -> dict[str, Any]:
@@ -39,130 +45,81 @@ def models(tmp_path: Path) -> LocalModelStore:
     return LocalModelStore(tmp_path / "models", keep=5)
 
 
-def test_versions_are_listed_oldest_first(models: LocalModelStore) -> None:
-    published = publish(models, 3)
-
-    assert models.versions() == published == sorted(published)
-    assert len(set(published)) == 3
-    assert models.current() == published[-1]
-    assert models.meta(published[0])["version"] == published[0]
+# What any store does is in tests/conformance/test_model_store.py (local and S3); here is
+# what only the local folders do, and how the fleet's settings pick a store.
 
 
-def test_rollback_goes_to_the_version_before_then_the_one_before_that(
-    models: LocalModelStore,
-) -> None:
-    first, second, third = publish(models, 3)
-
-    assert models.previous(third) == second
-    assert models.rollback() == second
-    assert models.current() == second
-    assert models.rollback() == first
-    with pytest.raises(NoPreviousVersion, match="nothing to roll back to"):
-        models.rollback()
-    assert models.current() == first
-    # Nothing was deleted: the version rolled back from can be activated again.
-    assert models.versions() == [first, second, third]
-
-
-def test_rollback_with_nothing_published_is_refused(models: LocalModelStore) -> None:
-    with pytest.raises(NoPreviousVersion, match="no model version is current"):
-        models.rollback()
-    publish(models)
-    with pytest.raises(NoPreviousVersion):
-        models.rollback()
-
-
-def test_activate_makes_a_kept_version_current(models: LocalModelStore) -> None:
-    first, _, third = publish(models, 3)
-    models.rollback()
-
-    models.activate(third)
-    assert models.current() == third
-    models.activate(first)
-    assert models.current() == first
-    for unknown in ("20200101T000000000000Z", "../CURRENT", ""):
-        with pytest.raises(UnknownVersion):
-            models.activate(unknown)
-    assert models.current() == first
-
-
-def test_pruning_keeps_the_newest_and_never_the_current_or_previous(tmp_path: Path) -> None:
-    models = LocalModelStore(tmp_path / "models", keep=1)
-    published = publish(models, 4)
-
-    # keep=1, yet the version before the current stays: a rollback must have somewhere to go.
-    assert models.versions() == published[-2:]
-    assert models.rollback() == published[-2]
-
-
-def test_pruning_keeps_the_version_a_rollback_would_go_to_past_refused_ones(
-    tmp_path: Path,
-) -> None:
-    models = LocalModelStore(tmp_path / "models", keep=2)
-    first, second = publish(models, 2)
-    models.refuse(second, "could not be loaded: truncated")
-
-    third = publish(models)[0]
-
-    assert models.previous(third) == first
-    assert models.versions() == [first, second, third]
-    fourth = publish(models)[0]
-    # `second` was refused and is past keep: pruned, its refusal with it.
-    assert models.versions() == [third, fourth]
-    assert models.refused() == {}
-
-
-def test_a_refusal_is_recorded_kept_on_disk_and_skipped_by_rollback(
+def test_a_refusal_is_written_whole_to_refused_json(
     models: LocalModelStore, tmp_path: Path
 ) -> None:
-    first, second, third = publish(models, 3)
+    _, second = publish(models, 2)
 
     models.refuse(second, "could not be loaded: FileNotFoundError")
 
-    again = LocalModelStore(tmp_path / "models")
-    assert again.refused() == {second: "could not be loaded: FileNotFoundError"}
-    assert json.loads((tmp_path / "models" / "refused.json").read_text()) == again.refused()
-    assert again.previous(third) == first
-    assert again.rollback() == first
-    # Activating it on purpose asks servers to try it again.
-    again.activate(second)
-    assert again.refused() == {}
-
-
-def test_current_is_none_when_current_names_a_missing_folder(
-    models: LocalModelStore, tmp_path: Path
-) -> None:
-    publish(models)
-    (tmp_path / "models" / "CURRENT").write_text("20200101T000000000000Z")
-
-    assert models.current() is None
-    with pytest.raises(NoPreviousVersion):
-        models.rollback()
+    root = tmp_path / "models"
+    assert json.loads((root / "refused.json").read_text()) == models.refused()
+    assert not list(root.glob(".tmp-*"))  # written aside, then renamed over
 
 
 def test_a_half_built_version_is_not_listed(models: LocalModelStore, tmp_path: Path) -> None:
     published = publish(models)
-    (tmp_path / "models" / "versions" / ".build-x").mkdir()
-    (tmp_path / "models" / "versions" / "20990101T000000000000Z").mkdir()  # no meta.json
+    # A build writes its meta.json before its folder is renamed into place.
+    staging = tmp_path / "models" / "versions" / ".build-x"
+    staging.mkdir()
+    (staging / "meta.json").write_text("{}")
 
     assert models.versions() == published
+    assert models.current() == published[0]
 
 
-def test_versions_keep_increasing_when_the_clock_steps_back(
-    models: LocalModelStore, monkeypatch: pytest.MonkeyPatch
+def test_the_fleets_models_are_folders_in_the_data_dir_by_default(tmp_path: Path) -> None:
+    fleet = FleetSettings(data_dir=tmp_path)
+
+    models = open_model_store(fleet, "rankers/ltr", keep=2)
+    (version,) = publish(models)
+
+    assert isinstance(models, LocalModelStore)
+    assert (tmp_path / "models" / "rankers" / "ltr" / "versions" / version / "meta.json").is_file()
+    # The ranking server names its rankers by their folder, train-ranker by the fleet: one store.
+    by_folder = ranker_store(rankers_dir(fleet), "ltr", RankingSettings())
+    assert by_folder.current() == ranker_store(fleet, "ltr", RankingSettings()).current() == version
+
+
+def test_an_s3_store_without_a_bucket_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECOFLEET_MODEL_STORE_KIND", "s3")
+
+    with pytest.raises(ValidationError, match="needs RECOFLEET_MODEL_STORE_S3_BUCKET"):
+        FleetSettings()
+
+
+def test_the_s3_store_is_configured_by_recofleet_model_store_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    first = publish(models)[0]
+    for name, value in {
+        "RECOFLEET_DATA_DIR": str(tmp_path),
+        "RECOFLEET_MODEL_STORE_KIND": "s3",
+        "RECOFLEET_MODEL_STORE_S3_BUCKET": "shop-models",
+        "RECOFLEET_MODEL_STORE_S3_ENDPOINT": "http://minio.storage:9000",
+        "RECOFLEET_MODEL_STORE_S3_REGION": "eu-west-3",
+        "RECOFLEET_MODEL_STORE_S3_PREFIX": "/prod/",
+        # Credentials are boto3's own variables (a Secret in the chart); none is looked up
+        # from an instance's metadata here.
+        "AWS_ACCESS_KEY_ID": "minio-user",
+        "AWS_SECRET_ACCESS_KEY": "minio-password",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    fleet = FleetSettings()
 
-    class Past(datetime):
-        @classmethod
-        def now(cls, tz: Any = None) -> Any:
-            return datetime(2020, 1, 1, tzinfo=UTC)
+    models = open_model_store(fleet, "retrieval", keep=3)
 
-    monkeypatch.setattr("services.retrieval.model_store.datetime", Past)
-    second = publish(models)[0]
-
-    assert second > first
-    assert models.versions() == [first, second]
+    assert isinstance(models, S3ModelStore)
+    assert repr(models) == "S3ModelStore(s3://shop-models/prod/retrieval)"
+    client = s3_client("http://minio.storage:9000", "eu-west-3")
+    assert client.meta.endpoint_url == "http://minio.storage:9000"
+    assert client.meta.region_name == "eu-west-3"
+    assert client.meta.config.s3["addressing_style"] == "path"  # MinIO has no bucket hosts
+    assert fleet.model_cache_dir == tmp_path / "model-cache"
 
 
 # --- servers follow CURRENT, and the RPCs ----------------------------------------------------

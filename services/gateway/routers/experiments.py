@@ -335,6 +335,47 @@ class VariantReportOut(BaseModel):
     conversion_rate: EstimateOut
     revenue_per_member: EstimateOut
     differences: list[DifferenceOut] = Field(description="Against the control; none for it.")
+    refunded: float = Field(description="Attributed revenue refunds reversed (net of `revenue`).")
+    refund_rate: EstimateOut = Field(
+        description="Refunded attributed revenue / attributed revenue before refunds."
+    )
+    latency_impressions: int = Field(description="Impressions that carry a serving latency.")
+    latency_p50_ms: float | None = Field(
+        description="Serving latency's median over those impressions (nearest rank); null: none."
+    )
+    latency_p99_ms: float | None = Field(
+        description="Its 99th percentile (nearest rank); null: none."
+    )
+
+
+class GuardrailOut(BaseModel):
+    metric: str
+    variant: str = Field(description="The variant judged against the control.")
+    control: float | None = Field(description="The control's figure (ms for latency).")
+    treatment: float | None = Field(description="The variant's figure.")
+    relative: float | None = Field(description="Treatment / control - 1.")
+    difference: DifferenceOut | None = Field(
+        description="Rates: the difference with its interval and test; null for latency."
+    )
+    breached: bool
+    worse: Literal["lower", "higher"] = Field(description="Which way is worse.")
+    rule: str = Field(description="When it is breached, in words.")
+    note: str | None = Field(description="Why it could not be judged, if it could not.")
+
+    @classmethod
+    def of(cls, g: analytics_pb2.Guardrail) -> GuardrailOut:
+        return cls(
+            metric=g.metric,
+            variant=g.variant,
+            control=g.control if g.HasField("control") else None,
+            treatment=g.treatment if g.HasField("treatment") else None,
+            relative=g.relative if g.HasField("relative") else None,
+            difference=DifferenceOut.of(g.difference) if g.HasField("difference") else None,
+            breached=g.breached,
+            worse=g.worse,  # type: ignore[arg-type]
+            rule=g.rule,
+            note=g.note or None,
+        )
 
 
 class SampleRatioOut(BaseModel):
@@ -348,6 +389,9 @@ class ReportOut(BaseModel):
     experiment: ExperimentOut
     warnings: list[str] = Field(description="What to read first (a broken split, too few members).")
     variants: list[VariantReportOut]
+    guardrails: list[GuardrailOut] = Field(
+        description="Each of the experiment's guardrails for every non-control variant."
+    )
     sample_ratio: SampleRatioOut
     confidence: float
     as_of: datetime | None
@@ -369,10 +413,11 @@ async def experiment_report(
     clients: ClientsDep,
     confidence: Annotated[float, Query(gt=0.5, lt=1.0)] = 0.95,
 ) -> ReportOut:
-    """Members, impressions, CTR, add-to-cart and conversion rates and revenue per member per
-    variant, each with its interval; each variant against the control with the test named;
-    the sample-ratio check; revenue per member with CUPED (pre-experiment spend) beside the
-    raw figure."""
+    """Members, impressions, CTR, add-to-cart, conversion and refund rates and revenue per
+    member per variant, each with its interval, and its serving latency's p50 and p99; each
+    variant against the control with the test named; the sample-ratio check; revenue per
+    member with CUPED (pre-experiment spend) beside the raw figure; the experiment's
+    guardrails, a breached one also among the warnings."""
     request = ranking_pb2.GetExperimentRequest(experiment_id=experiment_id)
     experiment = await _call(clients.ranking.GetExperiment, request)
     asked = analytics_pb2.ExperimentReportRequest(
@@ -384,12 +429,14 @@ async def experiment_report(
         started_at=experiment.started_at,
         stopped_at=experiment.stopped_at,
         confidence=confidence,
+        guardrails=experiment.guardrails,
     )
     report = await _call(clients.analytics.GetExperimentReport, asked, "analytics")
     return ReportOut(
         experiment=ExperimentOut.of(experiment),
         warnings=list(report.warnings),
         variants=[_variant_report(v) for v in report.variants],
+        guardrails=[GuardrailOut.of(g) for g in report.guardrails],
         sample_ratio=SampleRatioOut(
             chi2=report.sample_ratio.chi2,
             p_value=report.sample_ratio.p_value,
@@ -416,6 +463,11 @@ def _variant_report(v: analytics_pb2.VariantFigures) -> VariantReportOut:
         conversion_rate=EstimateOut.of(v.conversion_rate),
         revenue_per_member=EstimateOut.of(v.revenue_per_member),
         differences=[DifferenceOut.of(d) for d in v.differences],
+        refunded=v.refunded,
+        refund_rate=EstimateOut.of(v.refund_rate),
+        latency_impressions=v.latency_impressions,
+        latency_p50_ms=v.latency_p50_ms if v.HasField("latency_p50_ms") else None,
+        latency_p99_ms=v.latency_p99_ms if v.HasField("latency_p99_ms") else None,
     )
 
 

@@ -191,6 +191,7 @@ class ExperimentReportRequest(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     STOPPED_AT_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
+    GUARDRAILS_FIELD_NUMBER: _builtins.int
     experiment_id: _builtins.str
     control: _builtins.str
     """The variant the others are compared with."""
@@ -204,6 +205,12 @@ class ExperimentReportRequest(_message.Message):
     """Of every interval and test; 0: 0.95."""
     @_builtins.property
     def variants(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReportVariant]: ...
+    @_builtins.property
+    def guardrails(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The experiment's guardrails to judge (latency_p99_ms, refund_rate, ctr,
+        add_to_cart_rate, conversion_rate); none asked, none reported.
+        """
+
     def __init__(
         self,
         *,
@@ -213,10 +220,11 @@ class ExperimentReportRequest(_message.Message):
         started_at: _builtins.str = ...,
         stopped_at: _builtins.str = ...,
         confidence: _builtins.float = ...,
+        guardrails: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "control", b"control", "experiment_id", b"experiment_id", "started_at", b"started_at", "stopped_at", b"stopped_at", "variants", b"variants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "control", b"control", "experiment_id", b"experiment_id", "guardrails", b"guardrails", "started_at", b"started_at", "stopped_at", b"stopped_at", "variants", b"variants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -335,6 +343,11 @@ class VariantFigures(_message.Message):
     CONVERSION_RATE_FIELD_NUMBER: _builtins.int
     REVENUE_PER_MEMBER_FIELD_NUMBER: _builtins.int
     DIFFERENCES_FIELD_NUMBER: _builtins.int
+    REFUNDED_FIELD_NUMBER: _builtins.int
+    REFUND_RATE_FIELD_NUMBER: _builtins.int
+    LATENCY_IMPRESSIONS_FIELD_NUMBER: _builtins.int
+    LATENCY_P50_MS_FIELD_NUMBER: _builtins.int
+    LATENCY_P99_MS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     members: _builtins.int
     """Members with at least one impression in the variant."""
@@ -344,6 +357,17 @@ class VariantFigures(_message.Message):
     purchases: _builtins.int
     revenue: _builtins.float
     """Attributed revenue, refunds deducted."""
+    refunded: _builtins.float
+    """Attributed revenue that refunds reversed (`revenue` is already net of it)."""
+    latency_impressions: _builtins.int
+    """Impressions of this variant that carry the gateway's serving latency (time from the
+    composer receiving the request to the answer); older impressions carry none.
+    """
+    latency_p50_ms: _builtins.float
+    """Nearest-rank percentiles of that latency over those impressions, in milliseconds;
+    unset when none carries one.
+    """
+    latency_p99_ms: _builtins.float
     @_builtins.property
     def ctr(self) -> Global___Estimate:
         """Clicks / impressions and carts / impressions (delta method over members)."""
@@ -362,6 +386,14 @@ class VariantFigures(_message.Message):
         conversion_rate, revenue_per_member, and revenue_per_member_cuped.
         """
 
+    @_builtins.property
+    def refund_rate(self) -> Global___Estimate:
+        """Refunded attributed revenue / attributed revenue before refunds, both summed over the
+        variant's members (delta method over members, as ctr). Members without attributed
+        revenue count in n but weigh nothing: a treatment that sells more is not flagged for
+        refunding more in total, only for refunding a larger share of what it sold.
+        """
+
     def __init__(
         self,
         *,
@@ -377,14 +409,114 @@ class VariantFigures(_message.Message):
         conversion_rate: Global___Estimate | None = ...,
         revenue_per_member: Global___Estimate | None = ...,
         differences: _abc.Iterable[Global___Difference] | None = ...,
+        refunded: _builtins.float = ...,
+        refund_rate: Global___Estimate | None = ...,
+        latency_impressions: _builtins.int = ...,
+        latency_p50_ms: _builtins.float | None = ...,
+        latency_p99_ms: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["add_to_cart_rate", b"add_to_cart_rate", "conversion_rate", b"conversion_rate", "ctr", b"ctr", "revenue_per_member", b"revenue_per_member"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_latency_p50_ms", b"_latency_p50_ms", "_latency_p99_ms", b"_latency_p99_ms", "add_to_cart_rate", b"add_to_cart_rate", "conversion_rate", b"conversion_rate", "ctr", b"ctr", "latency_p50_ms", b"latency_p50_ms", "latency_p99_ms", b"latency_p99_ms", "refund_rate", b"refund_rate", "revenue_per_member", b"revenue_per_member"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_to_cart_rate", b"add_to_cart_rate", "carts", b"carts", "clicks", b"clicks", "conversion_rate", b"conversion_rate", "ctr", b"ctr", "differences", b"differences", "impressions", b"impressions", "members", b"members", "name", b"name", "purchases", b"purchases", "revenue", b"revenue", "revenue_per_member", b"revenue_per_member"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_latency_p50_ms", b"_latency_p50_ms", "_latency_p99_ms", b"_latency_p99_ms", "add_to_cart_rate", b"add_to_cart_rate", "carts", b"carts", "clicks", b"clicks", "conversion_rate", b"conversion_rate", "ctr", b"ctr", "differences", b"differences", "impressions", b"impressions", "latency_impressions", b"latency_impressions", "latency_p50_ms", b"latency_p50_ms", "latency_p99_ms", b"latency_p99_ms", "members", b"members", "name", b"name", "purchases", b"purchases", "refund_rate", b"refund_rate", "refunded", b"refunded", "revenue", b"revenue", "revenue_per_member", b"revenue_per_member"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__latency_p50_ms: _TypeAlias = _typing.Literal["latency_p50_ms"]  # noqa: Y015
+    _WhichOneofArgType__latency_p50_ms: _TypeAlias = _typing.Literal["_latency_p50_ms", b"_latency_p50_ms"]  # noqa: Y015
+    _WhichOneofReturnType__latency_p99_ms: _TypeAlias = _typing.Literal["latency_p99_ms"]  # noqa: Y015
+    _WhichOneofArgType__latency_p99_ms: _TypeAlias = _typing.Literal["_latency_p99_ms", b"_latency_p99_ms"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__latency_p50_ms) -> _WhichOneofReturnType__latency_p50_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__latency_p99_ms) -> _WhichOneofReturnType__latency_p99_ms | None: ...
 
 Global___VariantFigures: _TypeAlias = VariantFigures  # noqa: Y015
+
+@_typing.final
+class Guardrail(_message.Message):
+    """One guardrail of the experiment for one non-control variant: whether the variant harms
+    a figure that must not get worse while the primary metric is being improved.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    CONTROL_FIELD_NUMBER: _builtins.int
+    TREATMENT_FIELD_NUMBER: _builtins.int
+    RELATIVE_FIELD_NUMBER: _builtins.int
+    DIFFERENCE_FIELD_NUMBER: _builtins.int
+    BREACHED_FIELD_NUMBER: _builtins.int
+    WORSE_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    TOLERANCE_FIELD_NUMBER: _builtins.int
+    metric: _builtins.str
+    """latency_p99_ms, refund_rate, ctr, add_to_cart_rate or conversion_rate."""
+    variant: _builtins.str
+    """The variant judged against the control."""
+    control: _builtins.float
+    """The control's and the variant's figures (ms for latency_p99_ms, a rate otherwise);
+    unset when there is none (no latency recorded, no members).
+    """
+    treatment: _builtins.float
+    relative: _builtins.float
+    """treatment / control - 1; unset when either is unset or the control's is 0."""
+    breached: _builtins.bool
+    """Rates: the interval lies wholly on the worse side (significant and worse); latency:
+    the variant's p99 exceeds the control's by more than the tolerance.
+    """
+    worse: _builtins.str
+    """"lower" (ctr, add_to_cart_rate, conversion_rate) or "higher" (refund_rate,
+    latency_p99_ms): which way is worse.
+    """
+    rule: _builtins.str
+    """The breach rule, in words."""
+    note: _builtins.str
+    """Why it could not be judged (no latency recorded, an empty variant), if it could not."""
+    tolerance: _builtins.float
+    """latency_p99_ms only: the share by which the variant's p99 may exceed the control's
+    (RECOFLEET_ANALYTICS_LATENCY_GUARDRAIL_TOLERANCE, 0.2 by default).
+    """
+    @_builtins.property
+    def difference(self) -> Global___Difference:
+        """Rates only: the difference with its interval and test at the report's confidence."""
+
+    def __init__(
+        self,
+        *,
+        metric: _builtins.str = ...,
+        variant: _builtins.str = ...,
+        control: _builtins.float | None = ...,
+        treatment: _builtins.float | None = ...,
+        relative: _builtins.float | None = ...,
+        difference: Global___Difference | None = ...,
+        breached: _builtins.bool = ...,
+        worse: _builtins.str = ...,
+        rule: _builtins.str = ...,
+        note: _builtins.str = ...,
+        tolerance: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_control", b"_control", "_relative", b"_relative", "_tolerance", b"_tolerance", "_treatment", b"_treatment", "control", b"control", "difference", b"difference", "relative", b"relative", "tolerance", b"tolerance", "treatment", b"treatment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_control", b"_control", "_relative", b"_relative", "_tolerance", b"_tolerance", "_treatment", b"_treatment", "breached", b"breached", "control", b"control", "difference", b"difference", "metric", b"metric", "note", b"note", "relative", b"relative", "rule", b"rule", "tolerance", b"tolerance", "treatment", b"treatment", "variant", b"variant", "worse", b"worse"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__control: _TypeAlias = _typing.Literal["control"]  # noqa: Y015
+    _WhichOneofArgType__control: _TypeAlias = _typing.Literal["_control", b"_control"]  # noqa: Y015
+    _WhichOneofReturnType__relative: _TypeAlias = _typing.Literal["relative"]  # noqa: Y015
+    _WhichOneofArgType__relative: _TypeAlias = _typing.Literal["_relative", b"_relative"]  # noqa: Y015
+    _WhichOneofReturnType__tolerance: _TypeAlias = _typing.Literal["tolerance"]  # noqa: Y015
+    _WhichOneofArgType__tolerance: _TypeAlias = _typing.Literal["_tolerance", b"_tolerance"]  # noqa: Y015
+    _WhichOneofReturnType__treatment: _TypeAlias = _typing.Literal["treatment"]  # noqa: Y015
+    _WhichOneofArgType__treatment: _TypeAlias = _typing.Literal["_treatment", b"_treatment"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__control) -> _WhichOneofReturnType__control | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__relative) -> _WhichOneofReturnType__relative | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tolerance) -> _WhichOneofReturnType__tolerance | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__treatment) -> _WhichOneofReturnType__treatment | None: ...
+
+Global___Guardrail: _TypeAlias = Guardrail  # noqa: Y015
 
 @_typing.final
 class SampleRatio(_message.Message):
@@ -451,6 +583,7 @@ class ExperimentReport(_message.Message):
     WARNINGS_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
     ATTRIBUTION_FIELD_NUMBER: _builtins.int
+    GUARDRAILS_FIELD_NUMBER: _builtins.int
     experiment_id: _builtins.str
     confidence: _builtins.float
     as_of: _builtins.str
@@ -465,6 +598,12 @@ class ExperimentReport(_message.Message):
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Plain warnings a reader must see first (a broken split, too few members...)."""
 
+    @_builtins.property
+    def guardrails(self) -> _containers.RepeatedCompositeFieldContainer[Global___Guardrail]:
+        """The guardrails asked, each for every non-control variant, in the order asked; a
+        breached one also has a warning.
+        """
+
     def __init__(
         self,
         *,
@@ -475,10 +614,11 @@ class ExperimentReport(_message.Message):
         warnings: _abc.Iterable[_builtins.str] | None = ...,
         as_of: _builtins.str = ...,
         attribution: _builtins.str = ...,
+        guardrails: _abc.Iterable[Global___Guardrail] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sample_ratio", b"sample_ratio"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "attribution", b"attribution", "confidence", b"confidence", "experiment_id", b"experiment_id", "sample_ratio", b"sample_ratio", "variants", b"variants", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "attribution", b"attribution", "confidence", b"confidence", "experiment_id", b"experiment_id", "guardrails", b"guardrails", "sample_ratio", b"sample_ratio", "variants", b"variants", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
