@@ -207,3 +207,22 @@ async def test_campaigns_need_the_campaigns_scope(fleet: Fleet) -> None:
 
     assert refused.status_code == 403 and "campaigns:write" in refused.json()["detail"]
     assert allowed.status_code == 200
+
+
+async def test_figures_that_cannot_be_computed_are_null_and_the_confidence_is_bounded(
+    fleet: Fleet,
+) -> None:
+    fleet.shop.add("m-1", **{"days_since_purchase.garden": 3.0})
+    cid = (await fleet.create(SEASONAL))["campaign_id"]
+    one = analytics_pb2.Estimate(value=10.0, low=float("nan"), high=float("inf"), n=1)
+    fleet.outcomes.answer = analytics_pb2.CampaignOutcomes(
+        groups=[analytics_pb2.CampaignGroup(group="treatment", members=1, revenue_per_member=one)]
+    )
+
+    reply = await fleet.http.get(f"/v1/campaigns/{cid}/report")
+    sure = await fleet.http.get(f"/v1/campaigns/{cid}/report", params={"confidence": 0.9999})
+
+    [treatment] = reply.json()["groups"]
+    assert reply.status_code == 200
+    assert treatment["revenue_per_member"] == {"value": 10.0, "low": None, "high": None, "n": 1}
+    assert sure.status_code == 422

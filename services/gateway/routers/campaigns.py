@@ -9,6 +9,7 @@ the report with analytics. The gateway checks the key and shapes the answers
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -102,14 +103,20 @@ class AudienceOut(BaseModel):
 
 
 class FigureOut(BaseModel):
-    value: float
-    low: float
-    high: float
+    value: float | None = Field(description="null when it cannot be computed (no members).")
+    low: float | None = Field(description="null when too few members give no interval.")
+    high: float | None
     n: int
 
     @classmethod
     def of(cls, f: campaigns_pb2.Figure) -> FigureOut:
-        return cls(value=f.value, low=f.low, high=f.high, n=f.n)
+        return cls(value=finite(f.value), low=finite(f.low), high=finite(f.high), n=f.n)
+
+
+def finite(value: float) -> float | None:
+    """A figure as JSON can carry it: NaN and infinities (an interval of one member) are
+    null, never a number they are not."""
+    return value if math.isfinite(value) else None
 
 
 class GroupOut(BaseModel):
@@ -134,10 +141,10 @@ class ReportOut(BaseModel):
     cost: float
     groups: list[GroupOut]
     conversion_uplift: FigureOut = Field(description="Treatment minus control, with its interval.")
-    conversion_p_value: float
+    conversion_p_value: float | None
     revenue_per_member_uplift: FigureOut
-    revenue_p_value: float
-    incremental_revenue: float
+    revenue_p_value: float | None
+    incremental_revenue: float | None
     roi: float | None = Field(description="(incremental revenue - cost) / cost.")
     method: str
     confidence: float
@@ -164,16 +171,16 @@ class ReportOut(BaseModel):
                     converters=g.converters,
                     conversion_rate=FigureOut.of(g.conversion_rate),
                     revenue_per_member=FigureOut.of(g.revenue_per_member),
-                    revenue=g.revenue,
+                    revenue=finite(g.revenue) or 0.0,
                 )
                 for g in r.groups
             ],
             conversion_uplift=FigureOut.of(r.conversion_uplift),
-            conversion_p_value=r.conversion_p_value,
+            conversion_p_value=finite(r.conversion_p_value),
             revenue_per_member_uplift=FigureOut.of(r.revenue_per_member_uplift),
-            revenue_p_value=r.revenue_p_value,
-            incremental_revenue=r.incremental_revenue,
-            roi=r.roi if r.HasField("roi") else None,
+            revenue_p_value=finite(r.revenue_p_value),
+            incremental_revenue=finite(r.incremental_revenue),
+            roi=finite(r.roi) if r.HasField("roi") else None,
             method=r.method,
             confidence=r.confidence,
             warnings=list(r.warnings),
@@ -440,7 +447,7 @@ def _refusal(exc: grpc.aio.AioRpcError) -> HTTPException:
 async def get_report(
     campaign_id: CampaignId,
     clients: ClientsDep,
-    confidence: Annotated[float, Query(gt=0.5, lt=1)] = 0.95,
+    confidence: Annotated[float, Query(ge=0.5, le=0.999)] = 0.95,
 ) -> ReportOut:
     request = campaigns_pb2.CampaignReportRequest(campaign_id=campaign_id, confidence=confidence)
     return ReportOut.of(await _call(clients.campaigns.GetCampaignReport, request))
