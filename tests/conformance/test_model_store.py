@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-from services.common.events import Event
 from services.retrieval import server
 from services.retrieval.domain import Retriever
 from services.retrieval.model_store import (
@@ -33,6 +32,7 @@ from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import SqlInteractionStore
 from services.retrieval.training import train
 from tests.tcp_proxy import TcpProxy
+from tests.unit.test_model_store import shop_events
 
 from .conftest import S3_BUCKET, ModelStorage
 
@@ -61,23 +61,6 @@ def files_in(folder: Path) -> dict[str, bytes]:
         for p in folder.rglob("*")
         if p.is_file() and p.name != META
     }
-
-
-def shop_events() -> list[Event]:
-    start = datetime(2026, 3, 1, tzinfo=UTC)
-    return [
-        Event.model_validate(
-            {
-                "event_id": f"e-{member}-{item}",
-                "type": "view",
-                "member_id": f"m-{member}",
-                "item_id": f"sku-{(member + item) % 12}",
-                "timestamp": start + timedelta(minutes=member * 10 + item),
-            }
-        )
-        for member in range(12)
-        for item in range(4)
-    ]
 
 
 @pytest.fixture

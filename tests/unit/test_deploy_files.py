@@ -8,7 +8,6 @@ hadolint and checked for the shape of the image; every module their commands nam
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -24,22 +23,13 @@ import yaml
 
 from services.common.migrations import SERVICES as STORES
 from services.common.settings import FleetSettings
+from tests.unit.test_chart import runnable
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
 SERVICES = ("ingestion", "profiles", "retrieval", "ranking", "campaigns", "analytics")
 SECRETS = ("RECOFLEET_PII_SECRET", "RECOFLEET_ADMIN_KEY", "POSTGRES_PASSWORD")
-
-
-def runnable(module: str) -> bool:
-    """Whether `python -m module` finds something to run (a package needs a __main__)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None:
-        return False
-    if spec.submodule_search_locations is not None:
-        return importlib.util.find_spec(f"{module}.__main__") is not None
-    return True
 
 
 def cli_command_exists(command: str) -> bool:
