@@ -19,6 +19,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from services.campaigns.offers import in_control
+from services.campaigns.templates import TEMPLATES
 from services.common.settings import FleetSettings
 from services.gateway.access_keys import SqlAccessKeyStore, create_key
 
@@ -26,6 +28,15 @@ SERVICES = ("ingestion", "profiles", "retrieval", "ranking", "campaigns", "analy
 SEGMENT_WRITE_KEY = "wk-integration-tests"
 # RECOFLEET_ADMIN_KEY of every test fleet: what its clients send unless a test says otherwise.
 ADMIN_KEY = "integration-tests-admin-key-0123456789abcdef"
+
+
+def welcomed(prefix: str) -> str:
+    """A new member id outside the welcome campaign's control group (a tenth of members, by
+    hash): the welcome offer is theirs, as for nine new members in ten."""
+    held_out = TEMPLATES["welcome"].defaults["control_share"]
+    while in_control(found := f"{prefix}-{uuid.uuid4().hex[:12]}", "welcome", held_out):
+        continue
+    return found
 
 
 def free_port() -> int:

@@ -17,8 +17,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from services.campaigns.offers import in_control
-from tests.integration.conftest import RunningFleet, cli, free_port, wait_ready
+from tests.integration.conftest import RunningFleet, cli, free_port, wait_ready, welcomed
 
 T = TypeVar("T")
 SEASONAL = {
@@ -191,12 +190,7 @@ def test_no_member_gets_past_a_cap_from_two_gateways_at_once(
 def test_the_welcome_offer_greets_a_new_visitor_in_its_settings_words(
     fleet: RunningFleet,
 ) -> None:
-    # A visitor outside the welcome campaign's control group (a tenth of visitors, by hash).
-    visitor = next(
-        v
-        for v in (f"visitor-{uuid.uuid4().hex[:8]}" for _ in range(100))
-        if not in_control(v, "welcome", 0.1)
-    )
+    visitor = welcomed("visitor")
     with fleet.client() as shop:
         reply = shop.get(f"/v1/members/{visitor}/offers", params={"channel": "web"})
 

@@ -12,7 +12,7 @@ import pytest
 from services.common.events import CatalogItem, Event
 from services.datasets.online_retail import load_jsonl_gz
 from services.loading import SAMPLE_DIR
-from tests.integration.conftest import RunningFleet
+from tests.integration.conftest import RunningFleet, welcomed
 
 pytestmark = pytest.mark.integration
 
@@ -149,7 +149,7 @@ def test_similar_items_profile_404_offers_and_catalog(fleet: RunningFleet):
         similar = http.get(f"/v1/items/{item}/similar", params={"limit": 5}).json()
         assert len(similar["items"]) == 5 and item not in {i["item_id"] for i in similar["items"]}
         assert http.get(f"/v1/members/nobody-{uuid.uuid4()}/profile").status_code == 404
-        offers = http.get(f"/v1/members/new-{uuid.uuid4()}/offers").json()["offers"]
+        offers = http.get(f"/v1/members/{welcomed('new')}/offers").json()["offers"]
         assert [o["campaign_id"] for o in offers] == ["welcome"]
 
         # An item marked out of stock stops being recommended as similar.

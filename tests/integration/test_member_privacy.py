@@ -14,14 +14,15 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from tests.integration.conftest import POSTGRES_URL, SEGMENT_WRITE_KEY, RunningFleet
+from tests.integration.conftest import POSTGRES_URL, SEGMENT_WRITE_KEY, RunningFleet, welcomed
 from tests.integration.test_fleet import bestsellers_by_category, poll
 
 pytestmark = pytest.mark.integration
 
 
 def member() -> str:
-    return f"it-{uuid.uuid4().hex[:12]}"
+    """A new member to whom the welcome offer goes until they withdraw consent."""
+    return welcomed("it")
 
 
 def send(http: httpx.Client, *events: dict[str, Any]) -> None:
