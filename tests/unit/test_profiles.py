@@ -81,11 +81,11 @@ def test_views_cart_and_purchase_make_rfm(store: SqlProfileStore) -> None:
     assert store.apply_events(_shopping_trip()) == 4
 
     profile = _get(store)
-    rfm = profile.rfm(datetime.now(UTC))
+    rfm = profile.rfm(NOW)
     assert rfm.frequency == 1
     assert rfm.monetary == 42.5
     assert rfm.recency_days is not None
-    assert 0.03 <= rfm.recency_days <= 0.05  # one hour ago
+    assert rfm.recency_days == pytest.approx(1 / 24, abs=0.005)  # one hour before NOW
     assert profile.events == 4
     assert profile.first_seen == NOW - timedelta(hours=3)
     assert profile.last_seen == NOW - timedelta(hours=1)
