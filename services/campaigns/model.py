@@ -110,6 +110,13 @@ class OfferTerms(_Strict):
     def _tier_codes(self) -> bool:
         return bool(self.tiers) and all(t.coupon_code for t in self.tiers)
 
+    def discount(self, tier: Tier | None = None) -> tuple[float | None, float | None]:
+        """The percentage and the amount off (one of them None) of the tier, or of the
+        offer itself without one."""
+        if tier is not None:
+            return tier.discount_percent, tier.discount_amount
+        return self.discount_percent, self.discount_amount
+
     def tier_for(self, m_score: int | None, spend: float) -> Tier | None:
         """The most generous tier the member reached; None below every tier (no offer)."""
         reached = [t for t in self.tiers if t.reached(m_score, spend)]
@@ -275,8 +282,7 @@ class CampaignDefinition(_Strict):
 
 
 def discount_words(offer: OfferTerms, tier: Tier | None = None) -> str:
-    percent = tier.discount_percent if tier else offer.discount_percent
-    amount = tier.discount_amount if tier else offer.discount_amount
+    percent, amount = offer.discount(tier)
     return f"{percent:g}% off" if percent is not None else f"{amount:g} off"
 
 

@@ -59,10 +59,8 @@ class Draft:
 
     def rank(self) -> tuple[int, float, float]:
         """Best first: priority, then the larger percentage, then the larger amount."""
-        offer, tier = self.definition.offer, self.tier
-        percent = (tier.discount_percent if tier else offer.discount_percent) or 0.0
-        amount = (tier.discount_amount if tier else offer.discount_amount) or 0.0
-        return (-self.definition.priority, -percent, -amount)
+        percent, amount = self.definition.offer.discount(self.tier)
+        return (-self.definition.priority, -(percent or 0.0), -(amount or 0.0))
 
 
 @dataclass
@@ -213,9 +211,7 @@ def expires_at(definition: CampaignDefinition, now: datetime) -> datetime | None
 
 def discount_cost(definition: CampaignDefinition, tier: Tier | None, order_value: float) -> float:
     """What the discount took off an order of `order_value`."""
-    offer = definition.offer
-    percent = tier.discount_percent if tier else offer.discount_percent
-    amount = tier.discount_amount if tier else offer.discount_amount
+    percent, amount = definition.offer.discount(tier)
     if percent is not None:
         return round(order_value * percent / 100, 2)
     return round(min(amount or 0.0, order_value), 2)

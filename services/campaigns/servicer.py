@@ -247,13 +247,11 @@ def row_proto(given: Given, channel: str, send_after: datetime | None) -> campai
 
 
 def _percent(given: Given) -> float:
-    tier, offer = given.tier, given.definition.offer
-    return (tier.discount_percent if tier else offer.discount_percent) or 0.0
+    return given.definition.offer.discount(given.tier)[0] or 0.0
 
 
 def _amount(given: Given) -> float:
-    tier, offer = given.tier, given.definition.offer
-    return (tier.discount_amount if tier else offer.discount_amount) or 0.0
+    return given.definition.offer.discount(given.tier)[1] or 0.0
 
 
 def _ts(value: datetime) -> Timestamp:
