@@ -29,9 +29,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from services.campaigns import cli as campaigns_cli
 from services.common import dead_letters
 from services.common.bus import BusError, open_bus
-from services.common.grpc_server import configure_logging
 from services.common.migrations import OutdatedSchema
 from services.common.settings import FleetSettings
+from services.common.telemetry import configure_logging
 from services.evaluation import cli as evaluation_cli
 from services.evaluation import simulate as simulation
 from services.evaluation.bus_data import bus_events

@@ -13,11 +13,12 @@ from services.analytics.servicer import AnalyticsServicer
 from services.analytics.settings import AnalyticsSettings
 from services.analytics.store import SqlAnalyticsStore
 from services.common.bus import open_bus
-from services.common.grpc_server import configure_logging, serve
+from services.common.grpc_server import serve
 from services.common.migrations import OutdatedSchema
 from services.common.pii import pii_secret
 from services.common.pruning import keep_processed_pruned
 from services.common.settings import FleetSettings
+from services.common.telemetry import configure_telemetry
 from services.gen.recofleet.analytics.v1 import analytics_pb2_grpc
 
 SERVICE_NAME = "recofleet.analytics.v1.AnalyticsService"
@@ -62,5 +63,5 @@ async def run(fleet: FleetSettings, settings: AnalyticsSettings) -> None:
 
 def main() -> None:
     fleet = FleetSettings()
-    configure_logging(fleet.log_level)
+    configure_telemetry("analytics", fleet)
     asyncio.run(run(fleet, AnalyticsSettings()))

@@ -31,9 +31,10 @@ from services.common.bus import (
     open_bus,
 )
 from services.common.consuming import BusWorker, DeadLetter, decode
-from services.common.grpc_server import configure_logging, serve
+from services.common.grpc_server import open_channel, serve
 from services.common.pii import pii_secret
 from services.common.settings import FleetSettings
+from services.common.telemetry import configure_telemetry
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2_grpc
 
 SERVICE_NAME = "recofleet.campaigns.v1.CampaignsService"
@@ -81,8 +82,8 @@ async def run(fleet: FleetSettings, settings: CampaignsSettings) -> None:
     url = settings.database_url or fleet.sqlite_url("campaigns")
     catalog = SqlCatalogStore.from_url(url)
     store = SqlCampaignStore.from_url(url, pii_secret(fleet))
-    profiles = grpc.aio.insecure_channel(fleet.profiles_addr)
-    analytics = grpc.aio.insecure_channel(fleet.analytics_addr)
+    profiles = open_channel(fleet.profiles_addr)
+    analytics = open_channel(fleet.analytics_addr)
     desk = CampaignDesk(
         store,
         ProfilesPortraits(profiles, settings.profiles_deadline_s),
@@ -136,5 +137,5 @@ async def run(fleet: FleetSettings, settings: CampaignsSettings) -> None:
 
 def main() -> None:
     fleet = FleetSettings()
-    configure_logging(fleet.log_level)
+    configure_telemetry("campaigns", fleet)
     asyncio.run(run(fleet, CampaignsSettings()))

@@ -17,6 +17,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common.metrics import MeteredCalls, serve_metrics
+from services.common.telemetry import (
+    client_interceptors,
+    server_interceptors,
+    shutdown_telemetry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,13 @@ MESSAGE_OPTIONS = [
 ]
 
 
+def open_channel(address: str) -> grpc.aio.Channel:
+    """A channel from one service to another: large messages, and traced when asked."""
+    return grpc.aio.insecure_channel(
+        address, options=MESSAGE_OPTIONS, interceptors=client_interceptors()
+    )
+
+
 async def serve(
     *,
     service_name: str,
@@ -76,7 +88,8 @@ async def serve(
     """Run until SIGTERM or SIGINT, then stop accepting calls and finish those in flight.
     With a `metrics_offset`, Prometheus metrics are served on the gRPC port plus it."""
     server = grpc.aio.server(
-        options=[("grpc.so_reuseport", 0), *MESSAGE_OPTIONS], interceptors=[MeteredCalls()]
+        options=[("grpc.so_reuseport", 0), *MESSAGE_OPTIONS],
+        interceptors=[*server_interceptors(), MeteredCalls()],
     )
     register(server)
     reporter = HealthReporter(service_name, probe)
@@ -99,6 +112,7 @@ async def serve(
     await server.stop(grace_s)
     if on_stop:
         await on_stop()
+    shutdown_telemetry()
     log.info("%s stopped", service_name)
 
 
@@ -125,10 +139,3 @@ def tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )

@@ -40,6 +40,22 @@ class FleetSettings(BaseSettings):
         "Longer than bus_retention_hours, so that every redelivery is still recognised.",
     )
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="`json`: one JSON object per log line, with the trace, span and "
+        "recommendation ids (docs/observability.md); `text`: plain lines.",
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/gRPC collector receiving the fleet's traces (e.g. "
+        "`http://otel-collector:4317`); unset: no tracing.",
+    )
+    trace_sample_ratio: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of new traces kept; a call inside a kept trace is always kept.",
+    )
     pii_secret: SecretStr | None = Field(
         default=None,
         description="Key of the hashes that replace emails and phone numbers (16+ characters).",

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.pii import PiiScrubber, pii_secret
 from services.common.settings import FleetSettings
+from services.common.telemetry import instrument_gateway
 from services.gateway.access_keys import AccessKeyStore, open_key_store, seed_env_key
 from services.gateway.auth import KeyVerifier, document_scopes, route_scopes
 from services.gateway.clients import FleetClients
@@ -111,6 +112,7 @@ def create_app(
     app.include_router(rules.router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(Measured)
+    instrument_gateway(app)
     app.openapi = _completed(app, app.openapi, settings)  # type: ignore[method-assign]
     return app
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.grpc_server import MESSAGE_OPTIONS
+from services.common.grpc_server import open_channel
 from services.common.settings import FleetSettings
 from services.gen.recofleet.analytics.v1 import analytics_pb2_grpc
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2_grpc
@@ -40,10 +40,7 @@ class FleetClients:
             "campaigns": fleet.campaigns_addr,
             "analytics": fleet.analytics_addr,
         }
-        channels = {
-            name: grpc.aio.insecure_channel(addr, options=MESSAGE_OPTIONS)
-            for name, addr in addresses.items()
-        }
+        channels = {name: open_channel(addr) for name, addr in addresses.items()}
         return cls(
             channels=channels,
             ingestion=ingestion_pb2_grpc.IngestionServiceStub(channels["ingestion"]),

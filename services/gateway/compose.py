@@ -24,6 +24,7 @@ import grpc
 from prometheus_client import Counter
 
 from services.common.candidates import reason_for
+from services.common.telemetry import recommendation_context
 from services.gateway.clients import FleetClients
 from services.gateway.resilience import Breaker, Budget, InFlight, Probe, health_probe
 from services.gateway.settings import GatewaySettings
@@ -120,6 +121,7 @@ class Asked:
     exclude: list[str]
     # When the composer received the request (time.monotonic), for the answer's latency.
     received_at: float = field(default_factory=time.monotonic)
+    recommendation_id: str = field(default_factory=lambda: f"r-{uuid.uuid4()}")
 
     def answer(
         self,
@@ -130,7 +132,7 @@ class Asked:
         ranked: Ranked | None = None,
     ) -> Recommendation:
         return Recommendation(
-            recommendation_id=f"r-{uuid.uuid4()}",
+            recommendation_id=self.recommendation_id,
             member_id=self.member_id,
             placement=self.placement,
             items=items,
@@ -240,7 +242,7 @@ class Composer:
         asked = Asked(member_id, placement, limit, context_item, exclude)
         if self.in_flight.full:
             return self._overloaded(asked)
-        with self.in_flight:
+        with self.in_flight, recommendation_context(asked.recommendation_id):
             return await self._recommend(asked)
 
     async def _recommend(self, asked: Asked) -> Recommendation:
@@ -278,6 +280,14 @@ class Composer:
         return self._told(answer, ruled.candidates)
 
     def _told(self, answer: Recommendation, candidates: Candidates = ()) -> Recommendation:
+        log.debug(
+            "answered %s at %s: %d items by %s, degraded: %s",
+            answer.member_id,
+            answer.placement,
+            len(answer.items),
+            answer.model,
+            ",".join(answer.degraded_services) or "no",
+        )
         if self.shown is not None:
             wanted = {item.item_id for item in answer.items}
             sources = {c.item_id: c.sources for c in candidates if c.item_id in wanted}
@@ -314,7 +324,7 @@ class Composer:
         asked = Asked("", "product", limit, item_id, [item_id])
         if self.in_flight.full:
             return self._overloaded(asked)
-        with self.in_flight:
+        with self.in_flight, recommendation_context(asked.recommendation_id):
             return await self._similar(asked)
 
     async def _similar(self, asked: Asked) -> Recommendation:

@@ -6,19 +6,21 @@ from typing import Any
 
 import uvicorn
 
-from services.common.grpc_server import configure_logging, tune_gc
+from services.common.grpc_server import tune_gc
 from services.common.settings import FleetSettings
+from services.common.telemetry import configure_telemetry, shutdown_telemetry
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 
 
 def main() -> None:
     fleet = FleetSettings()
-    configure_logging(fleet.log_level)
+    configure_telemetry("gateway", fleet)
     settings = GatewaySettings()
     app = create_app(fleet, settings)
     tune_gc()
     uvicorn.run(app, **server_options(fleet, settings))
+    shutdown_telemetry()
 
 
 # uvicorn's event loop and HTTP parser, in C (the benchmark's ceiling app uses them too).
@@ -35,6 +37,8 @@ def server_options(fleet: FleetSettings, settings: GatewaySettings) -> dict[str,
         "port": fleet.gateway_port,
         "log_level": fleet.log_level.lower(),
         "access_log": False,
+        # uvicorn's own logging setup would print its lines past the fleet's (JSON) format.
+        "log_config": None,
         "timeout_graceful_shutdown": 5,
         "proxy_headers": bool(proxies),
         "forwarded_allow_ips": proxies,

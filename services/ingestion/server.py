@@ -7,8 +7,9 @@ import asyncio
 import grpc
 
 from services.common.bus import open_bus
-from services.common.grpc_server import configure_logging, serve
+from services.common.grpc_server import serve
 from services.common.settings import FleetSettings
+from services.common.telemetry import configure_telemetry
 from services.gen.recofleet.ingestion.v1 import ingestion_pb2_grpc
 from services.ingestion.domain import open_ingestor
 from services.ingestion.servicer import IngestionServicer
@@ -39,5 +40,5 @@ async def run(fleet: FleetSettings, settings: IngestionSettings) -> None:
 
 def main() -> None:
     fleet = FleetSettings()
-    configure_logging(fleet.log_level)
+    configure_telemetry("ingestion", fleet)
     asyncio.run(run(fleet, IngestionSettings()))

@@ -19,11 +19,12 @@ from services.common.bus import (
 )
 from services.common.clock import Clock
 from services.common.consuming import BusWorker, DeadLetter, decode
-from services.common.grpc_server import configure_logging, serve
+from services.common.grpc_server import serve
 from services.common.migrations import OutdatedSchema
 from services.common.pii import pii_secret
 from services.common.pruning import keep_processed_pruned
 from services.common.settings import FleetSettings
+from services.common.telemetry import configure_telemetry
 from services.gen.recofleet.profiles.v1 import profiles_pb2_grpc
 from services.profiles.portrait import Portraitist
 from services.profiles.scoring import ScoreSchedule
@@ -117,5 +118,5 @@ async def run(fleet: FleetSettings, settings: ProfilesSettings) -> None:
 
 def main() -> None:
     fleet = FleetSettings()
-    configure_logging(fleet.log_level)
+    configure_telemetry("profiles", fleet)
     asyncio.run(run(fleet, ProfilesSettings()))

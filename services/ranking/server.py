@@ -14,8 +14,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from services.common.bus import EVENTS_TOPIC, BusError, EventBus, Record, open_bus
 from services.common.consuming import BusWorker, DeadLetter, decode
-from services.common.grpc_server import configure_logging, serve
+from services.common.grpc_server import serve
 from services.common.settings import FleetSettings
+from services.common.telemetry import configure_telemetry
 from services.gen.recofleet.ranking.v1 import ranking_pb2_grpc
 from services.ranking.domain import RankerBook, ranker_store
 from services.ranking.features import ItemFeatureState
@@ -109,5 +110,5 @@ async def run(fleet: FleetSettings, settings: RankingSettings) -> None:
 
 def main() -> None:
     fleet = FleetSettings()
-    configure_logging(fleet.log_level)
+    configure_telemetry("ranking", fleet)
     asyncio.run(run(fleet, RankingSettings()))

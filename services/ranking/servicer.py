@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import NoReturn, TypeVar
@@ -22,6 +23,7 @@ from services.ranking.settings import Diversity
 from services.ranking.store import StaleExperiment
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 # Domain refusals -> the status the caller gets (the message is the domain's).
 STATUS: dict[type[Exception], grpc.StatusCode] = {
     UnknownRanker: grpc.StatusCode.NOT_FOUND,
@@ -58,6 +60,13 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
             ranked = arrange(ranked, arrangement, limit, _diversify(spread))
         elif spread:
             ranked = capped(ranked, limit, spread.max_per_category)
+        log.debug(
+            "ranked %d of %d candidates at %s with %s",
+            len(ranked),
+            len(request.candidates),
+            request.placement,
+            choice.label,
+        )
         return ranking_pb2.RankResponse(
             model=choice.label,
             variant=choice.variant,

@@ -20,10 +20,11 @@ from services.common.bus import (
 )
 from services.common.consuming import BusWorker, DeadLetter, decode
 from services.common.events import AnyEvent
-from services.common.grpc_server import configure_logging, serve
+from services.common.grpc_server import serve
 from services.common.members import Erase, Link
 from services.common.pii import pii_secret
 from services.common.settings import FleetSettings
+from services.common.telemetry import configure_telemetry
 from services.gen.recofleet.retrieval.v1 import retrieval_pb2_grpc
 from services.retrieval.domain import Retriever
 from services.retrieval.model_store import ModelStore, ModelStoreUnavailable, open_model_store
@@ -147,5 +148,5 @@ async def run(fleet: FleetSettings, settings: RetrievalSettings) -> None:
 
 def main() -> None:
     fleet = FleetSettings()
-    configure_logging(fleet.log_level)
+    configure_telemetry("retrieval", fleet)
     asyncio.run(run(fleet, RetrievalSettings()))

@@ -333,6 +333,8 @@ def test_inconsistent_values_are_refused(chart: helm.Chart, setting: str, named:
         ("ranking.probes.liveness.type=http", "/ranking/probes/liveness/type"),
         ("gateway.port=80", "/gateway/port"),
         ("ingestion.resources.requests.cpu=lots", "/ingestion/resources/requests/cpu"),
+        ("fleet.logFormat=xml", "/fleet/logFormat"),
+        ("tracing.otlpEndpoint=collector:4317", "/tracing/otlpEndpoint"),
     ],
 )
 def test_schema_refuses_wrong_values_at_install(chart: helm.Chart, setting: str, path: str) -> None:
@@ -579,6 +581,21 @@ def test_model_store_is_the_bucket_for_whoever_reads_or_writes_models(rendered: 
                 assert ref == {"name": s3["existingSecret"], "key": key}
             else:
                 assert key not in env
+
+
+def test_every_process_logs_json_and_traces_only_to_a_given_collector(chart: helm.Chart) -> None:
+    endpoint = "http://otel-collector.observability:4317"
+    for values, traced in ((minimum(), False), (minimum(f"tracing.otlpEndpoint={endpoint}"), True)):
+        pods = Rendered(values, render(chart, values)).pods()
+        for name, pod in pods:
+            (container,) = pod["containers"]
+            env = env_values(container)
+            assert env["RECOFLEET_LOG_FORMAT"] == "json", name
+            if traced:
+                assert env["RECOFLEET_OTLP_ENDPOINT"] == endpoint, name
+                assert float(env["RECOFLEET_TRACE_SAMPLE_RATIO"]) == 1.0, name
+            else:
+                assert "RECOFLEET_OTLP_ENDPOINT" not in env, name
 
 
 def test_kafka_settings_reach_every_bus_user_and_only_them(rendered: Rendered) -> None:
