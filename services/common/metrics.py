@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
 from services.common.bus import BusError, EventBus
@@ -190,3 +190,41 @@ def _lag(worker: Subscribed, topic: str) -> dict[int, int]:
 
 LAG = ConsumerLag()
 REGISTRY.register(LAG)
+
+
+class Cached(Protocol):
+    hits: int
+    misses: int
+
+    def __len__(self) -> int: ...
+
+
+class CacheFigures(Collector):
+    """Entries and lookups of the in-memory caches a process watches, read at each scrape:
+    a counter bumped on every lookup would cost the hot path what the cache saves."""
+
+    def __init__(self) -> None:
+        self._caches: dict[str, Cached] = {}
+
+    def watch(self, name: str, cache: Cached) -> None:
+        self._caches[name] = cache
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        entries = GaugeMetricFamily(
+            "recofleet_cache_entries", "Entries an in-memory cache holds.", labels=["cache"]
+        )
+        lookups = CounterMetricFamily(
+            "recofleet_cache_lookups",
+            "Lookups of an in-memory cache, by outcome (hit, miss).",
+            labels=["cache", "outcome"],
+        )
+        for name, cache in list(self._caches.items()):
+            entries.add_metric([name], len(cache))
+            lookups.add_metric([name, "hit"], cache.hits)
+            lookups.add_metric([name, "miss"], cache.misses)
+        yield entries
+        yield lookups
+
+
+CACHES = CacheFigures()
+REGISTRY.register(CACHES)

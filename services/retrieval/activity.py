@@ -55,13 +55,17 @@ class ActivityCache:
         self._lines: OrderedDict[str, list[Activity]] = OrderedDict()
         self._marks = MemberMarks(capacity)
         self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
 
     def get(self, member_id: str) -> list[Activity]:
         with self._lock:
             lines = self._lines.get(member_id)
             if lines is not None:
                 self._lines.move_to_end(member_id)
+                self.hits += 1
                 return lines
+            self.misses += 1
             started = self._marks.generation
         lines = self._load(member_id)
         with self._lock:

@@ -17,7 +17,7 @@ import numpy as np
 
 from services.common.candidates import Candidate
 from services.common.events import CatalogItem
-from services.common.metrics import model_served
+from services.common.metrics import CACHES, model_served
 from services.retrieval import sources
 from services.retrieval.activity import ActivityCache
 from services.retrieval.answers import AnswerCache
@@ -77,6 +77,8 @@ class Retriever:
         self.answers: AnswerCache[bytes] = AnswerCache(
             settings.answer_cache_size, settings.answer_cache_ttl_s
         )
+        CACHES.watch("retrieval_answers", self.answers)
+        CACHES.watch("retrieval_activity", self.activity)
 
     @property
     def inline(self) -> bool:

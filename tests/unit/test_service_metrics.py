@@ -15,7 +15,8 @@ from prometheus_client import REGISTRY
 from services.common.bus import EVENTS_TOPIC, Message, Record
 from services.common.bus.local_log import LocalLogBus
 from services.common.consuming import BusWorker, DeadLetter
-from services.common.metrics import LAG, MeteredCalls, model_served, serve_metrics
+from services.common.metrics import CACHES, LAG, MeteredCalls, model_served, serve_metrics
+from services.retrieval.activity import ActivityCache
 from tests.integration.conftest import free_port
 
 
@@ -87,6 +88,17 @@ def test_the_model_served_is_one_version_at_a_time() -> None:
     assert _value("recofleet_model_info", model="retrieval", version="v2") == 1
     old = {"model": "retrieval", "version": "v1"}
     assert REGISTRY.get_sample_value("recofleet_model_info", old) is None
+
+
+def test_a_watched_caches_entries_and_hit_ratio_are_read_at_scrape() -> None:
+    cache = ActivityCache(lambda member_id: [], capacity=2)
+    CACHES.watch("test_activity", cache)
+    for member_id in ("a", "a", "b", "c", "a"):
+        cache.get(member_id)
+
+    assert _value("recofleet_cache_entries", cache="test_activity") == 2  # "a" was evicted
+    assert _value("recofleet_cache_lookups_total", cache="test_activity", outcome="hit") == 1
+    assert _value("recofleet_cache_lookups_total", cache="test_activity", outcome="miss") == 4
 
 
 def test_metrics_are_served_beside_the_grpc_port() -> None:
