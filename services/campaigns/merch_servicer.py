@@ -48,6 +48,8 @@ Context: TypeAlias = grpc.aio.ServicerContext
 RULE_ID = re.compile(r"[0-9A-Za-z._-]{1,64}")
 RULE_ID_SAYS = "1 to 64 letters, digits, '.', '_' or '-'"
 CampaignItems = Callable[[str], tuple[str, list[str]] | None]
+# What the reasons call a previewed rule without a name ("pinned by rule draft").
+DRAFT = "draft"
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,13 @@ class MerchandisingServicer(campaigns_pb2_grpc.MerchandisingServiceServicer):
             ],
             banned=frozenset(purchased) | frozenset(excluded),
         )
-        rules = self._with_campaigns(live_rules(self.book.placement(request.placement), now))
+        try:
+            drafts = _drafts(request.draft_rules_json, request.placement)
+        except InvalidRule as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        # Drafts after the saved rules: of one priority, as the newest rule would come.
+        saved = live_rules(self.book.placement(request.placement), now)
+        rules = self._with_campaigns([*saved, *drafts])
         done = merchandise(rules, asked, self._store.facts())
         return campaigns_pb2.ApplyRulesResponse(
             candidates=done.candidates,
@@ -284,6 +292,13 @@ def item_message(item: CatalogItem) -> campaigns_pb2.CatalogItem:
 
 def _text(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def _drafts(definitions: Sequence[str], placement: str) -> list[Rule]:
+    """The unsaved rules of a preview that apply to `placement`, validated as PutRule
+    validates (InvalidRule), each named (DRAFT when it has no name of its own)."""
+    drafts = [named(parse_rule(text), DRAFT) for text in definitions]
+    return [rule for rule in drafts if rule.placement == placement]
 
 
 def _rule_of(stored: StoredRule) -> Rule:

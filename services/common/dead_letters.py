@@ -79,6 +79,11 @@ def read(
                 consumer.commit()
 
 
+def waiting(bus: EventBus) -> int:
+    """Dead letters `replay` has not republished yet: the ones a person still has to see to."""
+    return max(bus.lag(REPLAY_GROUP, DEAD_LETTERS_TOPIC), 0)
+
+
 def replay(bus: EventBus, dry_run: bool = False) -> list[StoredDeadLetter]:
     """Republish dead letters not replayed before to their topics; return them."""
     done: list[StoredDeadLetter] = []

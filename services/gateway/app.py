@@ -23,10 +23,12 @@ from services.gateway.access_keys import AccessKeyStore, open_key_store, seed_en
 from services.gateway.auth import KeyVerifier, document_scopes, route_scopes
 from services.gateway.clients import FleetClients
 from services.gateway.compose import Composer
+from services.gateway.console import mount_console
 from services.gateway.impressions import ImpressionLog
 from services.gateway.limits import RateLimiter
 from services.gateway.responses import complete
 from services.gateway.routers import (
+    access,
     campaigns,
     events,
     experiments,
@@ -34,11 +36,13 @@ from services.gateway.routers import (
     members,
     models,
     ops,
+    overview,
     rules,
     segment,
     segments,
 )
 from services.gateway.settings import GatewaySettings
+from services.gateway.traffic import Traffic
 from services.gen.recofleet.ingestion.v1 import ingestion_pb2
 
 log = logging.getLogger(__name__)
@@ -110,6 +114,11 @@ def create_app(
     for router in (module.router for module in routers):
         app.include_router(router)
     app.include_router(rules.router)
+    app.include_router(access.router)
+    app.include_router(overview.router)
+    # Made with the app, not in the lifespan: what this replica handled, from its first request.
+    app.state.traffic = Traffic(fleet.clock())
+    mount_console(app)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(Measured)
     instrument_gateway(app)

@@ -1,6 +1,7 @@
 """Access keys at the edge: the scope each route needs, and the dependency that checks it.
 
-A route declares its scope with `dependencies=[require("events:write")]`. The key comes as
+A route declares its scope with `dependencies=[require("events:write")]`, or that any valid
+key will do with `dependencies=[require_key()]`. The key comes as
 `Authorization: Bearer <key>` or `X-API-Key: <key>` (the bearer one wins when both come);
 none is `401`, one the store does not know (or that was revoked) is `401`, one without the
 scope is `403`, each with a JSON `detail` and a `WWW-Authenticate: Bearer` challenge.
@@ -89,10 +90,10 @@ def presented_key(request: Request) -> str | None:
 
 
 class RequireScope:
-    """The dependency of a route that needs `scope`: the verified key, also kept as
-    `request.state.access_key` (the rate limit counts requests per key)."""
+    """The dependency of a route that needs `scope` (None: any valid key): the verified key,
+    also kept as `request.state.access_key` (the rate limit counts requests per key)."""
 
-    def __init__(self, scope: Scope) -> None:
+    def __init__(self, scope: Scope | None) -> None:
         self.scope = scope
 
     async def __call__(self, request: Request) -> AccessKey:
@@ -109,7 +110,7 @@ class RequireScope:
             raise HTTPException(
                 401, INVALID, headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
             )
-        if not key.allows(self.scope):
+        if self.scope is not None and not key.allows(self.scope):
             raise HTTPException(
                 403,
                 f"this access key lacks the scope '{self.scope}' needed here (it has: "
@@ -127,9 +128,14 @@ def require(scope: Scope) -> Any:
     return Depends(RequireScope(scope))
 
 
-def route_scopes(app: FastAPI) -> dict[tuple[str, str], Scope]:
-    """The scope each operation needs, by (path, lower-case method)."""
-    scopes: dict[tuple[str, str], Scope] = {}
+def require_key() -> Any:
+    """`dependencies=[require_key()]`: the route answers any valid key, whatever its scopes."""
+    return Depends(RequireScope(None))
+
+
+def route_scopes(app: FastAPI) -> dict[tuple[str, str], Scope | None]:
+    """The scope each operation needs (None: any valid key), by (path, lower-case method)."""
+    scopes: dict[tuple[str, str], Scope | None] = {}
     # Route contexts: what FastAPI documents, included routers' prefixes and dependencies in.
     for route in iter_route_contexts(app.routes):
         if not isinstance(route.original_route, APIRoute) or route.path_format is None:
@@ -163,14 +169,19 @@ _CHALLENGE = {
 }
 
 
-def document_scopes(document: dict[str, Any], scopes: dict[tuple[str, str], Scope]) -> None:
+def document_scopes(document: dict[str, Any], scopes: dict[tuple[str, str], Scope | None]) -> None:
     """Add the access key schemes to the OpenAPI document and, to each operation that needs
-    a scope, its security, the scope in its description, and its 401, 403 and 503."""
+    a key, its security, the scope in its description, and its 401, 403 (with a scope) and
+    503."""
     document.setdefault("components", {}).setdefault("securitySchemes", {}).update(SECURITY_SCHEMES)
     for (path, method), scope in scopes.items():
         operation = document["paths"][path][method]
         operation["security"] = [{"accessKey": []}, {"accessKeyHeader": []}]
-        needs = f"Needs an access key with the scope `{scope}` (or `{ADMIN}`)."
+        needs = (
+            f"Needs an access key with the scope `{scope}` (or `{ADMIN}`)."
+            if scope is not None
+            else "Needs a valid access key, whatever its scopes."
+        )
         description = operation.get("description")
         operation["description"] = f"{description}\n\n{needs}" if description else needs
         responses = operation.setdefault("responses", {})
@@ -179,11 +190,12 @@ def document_scopes(document: dict[str, Any], scopes: dict[tuple[str, str], Scop
             "headers": _CHALLENGE,
             "content": _ERROR,
         }
-        responses["403"] = {
-            "description": f"The access key does not have the scope `{scope}`.",
-            "headers": _CHALLENGE,
-            "content": _ERROR,
-        }
+        if scope is not None:
+            responses["403"] = {
+                "description": f"The access key does not have the scope `{scope}`.",
+                "headers": _CHALLENGE,
+                "content": _ERROR,
+            }
         unreachable = responses.get("503")
         if unreachable is None:
             responses["503"] = {

@@ -173,6 +173,26 @@ class Ruled:
 
 # The services a recommendation calls, each behind a breaker of its own.
 COMPOSED = ("profiles", "retrieval", "campaigns", "ranking")
+# A preview asks the services of an answer one after another, and rules and rank twice:
+# more than an answer's budget, and no member is waiting on it.
+PREVIEW_BUDGET_S = 2.0
+
+
+class PreviewFailed(Exception):
+    """A preview could not be composed exactly; `services` failed, overran or were skipped."""
+
+    def __init__(self, services: Sequence[str]) -> None:
+        super().__init__(", ".join(services))
+        self.services = list(services)
+
+
+class InvalidDraft(ValueError):
+    """Campaigns refused the draft rule of a preview (the message names the field)."""
+
+
+def _exact(trip: Trip) -> None:
+    if trip.degraded:
+        raise PreviewFailed(trip.degraded)
 
 
 class Composer:
@@ -336,6 +356,85 @@ class Composer:
         items = ruled.arranged(ruled.candidates, asked.limit)
         return asked.answer(items, f"als@{version}" if version else "popular", trip.degraded)
 
+    async def preview(self, asked: Asked, draft: str) -> tuple[Recommendation, Recommendation]:
+        """The placement's answer without and with `draft`, a rule campaigns has not saved,
+        from one profile and one set of candidates, so that the two differ by the rule
+        alone. Exact or not at all: a degraded answer would hide what the rule does
+        (PreviewFailed; InvalidDraft for a rule campaigns refuses). Told to no one: a
+        preview is not an impression."""
+        trip = Trip(Budget(max(PREVIEW_BUDGET_S, self._s.recommend_budget_s)))
+        profile = None
+        if asked.member_id:
+            _, profile = await asyncio.gather(
+                self._check_draft(asked, draft),
+                self._call("profiles", trip, self._d.profiles, partial(self._basic, asked)),
+            )
+            _exact(trip)
+        else:
+            await self._check_draft(asked, draft)
+        # As an answer: nothing of a member who withdrew consent (or of no member).
+        member = profile if personalizable(profile) else None
+        candidates, version = await self._candidates(
+            trip,
+            asked.member_id if member else None,
+            asked.context_item,
+            self._wanted(asked),
+            asked.exclude,
+            asked.placement,
+        )
+        _exact(trip)
+        before, after = await asyncio.gather(
+            self._previewed(trip.budget, asked, candidates, member, ()),
+            self._previewed(trip.budget, asked, candidates, member, (draft,)),
+        )
+        model = f"{before.model}+als@{version}" if version else before.model
+        before.model = after.model = model
+        return before, after
+
+    async def _basic(self, asked: Asked, timeout: float) -> profiles_pb2.Profile:
+        return await self.profile(
+            asked.member_id,
+            timeout,
+            view=profiles_pb2.PROFILE_VIEW_BASIC,
+            recent=self._s.ranking_recent_items,
+        )
+
+    async def _check_draft(self, asked: Asked, draft: str) -> None:
+        """Campaigns validates the draft as it would apply it (no candidates): a wrong
+        field is the caller's to fix, not a degraded preview."""
+        request = campaigns_pb2.ApplyRulesRequest(
+            placement=asked.placement, limit=asked.limit, draft_rules_json=[draft]
+        )
+        try:
+            await self._c.merchandising.ApplyRules(request, timeout=self._d.campaigns * 4)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidDraft(exc.details() or "the rule is invalid") from exc
+            raise PreviewFailed(["campaigns"]) from exc
+
+    async def _previewed(
+        self,
+        budget: Budget,
+        asked: Asked,
+        candidates: Candidates,
+        profile: profiles_pb2.Profile | None,
+        drafts: Sequence[str],
+    ) -> Recommendation:
+        """One side of a preview: rules then rank for a member, rules and their arranging
+        alone for anyone else (as `_impersonal`)."""
+        trip = Trip(budget)
+        if profile is None:
+            ruled = await self._rules(trip, asked, candidates, drafts=drafts)
+            _exact(trip)
+            items = ruled.arranged(sorted(ruled.candidates, key=lambda c: -c.score), asked.limit)
+            return asked.answer(items, "non-personalized", [], personalized=False)
+        purchases = recent_purchases(profile)
+        ruled = await self._rules(trip, asked, candidates, asked.member_id, purchases, drafts)
+        _exact(trip)
+        items, ranked = await self._rank(trip, profile, asked, ruled)
+        _exact(trip)
+        return asked.answer(items, ranked.model, [], ranked=ranked)
+
     async def _candidates(
         self,
         trip: Trip,
@@ -375,9 +474,11 @@ class Composer:
         candidates: Candidates,
         member_id: str = "",
         purchases: Sequence[campaigns_pb2.PurchasedItem] = (),
+        drafts: Sequence[str] = (),
     ) -> Ruled:
         """The candidates the placement's rules keep (and add), and how they want the list
-        arranged; the caller's exclusions alone when campaigns cannot answer."""
+        arranged; the caller's exclusions alone when campaigns cannot answer. `drafts`:
+        unsaved rules (JSON) applied with the saved ones, for a preview."""
         request = campaigns_pb2.ApplyRulesRequest(
             member_id=member_id,
             placement=asked.placement,
@@ -385,6 +486,7 @@ class Composer:
             exclude_item_ids=asked.exclude,
             recent_purchases=purchases,
             limit=asked.limit,
+            draft_rules_json=drafts,
         )
         reply = await self._call(
             "campaigns",

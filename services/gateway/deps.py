@@ -15,6 +15,7 @@ from services.gateway.clients import FleetClients
 from services.gateway.compose import Composer
 from services.gateway.limits import RateLimiter
 from services.gateway.settings import GatewaySettings
+from services.gateway.traffic import Traffic
 
 
 async def _composer(request: Request) -> Composer:
@@ -37,12 +38,21 @@ async def _settings(request: Request) -> GatewaySettings:
     return settings
 
 
+async def _traffic(request: Request) -> Traffic:
+    traffic: Traffic = request.app.state.traffic
+    return traffic
+
+
 async def _stored_member_id(
     request: Request,
     member_id: Annotated[
         str, Path(min_length=1, max_length=128, description="The shop's member id")
     ],
 ) -> str:
+    return stored_member_id(request, member_id)
+
+
+def stored_member_id(request: Request, member_id: str) -> str:
     """The member id as the stores know it: an email or a phone number becomes the token
     ingestion gave it on the way in; any other id is itself."""
     scrubber: PiiScrubber = request.app.state.member_ids
@@ -60,5 +70,6 @@ ComposerDep = Annotated[Composer, Depends(_composer)]
 ClientsDep = Annotated[FleetClients, Depends(_clients)]
 SettingsDep = Annotated[GatewaySettings, Depends(_settings)]
 LimiterDep = Annotated[RateLimiter, Depends(_limiter)]
+TrafficDep = Annotated[Traffic, Depends(_traffic)]
 # A `member_id` path parameter, as stored (see _stored_member_id).
 MemberId = Annotated[str, Depends(_stored_member_id)]

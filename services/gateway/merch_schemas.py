@@ -14,6 +14,7 @@ from typing import Any, Literal
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.gateway.schemas import ItemOut, Placement
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2
 
 Action = Literal["pin", "boost", "bury", "filter", "promote", "exclude_bought"]
@@ -119,6 +120,57 @@ class RuleOut(BaseModel):
 
 class RulesOut(BaseModel):
     rules: list[RuleOut] = Field(description="Oldest first.")
+
+
+class PreviewIn(BaseModel):
+    """A placement's answer to preview, and the rule to preview on it (not saved)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    placement: Placement
+    member_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Whose answer; none: what any visitor gets (no member's data).",
+    )
+    item_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="The item in view (product pages) or in the cart: the placement's "
+        "sources start from it, and it is never recommended.",
+    )
+    limit: int = Field(default=10, ge=1, description="Items in each list, as `limit` of an answer.")
+    rule: dict[str, Any] = Field(
+        description="The draft rule: the body `POST /v1/rules` takes (its `placement` may be "
+        "left out: the one previewed)."
+    )
+
+    @classmethod
+    def body_schema(cls) -> dict[str, Any]:
+        """The document's schema: `rule` as RuleIn says it (campaigns validates it)."""
+        schema = cls.model_json_schema()
+        rule = RuleIn.model_json_schema()
+        rule["required"] = [name for name in rule["required"] if name != "placement"]
+        rule["description"] = schema["properties"]["rule"]["description"]
+        schema["properties"]["rule"] = rule
+        return schema
+
+
+class PreviewOut(BaseModel):
+    placement: str
+    member_id: str | None
+    before: list[ItemOut] = Field(description="The answer with the rules saved now.")
+    after: list[ItemOut] = Field(
+        description="The same answer with the draft rule too, as if saved now and live "
+        "(whatever its `starts_at` and `ends_at`): the items it moves name it in their reasons."
+    )
+    model: str = Field(description="What ranked both lists.")
+    personalized: bool = Field(
+        description="False when no member's data shaped the lists (no member, or one who "
+        "withdrew personalization consent)."
+    )
 
 
 class CatalogItemOut(BaseModel):

@@ -12,6 +12,9 @@ from services.gateway.compose import RankedEntry, Recommendation
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2
 from services.gen.recofleet.profiles.v1 import profiles_pb2
 
+# Where a shop shows recommendations; each has its own mix of candidate sources.
+Placement = Literal["home", "product", "cart", "email", "search", "category"]
+
 
 class ItemOut(BaseModel):
     item_id: str
@@ -244,7 +247,7 @@ class ProfileOut(BaseModel):
                 f_score=rfm.f_score if rfm.HasField("f_score") else None,
                 m_score=rfm.m_score if rfm.HasField("m_score") else None,
             ),
-            lifecycle=_lifecycle(p.lifecycle),
+            lifecycle=lifecycle_of(p.lifecycle),
             affinities=[
                 AffinityOut(
                     category=a.category,
@@ -302,6 +305,63 @@ class SegmentIn(SegmentDefinitionIn):
         max_length=64,
         description="1 to 64 lower-case letters, digits, '-' or '_'.",
         examples=["garden-big-spenders"],
+    )
+
+
+class DiscoverIn(BaseModel):
+    """What segment discovery clusters: how many clusters, over which members."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    clusters: int = Field(default=5, ge=2, le=12, description="How many segments to suggest.")
+    window_days: float | None = Field(
+        default=None,
+        gt=0,
+        le=36_500,
+        description="Only members whose last order is at most this many days old (each "
+        "suggested condition then says so); none: every member who ordered.",
+    )
+
+
+class SuggestedSegmentOut(BaseModel):
+    name: str = Field(
+        description="A suggested name, free among the suggestions (it may be taken by a saved "
+        "segment: `PUT` replaces that one)."
+    )
+    size: int = Field(description="Members in the cluster.")
+    share: float = Field(description="Their share of the members clustered, 0..1.")
+    description: str = Field(
+        description="The cluster in words: recency, frequency and spend against everyone "
+        "clustered, the categories that stand out, its median figures."
+    )
+    conditions: SegmentDefinitionIn = Field(
+        description="The body of `PUT /v1/segments/{name}` that saves this suggestion as a "
+        "segment: a condition approximating the cluster, and a description of it."
+    )
+    precision: float = Field(description="Of the members the condition matches, the share in it.")
+    recall: float = Field(description="Of the cluster, the share the condition matches.")
+
+
+class DiscoveredOut(BaseModel):
+    clusters: list[SuggestedSegmentOut] = Field(description="Largest first.")
+    features: list[str] = Field(description="What was clustered on, as conditions name it.")
+    members: int = Field(description="Members looked at (within the window, when given).")
+    clustered: int = Field(description="Of them, those with an order: the ones clustered.")
+    as_of: datetime = Field(description="The instant every portrait was drawn at.")
+
+
+class MemberSegmentsOut(BaseModel):
+    member_id: str
+    segments: list[str] = Field(
+        description="The segments the member is in now, by name: their lifecycle segment and "
+        "every defined segment whose condition holds (none without personalization consent)."
+    )
+    lifecycle: Lifecycle | None = Field(
+        description="The lifecycle segment, consent or not; null only from an older "
+        "profiles service."
+    )
+    personalized: bool = Field(
+        description="False when the member withdrew personalization consent: then in no segment."
     )
 
 
@@ -405,7 +465,7 @@ _LIFECYCLES: dict[str, Lifecycle] = {name: name for name in get_args(Lifecycle)}
 _BANDS: dict[str, Band] = {name: name for name in get_args(Band)}
 
 
-def _lifecycle(value: str) -> Lifecycle | None:
+def lifecycle_of(value: str) -> Lifecycle | None:
     return _LIFECYCLES.get(value)
 
 

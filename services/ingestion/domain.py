@@ -29,6 +29,7 @@ from services.common.bus import (
     EventBus,
     Message,
 )
+from services.common.bus_status import BusStatus, bus_status
 from services.common.events import (
     MAX_ID_LENGTH,
     CatalogItem,
@@ -105,6 +106,11 @@ class Ingestor:
     def max_batch(self) -> int:
         """Entries per request a loader should send: the limit, or a thousand at most."""
         return min(1000, self._settings.max_batch_events)
+
+    def bus_status(self) -> BusStatus:
+        """How far behind the bus's consumers are and the dead letters waiting: ingestion
+        owns the bus's writing end, so it answers for the bus (BusError when unreadable)."""
+        return bus_status(self._bus)
 
     def erase_member(self, member_id: str) -> Erase:
         """Publish the erasure of a member on the members topic; the command published.

@@ -53,6 +53,20 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             erasure_id=command.erasure_id, requested_at=requested_at
         )
 
+    async def GetBusStatus(
+        self, request: ingestion_pb2.GetBusStatusRequest, context: grpc.aio.ServicerContext
+    ) -> ingestion_pb2.BusStatus:
+        status = await _run(context, self._ingestor.bus_status)
+        return ingestion_pb2.BusStatus(
+            consumers=[
+                ingestion_pb2.ConsumerLag(group=c.group, topic=c.topic, lag=c.lag)
+                for c in status.consumers
+            ],
+            dead_letters=status.dead_letters,
+            location=status.location,
+            consumers_unknown=status.consumers_unknown or "",
+        )
+
 
 async def _run(context: grpc.aio.ServicerContext, call: Callable[..., T], *args: object) -> T:
     """`call(*args)` off the event loop (publishing blocks on disk or network); its failures

@@ -45,7 +45,7 @@ import math
 import re
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -65,6 +65,8 @@ LOWER_QUANTILES = (0.05, 0.1, 0.25, 0.5)
 STANDS_OUT = 0.5  # standard deviations from the mean of everyone clustered
 MOSTLY = 0.5  # mean affinity share of one category for "mostly <category>"
 EVALUATION_LIMIT = 100_000
+# A hundred years: any longer window is every member.
+MAX_WINDOW_DAYS = 36_500
 # What the segments API takes (services/profiles/segments.py).
 MAX_NAME = 64
 MAX_DESCRIPTION = 500
@@ -283,15 +285,41 @@ def check_k(k: int) -> None:
 
 
 def discover(
-    portraits: Iterable[Portrait], k: int, top_categories: int = DEFAULT_TOP_CATEGORIES
+    portraits: Iterable[Portrait],
+    k: int,
+    top_categories: int = DEFAULT_TOP_CATEGORIES,
+    window_days: float | None = None,
 ) -> Discovery:
     """Cluster the members whose portraits these are (read once, none kept). A member who
-    withdrew personalization consent is left out: their portrait drives no targeting."""
-    return discover_values(
-        (values(p) for p in portraits if p.consent.get("personalization", True)),
-        k,
-        top_categories,
-    )
+    withdrew personalization consent is left out: their portrait drives no targeting.
+
+    With `window_days`, only the members whose last order is at most that many days old are
+    looked at, and every condition says so, so that a saved segment keeps to the window too.
+    """
+    found = (values(p) for p in portraits if p.consent.get("personalization", True))
+    if window_days is None:
+        return discover_values(found, k, top_categories)
+    check_window(window_days)
+    recent = (v for v in found if _ordered_within(v, window_days))
+    return windowed(discover_values(recent, k, top_categories), window_days)
+
+
+def check_window(window_days: float) -> None:
+    if not 0 < window_days <= MAX_WINDOW_DAYS:
+        raise ValueError(f"window_days is above 0 and at most {MAX_WINDOW_DAYS}, not {window_days}")
+
+
+def _ordered_within(found: Mapping[str, Any], window_days: float) -> bool:
+    recency = found.get("recency_days")
+    return recency is not None and recency <= window_days
+
+
+def windowed(discovery: Discovery, window_days: float) -> Discovery:
+    """The clusters with the window added to their conditions. Precision and recall stay:
+    every member clustered is within the window, so the added bound holds for each."""
+    bound = f"recency_days <= {_literal(window_days)}"
+    clusters = [replace(c, condition=f"{c.condition} and {bound}") for c in discovery.clusters]
+    return replace(discovery, clusters=clusters)
 
 
 def discover_values(

@@ -16,6 +16,7 @@ from itertools import islice
 from services.common.clock import Clock
 from services.profiles import audiences
 from services.profiles.audiences import Audience, Count, compile_audience
+from services.profiles.discovery import Discovery, discover
 from services.profiles.portrait import Portrait, Portraitist, consent_of
 from services.profiles.segments import (
     BUILTIN_NAMES,
@@ -137,6 +138,15 @@ class Segmenter:
         found = self._members(name, channel, None)
         while page := list(islice(found, EXPORT_PAGE)):
             yield page
+
+    def discover(
+        self, k: int, top_categories: int, window_days: float | None
+    ) -> tuple[Discovery, datetime]:
+        """Segments suggested by clustering every member's portrait as of now (one pass,
+        read only; ValueError for arguments out of range, NotEnoughMembers)."""
+        now, scoring = self._clock.now(), self._store.scoring()
+        portraits = (self._portraitist.draw(p, scoring, now) for p in self._store.iter_profiles())
+        return discover(portraits, k, top_categories, window_days), now
 
     def member_of(self, portrait: Portrait) -> list[str]:
         return self.book().member_of(portrait)

@@ -15,6 +15,7 @@ from services.common.events import check_member_id
 from services.common.members import CHANNELS, CONSENT_KEYS
 from services.gen.recofleet.profiles.v1 import profiles_pb2, profiles_pb2_grpc
 from services.profiles.audiences import Audience, AudienceError
+from services.profiles.discovery import DEFAULT_TOP_CATEGORIES, Discovery, NotEnoughMembers
 from services.profiles.domain import ManualTag
 from services.profiles.portrait import Portrait, Portraitist, consent_of
 from services.profiles.scoring import Scoring
@@ -27,6 +28,9 @@ from services.profiles.store import (
     TooManyTags,
 )
 from services.profiles.tags import check_tag
+
+# Clusters when the request names none (as `recofleet segments discover`).
+DEFAULT_K = 5
 
 
 class ProfilesServicer(profiles_pb2_grpc.ProfilesServiceServicer):
@@ -223,6 +227,34 @@ class ProfilesServicer(profiles_pb2_grpc.ProfilesServiceServicer):
             preferred_channel=match.portrait.preferred_channel or "",
         )
 
+    async def CountMembers(
+        self, request: profiles_pb2.CountMembersRequest, context: grpc.aio.ServicerContext
+    ) -> profiles_pb2.MemberCount:
+        now = self._clock.now()
+        counted = await served(self._store.embedded, self._store.count_members)
+        return profiles_pb2.MemberCount(members=counted, as_of=_ts(now))
+
+    async def DiscoverSegments(
+        self, request: profiles_pb2.DiscoverSegmentsRequest, context: grpc.aio.ServicerContext
+    ) -> profiles_pb2.DiscoverSegmentsResponse:
+        top = request.top_categories if request.HasField("top_categories") else None
+        window = request.window_days if request.HasField("window_days") else None
+        try:
+            # Seconds of CPU on a large store: off the event loop.
+            found, at = await asyncio.to_thread(
+                self._segmenter.discover,
+                request.k or DEFAULT_K,
+                DEFAULT_TOP_CATEGORIES if top is None else top,
+                window,
+            )
+        except NotEnoughMembers as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        return discovery_proto(found, at)
+
     async def _audience(
         self, audience: profiles_pb2.Audience, context: grpc.aio.ServicerContext
     ) -> Audience:
@@ -320,6 +352,34 @@ def consent_proto(consent: Mapping[str, bool], at: datetime | None) -> profiles_
     if at is not None:
         message.updated_at.CopyFrom(_ts(at))
     return message
+
+
+def discovery_proto(found: Discovery, at: datetime) -> profiles_pb2.DiscoverSegmentsResponse:
+    segments = []
+    for cluster in found.clusters:
+        definition = cluster.definition(found)
+        segments.append(
+            profiles_pb2.DiscoveredSegment(
+                name=definition["name"],
+                condition=definition["condition"],
+                description=definition["description"],
+                size=cluster.size,
+                share=cluster.share,
+                precision=cluster.precision,
+                recall=cluster.recall,
+                matched=cluster.matched,
+                summary=cluster.description,
+            )
+        )
+    return profiles_pb2.DiscoverSegmentsResponse(
+        segments=segments,
+        k=found.k,
+        features=found.features,
+        members=found.seen,
+        clustered=found.clustered,
+        without_order=found.without_order,
+        as_of=_ts(at),
+    )
 
 
 def segment_proto(definition: SegmentDefinition, size: int) -> profiles_pb2.Segment:

@@ -112,6 +112,10 @@ class ProfileStore(abc.ABC):
         after `after`; reads `batch` members at a time, so memory stays flat."""
 
     @abc.abstractmethod
+    def count_members(self) -> int:
+        """How many members the store holds (each with an event of theirs applied)."""
+
+    @abc.abstractmethod
     def recompute_scoring(self, now: datetime) -> Scoring:
         """Compute the score boundaries and price distributions as of `now`, store them."""
 
@@ -388,6 +392,10 @@ class SqlProfileStore(ProfileStore):
                     profile.categories[key] = CategoryStat(*stat)
             profile.purchased = sorted(purchased)
             return profile
+
+    def count_members(self) -> int:
+        with self._engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(members)).scalar() or 0)
 
     def iter_profiles(self, after: str | None = None, batch: int = 500) -> Iterator[MemberProfile]:
         while True:

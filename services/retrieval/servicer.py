@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -186,6 +187,7 @@ def _list_versions(models: ModelStore) -> list[retrieval_pb2.ModelVersion]:
                 factors=int(meta.get("factors", 0)),
                 current=version == current,
                 refused_reason=refused.get(version, ""),
+                meta_json=json.dumps(meta, default=str),
             )
         )
     return listed

@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import pytest
 
-from services.common.bus.base import Consumer, EventBus, Message, Record
+from services.common.bus.base import BusError, Consumer, EventBus, Message, Record
 
 from .conftest import BusFactory
 
@@ -189,6 +189,32 @@ def test_lag_counts_uncommitted_records_and_drops_to_zero_after_commit(
         assert bus.lag(group, topic) == 5
 
     assert sum(bus.committed(group, topic).values()) == 40
+
+
+def test_groups_name_each_group_that_committed_with_its_topics(
+    bus: EventBus, topic: str, group: str
+) -> None:
+    other_topic, reader = f"{topic}-other", f"{group}-reader"
+    bus.publish(topic, _messages(10))
+    bus.publish(other_topic, _messages(4))
+    with bus.consumer(group, [topic, other_topic]) as consumer:
+        _drain_exactly(consumer, 14)
+        consumer.commit()
+    # A reader that never commits (a dead-letter listing, say) has no lag to watch.
+    with bus.consumer(reader, [topic]) as consumer:
+        _drain_exactly(consumer, 10)
+    bus.drop_group(reader)
+
+    try:
+        found = bus.groups()
+    except BusError as exc:
+        # librdkafka's mock cluster has no ListGroups (brokers have since Kafka 0.9): the bus
+        # says so rather than answer that no group exists.
+        assert "does not list consumer groups (ListGroups)" in str(exc)
+        return
+
+    assert found[group] == sorted([topic, other_topic])
+    assert reader not in found
 
 
 def test_poll_with_nothing_new_returns_empty_after_about_the_timeout(

@@ -30,10 +30,15 @@ class FakeProfiles:
     def __init__(self) -> None:
         self.error: BaseException | None = None
         self.calls: list[tuple[str, str, str]] = []
+        self.personalized = True
+        self.views: list[int] = []
 
     async def GetProfile(
         self, request: profiles_pb2.GetProfileRequest, timeout: float | None = None
     ) -> profiles_pb2.GetProfileResponse:
+        self.views.append(request.view)
+        if self.error is not None:
+            raise self.error
         if request.member_id != "m-1":
             return profiles_pb2.GetProfileResponse(
                 profile=profiles_pb2.Profile(member_id=request.member_id, known=False)
@@ -70,6 +75,8 @@ class FakeProfiles:
                     profiles_pb2.Tag(tag="vip", source="manual", set_at=ts()),
                 ],
                 as_of=ts(),
+                consent=profiles_pb2.Consent(personalization=self.personalized),
+                segments=["new", "kitchen-lovers"] if self.personalized else [],
             )
         )
 
@@ -215,3 +222,37 @@ async def test_another_method_on_a_tag_says_both_that_are_served(gateway) -> Non
         assert_error(reply, 405, "Method Not Allowed")
         assert reply.headers["allow"] == "DELETE, PUT"
     assert profiles.calls == []
+
+
+async def test_the_members_segments_come_from_the_smaller_view_of_the_portrait(gateway) -> None:
+    http, profiles = gateway
+
+    reply = await http.get("/v1/members/m-1/segments")
+
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {
+        "member_id": "m-1",
+        "segments": ["new", "kitchen-lovers"],
+        "lifecycle": "new",
+        "personalized": True,
+    }
+    assert profiles.views == [profiles_pb2.PROFILE_VIEW_BASIC]
+
+
+async def test_a_member_without_personalization_consent_is_in_no_segment(gateway) -> None:
+    http, profiles = gateway
+    profiles.personalized = False
+
+    body = (await http.get("/v1/members/m-1/segments")).json()
+
+    assert (body["segments"], body["lifecycle"], body["personalized"]) == ([], "new", False)
+
+
+async def test_the_segments_of_a_member_never_seen_are_404_and_profiles_down_503(gateway) -> None:
+    http, profiles = gateway
+
+    assert_error(await http.get("/v1/members/ghost/segments"), 404, "no events seen", "ghost")
+    profiles.error = rpc_error(grpc.StatusCode.UNAVAILABLE)
+    down = await http.get("/v1/members/m-1/segments")
+    assert_error(down, 503, "profiles unavailable")
+    assert down.headers["retry-after"] == "1"

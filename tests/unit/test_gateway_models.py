@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,6 +23,8 @@ from tests.unit.test_gateway_http import (
 )
 
 FIRST, SECOND, THIRD = (f"2026030{n}T100000000000Z" for n in (1, 2, 3))
+WINDOW = {"first": "2025-12-01T08:26:00+00:00", "last": "2026-02-28T17:10:00+00:00"}
+METRICS = {"holdout": {"members": 1076, "ndcg@10": 0.2667, "recall@10": 0.1549}}
 
 
 def version(name: str, current: bool = False, refused: str = "") -> retrieval_pb2.ModelVersion:
@@ -34,6 +37,7 @@ def version(name: str, current: bool = False, refused: str = "") -> retrieval_pb
         factors=48,
         current=current,
         refused_reason=refused,
+        meta_json=json.dumps({"data_window": WINDOW, "metrics": METRICS, "factors": 48}),
     )
 
 
@@ -128,6 +132,8 @@ async def test_the_listing_shows_every_kept_version_oldest_first(gateway) -> Non
         "current": True,
         "served": True,
         "refused": None,
+        "metrics": METRICS,
+        "data_window": WINDOW,
     }
     assert models[0]["refused"] == "could not be loaded: truncated"
     assert not models[0]["current"] and not models[0]["served"]

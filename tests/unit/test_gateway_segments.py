@@ -35,6 +35,7 @@ MEMBERS = [
 class FakeProfiles:
     def __init__(self) -> None:
         self.put: list[profiles_pb2.PutSegmentRequest] = []
+        self.discover: list[profiles_pb2.DiscoverSegmentsRequest] = []
         self.consent: list[profiles_pb2.SetConsentRequest] = []
 
     async def PutSegment(self, request: Any, timeout: float | None = None) -> Any:
@@ -47,6 +48,34 @@ class FakeProfiles:
             segment=profiles_pb2.Segment(
                 name=request.name, condition=request.condition, kind="custom", size=42
             ),
+            as_of=ts(),
+        )
+
+    async def DiscoverSegments(self, request: Any, timeout: float | None = None) -> Any:
+        self.discover.append(request)
+        if request.k > 6:
+            raise rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "6 members who ordered: fewer")
+        window = " and recency_days <= 90" if request.HasField("window_days") else ""
+        return profiles_pb2.DiscoverSegmentsResponse(
+            segments=[
+                profiles_pb2.DiscoveredSegment(
+                    name=f"cluster-{n}",
+                    condition=f"f_score >= {n}{window}",
+                    description=f"frequent {n}. Discovered by k-means (k={request.k})",
+                    size=7 - n,
+                    share=(7 - n) / 13,
+                    precision=0.8,
+                    recall=0.9,
+                    matched=7 - n,
+                    summary=f"frequent {n}",
+                )
+                for n in range(1, request.k + 1)
+            ],
+            k=request.k,
+            features=["r_score", "f_score", "m_score", "affinity.kitchen"],
+            members=14,
+            clustered=13,
+            without_order=1,
             as_of=ts(),
         )
 
@@ -213,3 +242,69 @@ async def test_a_member_known_by_email_is_reached_by_their_token_never_the_addre
     assert stored.startswith("pii:") and "example" not in stored.lower()
     await http.delete("/v1/members/jane@example.com")
     assert clients.ingestion.erased == [stored]  # the same person, however it is spelled
+
+
+async def test_discovered_segments_are_saved_with_a_plain_put_of_their_conditions(
+    gateway,
+) -> None:
+    http, clients = gateway
+
+    reply = await http.post("/v1/segments/discover", json={"clusters": 2})
+
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert [c["name"] for c in body["clusters"]] == ["cluster-1", "cluster-2"]
+    first = body["clusters"][0]
+    assert (first["size"], first["description"], first["precision"]) == (6, "frequent 1", 0.8)
+    assert first["conditions"] == {
+        "condition": "f_score >= 1",
+        "description": "frequent 1. Discovered by k-means (k=2)",
+    }
+    assert (body["members"], body["clustered"]) == (14, 13)
+    assert not clients.profiles.discover[0].HasField("window_days")
+
+    saved = await http.put(f"/v1/segments/{first['name']}", json=first["conditions"])
+
+    assert saved.status_code == 200, saved.text
+    assert clients.profiles.put[0].condition == "f_score >= 1"
+    assert clients.profiles.put[0].description == first["conditions"]["description"]
+
+
+async def test_discovery_without_a_body_makes_five_and_a_window_goes_to_profiles(
+    gateway,
+) -> None:
+    http, clients = gateway
+
+    defaults = await http.post("/v1/segments/discover")
+    windowed = await http.post("/v1/segments/discover", json={"clusters": 3, "window_days": 90})
+
+    assert defaults.status_code == 200 and len(defaults.json()["clusters"]) == 5
+    assert windowed.status_code == 200, windowed.text
+    assert clients.profiles.discover[1].window_days == 90
+    assert all(
+        c["conditions"]["condition"].endswith("recency_days <= 90")
+        for c in windowed.json()["clusters"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({"clusters": 1}, "clusters: Input should be greater than or equal to 2"),
+        ({"clusters": 13}, "clusters: Input should be less than or equal to 12"),
+        ({"clusters": "5"}, "clusters: Input should be a valid integer"),
+        ({"window_days": 0}, "window_days: Input should be greater than 0"),
+        ({"k": 5}, "k: Extra inputs are not permitted"),
+    ],
+)
+async def test_discovery_out_of_range_is_422_naming_the_field(gateway, body, detail) -> None:
+    http, clients = gateway
+
+    assert_error(await http.post("/v1/segments/discover", json=body), 422, detail)
+    assert clients.profiles.discover == []
+
+
+async def test_fewer_members_than_clusters_is_409(gateway) -> None:
+    http, _ = gateway
+
+    assert_error(await http.post("/v1/segments/discover", json={"clusters": 7}), 409, "fewer")

@@ -254,3 +254,66 @@ async def test_the_basic_view_carries_what_a_recommendation_needs_and_no_item_li
     assert list(basic.profile.purchased_item_ids) == [] and not basic.profile.recent_items
     for kept in ("rfm", "categories", "consent", "segments", "lifecycle"):
         assert getattr(basic.profile, kept) == getattr(full.profile, kept), kept
+
+
+async def test_members_are_counted_with_the_fleet_clock(service) -> None:
+    counted = await service.CountMembers(profiles_pb2.CountMembersRequest(), Context())
+
+    assert counted.members == 10
+    assert counted.as_of.ToDatetime(tzinfo=UTC) == NOW
+
+
+async def test_discovered_segments_can_be_saved_as_they_come(service) -> None:
+    found = await service.DiscoverSegments(profiles_pb2.DiscoverSegmentsRequest(k=2), Context())
+
+    assert (found.k, found.members, found.clustered) == (2, 10, 10)
+    assert len(found.segments) == 2 and sum(s.size for s in found.segments) == 10
+    for suggestion in found.segments:
+        saved = await service.PutSegment(
+            profiles_pb2.PutSegmentRequest(
+                name=suggestion.name,
+                condition=suggestion.condition,
+                description=suggestion.description,
+            ),
+            Context(),
+        )
+        assert saved.segment.size >= 1
+        assert suggestion.summary and suggestion.summary in suggestion.description
+
+
+async def test_a_discovery_window_keeps_to_recent_buyers_and_says_so(service) -> None:
+    found = await service.DiscoverSegments(
+        profiles_pb2.DiscoverSegmentsRequest(k=2, window_days=5), Context()
+    )
+
+    # m-1 .. m-5 ordered within the last five days.
+    assert (found.members, found.clustered) == (5, 5)
+    assert all(s.condition.endswith("and recency_days <= 5") for s in found.segments)
+    for suggestion in found.segments:
+        saved = await service.PutSegment(
+            profiles_pb2.PutSegmentRequest(name=suggestion.name, condition=suggestion.condition),
+            Context(),
+        )
+        assert 1 <= saved.segment.size <= 5
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "says"),
+    [
+        (profiles_pb2.DiscoverSegmentsRequest(k=11), "FAILED_PRECONDITION", "fewer than k=11"),
+        (profiles_pb2.DiscoverSegmentsRequest(k=30), "INVALID_ARGUMENT", "k is 2 to 20"),
+        (
+            profiles_pb2.DiscoverSegmentsRequest(k=2, window_days=-1),
+            "INVALID_ARGUMENT",
+            "window_days",
+        ),
+    ],
+)
+async def test_a_discovery_that_cannot_be_done_is_refused(
+    service, request_: profiles_pb2.DiscoverSegmentsRequest, code: str, says: str
+) -> None:
+    with pytest.raises(Aborted) as refused:
+        await service.DiscoverSegments(request_, Context())
+
+    assert refused.value.code == grpc.StatusCode[code]
+    assert says in str(refused.value)

@@ -107,6 +107,11 @@ class EventBus(abc.ABC):
         """The group's committed offset per partition (0 where it has committed nothing)."""
 
     @abc.abstractmethod
+    def groups(self) -> dict[str, list[str]]:
+        """Every consumer group that committed offsets, with the topics it committed on
+        (what an operator watches the lag of)."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release files and connections."""
 

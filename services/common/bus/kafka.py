@@ -369,6 +369,28 @@ class KafkaBus(EventBus):
                 result[tp.partition] = int(meta.offset)
         return result
 
+    def groups(self) -> dict[str, list[str]]:
+        """The cluster's groups (ListGroups on every broker) and the topics each committed
+        on (OffsetFetch of all its offsets); groups without offsets are left out."""
+        admin = self._get_admin()
+        found: dict[str, list[str]] = {}
+        try:
+            with self._meta_lock:
+                listed = sorted({group for group, *_ in admin.list_consumer_groups()})
+                for group in listed:
+                    offsets = admin.list_consumer_group_offsets(group)
+                    topics = sorted({tp.topic for tp, meta in offsets.items() if meta.offset >= 0})
+                    if topics:
+                        found[group] = topics
+        except kafka_errors.IncompatibleBrokerVersion as e:
+            # librdkafka's mock cluster, for one; brokers have had it since Kafka 0.9.
+            raise BusError(
+                f"the Kafka cluster at {self._where} does not list consumer groups (ListGroups)"
+            ) from e
+        except kafka_errors.KafkaError as e:
+            raise BusError(f"cannot list the consumer groups: {_reason(e)}") from e
+        return found
+
     def location(self) -> str:
         return f"kafka {self._where}"
 

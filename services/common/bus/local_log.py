@@ -674,6 +674,18 @@ class LocalLogBus(EventBus):
         partitions = self.topic_partitions(topic) or 0
         return {p: commits.get(p, 0) for p in range(partitions)} | commits
 
+    def groups(self) -> dict[str, list[str]]:
+        """A group's folder holds one commit file per topic it committed on (and its lock);
+        temporary files start with a dot."""
+        if not self._groups_dir.is_dir():
+            return {}
+        found: dict[str, list[str]] = {}
+        for group_dir in sorted(self._groups_dir.iterdir()):
+            topics = sorted(p.stem for p in group_dir.glob("[!.]*.json"))
+            if topics:
+                found[group_dir.name] = topics
+        return found
+
     def location(self) -> str:
         return f"local log {self.root.resolve()}"
 

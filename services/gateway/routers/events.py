@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from services.gateway.auth import require
 from services.gateway.bodies import ACCEPTED, check_media_type, read_body
-from services.gateway.deps import ClientsDep, LimiterDep, SettingsDep
+from services.gateway.deps import ClientsDep, LimiterDep, SettingsDep, TrafficDep
 from services.gateway.limits import RateLimiter
 from services.gateway.responses import errors, raw_body_schema, similar_items_link
 from services.gateway.schemas import (
@@ -201,12 +201,14 @@ async def post_events(
     clients: ClientsDep,
     settings: SettingsDep,
     limiter: LimiterDep,
+    traffic: TrafficDep,
     format: Annotated[EventFormat, Query(description="Shape of the events sent")] = "native",
 ) -> JSONResponse:
     check_rate(limiter, client_key(request))
     check_media_type(request)
     body = await read_body(request, settings.max_body_bytes, 'one JSON event or {"events": [...]}')
     summary, status = await publish(clients.ingestion, settings, body, format)
+    traffic.accepted(summary["accepted"])
     return JSONResponse(summary, status_code=status)
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 
 from services.gateway.auth import require
 from services.gateway.calls import call
-from services.gateway.deps import ClientsDep, ComposerDep, SettingsDep, checked_limit
+from services.gateway.deps import ClientsDep, ComposerDep, SettingsDep, TrafficDep, checked_limit
 from services.gateway.merch_schemas import CatalogItemOut
 from services.gateway.responses import errors, similar_items_link
 from services.gateway.schemas import SimilarOut
@@ -70,7 +70,9 @@ async def similar(
     item_id: ItemId,
     composer: ComposerDep,
     settings: SettingsDep,
+    traffic: TrafficDep,
     limit: Annotated[int, Query(ge=1)] = 10,
 ) -> SimilarOut:
     rec = await composer.similar(item_id, checked_limit(limit, settings))
+    traffic.served(degraded=rec.degraded)
     return SimilarOut.of(rec, item_id)

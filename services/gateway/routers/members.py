@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from datetime import UTC
-from typing import Annotated, Literal
+from typing import Annotated
 
 import grpc
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 
 from services.gateway.auth import require
 from services.gateway.bodies import model_body, read_model
-from services.gateway.deps import ClientsDep, ComposerDep, MemberId, SettingsDep, checked_limit
+from services.gateway.compose import personalizable
+from services.gateway.deps import (
+    ClientsDep,
+    ComposerDep,
+    MemberId,
+    SettingsDep,
+    TrafficDep,
+    checked_limit,
+)
 from services.gateway.responses import errors, similar_items_link
 from services.gateway.routing import AllowingRoute
 from services.gateway.schemas import (
@@ -18,11 +26,14 @@ from services.gateway.schemas import (
     ConsentOut,
     ErasureOut,
     MemberConsentOut,
+    MemberSegmentsOut,
     MemberTagsOut,
     OfferOut,
     OffersOut,
+    Placement,
     ProfileOut,
     RecommendationsOut,
+    lifecycle_of,
 )
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2
 from services.gen.recofleet.ingestion.v1 import ingestion_pb2
@@ -30,8 +41,6 @@ from services.gen.recofleet.profiles.v1 import profiles_pb2
 from services.profiles.tags import TAG_PATTERN
 
 router = APIRouter(prefix="/v1/members", tags=["members"], route_class=AllowingRoute)
-
-Placement = Literal["home", "product", "cart", "email", "search", "category"]
 
 
 # OpenAPI links: what one answer lets a client ask next (schemathesis follows them too).
@@ -77,6 +86,7 @@ async def recommendations(
     member_id: MemberId,
     composer: ComposerDep,
     settings: SettingsDep,
+    traffic: TrafficDep,
     placement: Placement = "home",
     limit: Annotated[int, Query(ge=1)] = 10,
     context_item: Annotated[str | None, Query(max_length=128)] = None,
@@ -89,6 +99,7 @@ async def recommendations(
         context_item or None,
         _exclusions(exclude),
     )
+    traffic.served(degraded=rec.degraded)
     return RecommendationsOut.of(rec)
 
 
@@ -125,6 +136,44 @@ async def profile(member_id: MemberId, composer: ComposerDep) -> ProfileOut:
     if not found.known:
         raise HTTPException(404, f"no events seen for member '{member_id}'")
     return ProfileOut.of(found)
+
+
+@router.get(
+    "/{member_id}/segments",
+    operation_id="get_member_segments",
+    dependencies=[require("profiles:read")],
+    response_model=MemberSegmentsOut,
+    responses={
+        200: {
+            "description": "The segments the member is in now.",
+            "links": {"profile": MEMBER_LINKS["profile"]},
+        },
+        **errors(
+            404,
+            422,
+            503,
+            descriptions={
+                404: "No events seen for this member.",
+                503: "The profiles service is unavailable: retry.",
+            },
+        ),
+    },
+)
+async def member_segments(member_id: MemberId, composer: ComposerDep) -> MemberSegmentsOut:
+    """The profile's `segments` alone: lifecycle and defined segments, from the portrait's
+    smaller view (no purchases, no recent items)."""
+    try:
+        found = await composer.profile(member_id, view=profiles_pb2.PROFILE_VIEW_BASIC)
+    except grpc.aio.AioRpcError as exc:
+        raise _profiles_unavailable(exc) from exc
+    if not found.known:
+        raise HTTPException(404, f"no events seen for member '{member_id}'")
+    return MemberSegmentsOut(
+        member_id=member_id,
+        segments=list(found.segments),
+        lifecycle=lifecycle_of(found.lifecycle),
+        personalized=personalizable(found),
+    )
 
 
 @router.get(

@@ -58,6 +58,14 @@ class ModelOut(BaseModel):
     refused: str | None = Field(
         default=None, description="Why a server could not load it; null when none refused it."
     )
+    metrics: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The offline metrics training measured on held-out data (NDCG@10, "
+        "recall@10, each source's precision@10); {} when the version says none.",
+    )
+    data_window: dict[str, Any] | None = Field(
+        default=None, description="The first and last interaction it was trained on."
+    )
 
 
 class RankerVersionOut(BaseModel):
@@ -324,6 +332,8 @@ def _meta(text: str) -> dict[str, Any]:
 
 
 def _listed(model: retrieval_pb2.ModelVersion, served: str) -> ModelOut:
+    meta = _meta(model.meta_json)
+    window = meta.get("data_window")
     return ModelOut(
         version=model.version,
         trained_at=_instant(model.trained_at),
@@ -334,7 +344,13 @@ def _listed(model: retrieval_pb2.ModelVersion, served: str) -> ModelOut:
         current=model.current,
         served=model.version == served,
         refused=model.refused_reason or None,
+        metrics=_dict(meta.get("metrics")),
+        data_window=window if isinstance(window, dict) else None,
     )
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _instant(text: str) -> datetime | None:

@@ -14,12 +14,27 @@ import grpc
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 
 from services.gateway.auth import require
-from services.gateway.bodies import check_media_type, decode_or_400, model_body, read_body
+from services.gateway.bodies import (
+    ACCEPTED,
+    check_media_type,
+    decode_or_400,
+    model_body,
+    read_body,
+    read_model,
+)
 from services.gateway.calls import call
-from services.gateway.deps import ClientsDep
-from services.gateway.merch_schemas import RuleIn, RuleOut, RulesOut
+from services.gateway.compose import Asked, InvalidDraft, PreviewFailed
+from services.gateway.deps import (
+    ClientsDep,
+    ComposerDep,
+    SettingsDep,
+    checked_limit,
+    stored_member_id,
+)
+from services.gateway.merch_schemas import PreviewIn, PreviewOut, RuleIn, RuleOut, RulesOut
 from services.gateway.responses import errors
 from services.gateway.routing import AllowingRoute
+from services.gateway.schemas import ItemOut
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2
 
 router = APIRouter(prefix="/v1/rules", tags=["rules"], route_class=AllowingRoute)
@@ -76,6 +91,73 @@ async def create_rule(request: Request, clients: ClientsDep) -> RuleOut:
     "position": 1}`: from its `starts_at` (now when unset) to its `ends_at`."""
     message = campaigns_pb2.PutRuleRequest(definition_json=await _definition(request))
     return RuleOut.of(await _call(clients.merchandising.PutRule, message))
+
+
+@router.post(
+    "/preview",
+    operation_id="preview_rule",
+    dependencies=[require("admin")],
+    response_model=PreviewOut,
+    responses={
+        200: {"description": "The placement's list without and with the draft rule."},
+        **errors(
+            400,
+            413,
+            415,
+            422,
+            503,
+            descriptions={
+                **INVALID,
+                503: "A service the lists need failed or overran: a preview is exact or not "
+                "given (the detail names them). Nothing was saved: retry.",
+            },
+        ),
+    },
+    openapi_extra={
+        "requestBody": {
+            **BODY["requestBody"],
+            "description": "The placement (and member, item in view) to preview, and the "
+            f"draft rule. Content types: {ACCEPTED} (or none).",
+            "content": {"application/json": {"schema": PreviewIn.body_schema()}},
+        }
+    },
+)
+async def preview_rule(
+    request: Request, composer: ComposerDep, settings: SettingsDep
+) -> PreviewOut:
+    """What a rule would do before it is saved: the same member's list at the placement
+    with the rules saved now, and with the draft too, from one set of candidates so that
+    they differ by the rule alone. Nothing is saved, and no impression is logged."""
+    body = await read_model(request, PreviewIn, MAX_RULE_BYTES)
+    member_id = stored_member_id(request, body.member_id) if body.member_id else ""
+    asked = Asked(member_id, body.placement, checked_limit(body.limit, settings), body.item_id, [])
+    try:
+        before, after = await composer.preview(asked, _draft(body))
+    except InvalidDraft as exc:
+        raise HTTPException(422, f"rule.{exc}") from exc
+    except PreviewFailed as exc:
+        raise HTTPException(
+            503, f"no preview: {exc} did not answer in time; retry", headers={"Retry-After": "1"}
+        ) from exc
+    return PreviewOut(
+        placement=body.placement,
+        member_id=body.member_id,
+        before=[ItemOut.of(item) for item in before.items],
+        after=[ItemOut.of(item) for item in after.items],
+        model=after.model,
+        personalized=after.personalized,
+    )
+
+
+def _draft(body: PreviewIn) -> str:
+    """The draft as campaigns takes it, for the placement previewed (422 for another)."""
+    placement = body.rule.setdefault("placement", body.placement)
+    if placement != body.placement:
+        raise HTTPException(
+            422,
+            f"rule.placement: {placement!r} is not the placement previewed ({body.placement!r})",
+        )
+    return json.dumps(body.rule)
 
 
 @router.get(

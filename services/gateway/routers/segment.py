@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from services.common.jsonbody import BodyError, decode
 from services.gateway.bodies import check_media_type, read_body
 from services.gateway.clients import FleetClients
-from services.gateway.deps import ClientsDep, LimiterDep, SettingsDep
+from services.gateway.deps import ClientsDep, LimiterDep, SettingsDep, TrafficDep
 from services.gateway.limits import RateLimiter
 from services.gateway.responses import errors
 from services.gateway.routers.events import (
@@ -36,6 +36,7 @@ from services.gateway.routers.events import (
 )
 from services.gateway.schemas import ErrorBody, SegmentAccepted, SegmentRefused
 from services.gateway.settings import GatewaySettings
+from services.gateway.traffic import Traffic
 
 router = APIRouter(prefix="/segment/v1", tags=["segment"])
 SingleCall = Literal["track", "identify", "page", "screen", "group", "alias"]
@@ -163,8 +164,11 @@ def _decode(body: bytes) -> Any:
         raise HTTPException(400, str(exc)) from exc
 
 
-async def _receive(clients: FleetClients, settings: GatewaySettings, body: bytes) -> JSONResponse:
+async def _receive(
+    clients: FleetClients, settings: GatewaySettings, traffic: Traffic, body: bytes
+) -> JSONResponse:
     summary, status = await publish(clients.ingestion, settings, body, "segment")
+    traffic.accepted(summary["accepted"])
     # Segment's clients look for `success`; ours also get the per-event outcome.
     return JSONResponse(
         {"success": status == 202, **summary}, status_code=200 if status == 202 else status
@@ -190,10 +194,14 @@ NOTHING_ACCEPTED = "No event was accepted (the summary says why for each)"
     ),
 )
 async def batch(
-    request: Request, clients: ClientsDep, settings: SettingsDep, limiter: LimiterDep
+    request: Request,
+    clients: ClientsDep,
+    settings: SettingsDep,
+    limiter: LimiterDep,
+    traffic: TrafficDep,
 ) -> JSONResponse:
     body, _ = await _authorized_body(request, settings, limiter)
-    return await _receive(clients, settings, body)
+    return await _receive(clients, settings, traffic, body)
 
 
 @router.post(
@@ -221,6 +229,7 @@ async def single(
     clients: ClientsDep,
     settings: SettingsDep,
     limiter: LimiterDep,
+    traffic: TrafficDep,
 ) -> JSONResponse:
     body, message = await _authorized_body(request, settings, limiter)
     if message is None:
@@ -229,4 +238,4 @@ async def single(
         raise HTTPException(400, "a Segment call is one JSON object")
     # The path names the call type; Segment's own API lets the path decide it too.
     message.setdefault("type", call)
-    return await _receive(clients, settings, json.dumps(message).encode())
+    return await _receive(clients, settings, traffic, json.dumps(message).encode())

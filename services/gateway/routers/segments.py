@@ -17,12 +17,14 @@ from fastapi.responses import StreamingResponse
 
 from services.common.csv_rows import csv_line
 from services.gateway.auth import require
-from services.gateway.bodies import model_body, read_model
+from services.gateway.bodies import model_body, read_model, read_optional_model
 from services.gateway.deps import ClientsDep, SettingsDep
 from services.gateway.responses import errors
 from services.gateway.routing import AllowingRoute
 from services.gateway.schemas import (
     SEGMENT_NAME,
+    DiscoveredOut,
+    DiscoverIn,
     SegmentAnswer,
     SegmentDefinitionIn,
     SegmentIn,
@@ -30,6 +32,7 @@ from services.gateway.schemas import (
     SegmentMembersOut,
     SegmentOut,
     SegmentsOut,
+    SuggestedSegmentOut,
 )
 from services.gen.recofleet.profiles.v1 import profiles_pb2
 
@@ -139,6 +142,72 @@ async def create_segment(
 ) -> SegmentAnswer:
     body = await read_model(request, SegmentIn)
     return await _put(clients, settings, body.name, body, create_only=True)
+
+
+def _optional(body: dict[str, Any]) -> dict[str, Any]:
+    """A request body the route may go without (its defaults then)."""
+    body["requestBody"]["required"] = False
+    return body
+
+
+@router.post(
+    "/discover",
+    operation_id="discover_segments",
+    dependencies=[require("segments:write")],
+    response_model=DiscoveredOut,
+    responses={
+        200: {
+            "description": "Segments suggested by clustering the members; nothing is saved: "
+            "`PUT /v1/segments/{name}` with a suggestion's `conditions` saves it."
+        },
+        **errors(
+            400,
+            409,
+            413,
+            415,
+            422,
+            503,
+            descriptions={
+                409: "Fewer members who ordered (or fewer different ones) than clusters asked.",
+                422: "`clusters` or `window_days` out of range (the detail names it).",
+            },
+        ),
+    },
+    openapi_extra=_optional(
+        model_body(DiscoverIn, 'Optional: `{"clusters": 5}` by default; `window_days` narrows it.')
+    ),
+)
+async def discover_segments(
+    request: Request, clients: ClientsDep, settings: SettingsDep
+) -> DiscoveredOut:
+    """Members who ordered, clustered with k-means on their RFM scores and category shares
+    (docs/segment-discovery.md): each cluster described, with a condition that approximates
+    it and how well it fits. Reads every portrait once (seconds on a large shop)."""
+    body = await read_optional_model(request, DiscoverIn)
+    asked = profiles_pb2.DiscoverSegmentsRequest(k=body.clusters)
+    if body.window_days is not None:
+        asked.window_days = body.window_days
+    reply = await _call(clients.profiles.DiscoverSegments, asked, settings.deadlines.segments)
+    return DiscoveredOut(
+        clusters=[
+            SuggestedSegmentOut(
+                name=found.name,
+                size=found.size,
+                share=round(found.share, 4),
+                description=found.summary,
+                conditions=SegmentDefinitionIn(
+                    condition=found.condition, description=found.description
+                ),
+                precision=found.precision,
+                recall=found.recall,
+            )
+            for found in reply.segments
+        ],
+        features=list(reply.features),
+        members=reply.members,
+        clustered=reply.clustered,
+        as_of=reply.as_of.ToDatetime(tzinfo=UTC),
+    )
 
 
 @router.get(

@@ -54,6 +54,7 @@ class ApplyRulesRequest(_message.Message):
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     RECENT_PURCHASES_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    DRAFT_RULES_JSON_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     placement: _builtins.str
     limit: _builtins.int
@@ -68,6 +69,13 @@ class ApplyRulesRequest(_message.Message):
     def recent_purchases(self) -> _containers.RepeatedCompositeFieldContainer[Global___PurchasedItem]:
         """The member's latest purchases with their time (for "exclude bought within N days")."""
 
+    @_builtins.property
+    def draft_rules_json(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Rules not saved (a preview of what they would do): each a definition as PutRule takes
+        it, applied with the saved rules as if created now and live whatever its time window.
+        Only those of the request's placement apply. INVALID_ARGUMENT names a wrong field.
+        """
+
     def __init__(
         self,
         *,
@@ -78,10 +86,11 @@ class ApplyRulesRequest(_message.Message):
         exclude_item_ids: _abc.Iterable[_builtins.str] | None = ...,
         recent_purchases: _abc.Iterable[Global___PurchasedItem] | None = ...,
         limit: _builtins.int = ...,
+        draft_rules_json: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "exclude_item_ids", b"exclude_item_ids", "limit", b"limit", "member_id", b"member_id", "placement", b"placement", "purchased_item_ids", b"purchased_item_ids", "recent_purchases", b"recent_purchases"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "draft_rules_json", b"draft_rules_json", "exclude_item_ids", b"exclude_item_ids", "limit", b"limit", "member_id", b"member_id", "placement", b"placement", "purchased_item_ids", b"purchased_item_ids", "recent_purchases", b"recent_purchases"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from services.gen.recofleet.common.v1 import common_pb2 as recofleet_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&recofleet/ingestion/v1/ingestion.proto\x12\x16recofleet.ingestion.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a recofleet/common/v1/common.proto\"7\n\x14PublishEventsRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"v\n\x15PublishEventsResponse\x12\x1a\n\x12\x61\x63\x63\x65pted_event_ids\x18\x01 \x03(\t\x12\x30\n\x08rejected\x18\x02 \x03(\x0b\x32\x1e.recofleet.common.v1.Rejection\x12\x0f\n\x07ignored\x18\x03 \x01(\x05\"%\n\x12UpsertItemsRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"b\n\x13UpsertItemsResponse\x12\x19\n\x11\x61\x63\x63\x65pted_item_ids\x18\x01 \x03(\t\x12\x30\n\x08rejected\x18\x02 \x03(\x0b\x32\x1e.recofleet.common.v1.Rejection\"\'\n\x12\x45raseMemberRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\"[\n\x13\x45raseMemberResponse\x12\x12\n\nerasure_id\x18\x01 \x01(\t\x12\x30\n\x0crequested_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xd0\x02\n\x10IngestionService\x12l\n\rPublishEvents\x12,.recofleet.ingestion.v1.PublishEventsRequest\x1a-.recofleet.ingestion.v1.PublishEventsResponse\x12\x66\n\x0bUpsertItems\x12*.recofleet.ingestion.v1.UpsertItemsRequest\x1a+.recofleet.ingestion.v1.UpsertItemsResponse\x12\x66\n\x0b\x45raseMember\x12*.recofleet.ingestion.v1.EraseMemberRequest\x1a+.recofleet.ingestion.v1.EraseMemberResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&recofleet/ingestion/v1/ingestion.proto\x12\x16recofleet.ingestion.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a recofleet/common/v1/common.proto\"7\n\x14PublishEventsRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"v\n\x15PublishEventsResponse\x12\x1a\n\x12\x61\x63\x63\x65pted_event_ids\x18\x01 \x03(\t\x12\x30\n\x08rejected\x18\x02 \x03(\x0b\x32\x1e.recofleet.common.v1.Rejection\x12\x0f\n\x07ignored\x18\x03 \x01(\x05\"%\n\x12UpsertItemsRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"b\n\x13UpsertItemsResponse\x12\x19\n\x11\x61\x63\x63\x65pted_item_ids\x18\x01 \x03(\t\x12\x30\n\x08rejected\x18\x02 \x03(\x0b\x32\x1e.recofleet.common.v1.Rejection\"\'\n\x12\x45raseMemberRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\"[\n\x13\x45raseMemberResponse\x12\x12\n\nerasure_id\x18\x01 \x01(\t\x12\x30\n\x0crequested_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x15\n\x13GetBusStatusRequest\"8\n\x0b\x43onsumerLag\x12\r\n\x05group\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x0b\n\x03lag\x18\x03 \x01(\x03\"\x86\x01\n\tBusStatus\x12\x36\n\tconsumers\x18\x01 \x03(\x0b\x32#.recofleet.ingestion.v1.ConsumerLag\x12\x14\n\x0c\x64\x65\x61\x64_letters\x18\x02 \x01(\x03\x12\x10\n\x08location\x18\x03 \x01(\t\x12\x19\n\x11\x63onsumers_unknown\x18\x04 \x01(\t2\xb0\x03\n\x10IngestionService\x12l\n\rPublishEvents\x12,.recofleet.ingestion.v1.PublishEventsRequest\x1a-.recofleet.ingestion.v1.PublishEventsResponse\x12\x66\n\x0bUpsertItems\x12*.recofleet.ingestion.v1.UpsertItemsRequest\x1a+.recofleet.ingestion.v1.UpsertItemsResponse\x12\x66\n\x0b\x45raseMember\x12*.recofleet.ingestion.v1.EraseMemberRequest\x1a+.recofleet.ingestion.v1.EraseMemberResponse\x12^\n\x0cGetBusStatus\x12+.recofleet.ingestion.v1.GetBusStatusRequest\x1a!.recofleet.ingestion.v1.BusStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,6 +45,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ERASEMEMBERREQUEST']._serialized_end=488
   _globals['_ERASEMEMBERRESPONSE']._serialized_start=490
   _globals['_ERASEMEMBERRESPONSE']._serialized_end=581
-  _globals['_INGESTIONSERVICE']._serialized_start=584
-  _globals['_INGESTIONSERVICE']._serialized_end=920
+  _globals['_GETBUSSTATUSREQUEST']._serialized_start=583
+  _globals['_GETBUSSTATUSREQUEST']._serialized_end=604
+  _globals['_CONSUMERLAG']._serialized_start=606
+  _globals['_CONSUMERLAG']._serialized_end=662
+  _globals['_BUSSTATUS']._serialized_start=665
+  _globals['_BUSSTATUS']._serialized_end=799
+  _globals['_INGESTIONSERVICE']._serialized_start=802
+  _globals['_INGESTIONSERVICE']._serialized_end=1234
 # @@protoc_insertion_point(module_scope)

@@ -162,3 +162,82 @@ class EraseMemberResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EraseMemberResponse: _TypeAlias = EraseMemberResponse  # noqa: Y015
+
+@_typing.final
+class GetBusStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBusStatusRequest: _TypeAlias = GetBusStatusRequest  # noqa: Y015
+
+@_typing.final
+class ConsumerLag(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    LAG_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    topic: _builtins.str
+    lag: _builtins.int
+    """Records on the topic the group has not committed yet, over every partition."""
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        topic: _builtins.str = ...,
+        lag: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "lag", b"lag", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsumerLag: _TypeAlias = ConsumerLag  # noqa: Y015
+
+@_typing.final
+class BusStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSUMERS_FIELD_NUMBER: _builtins.int
+    DEAD_LETTERS_FIELD_NUMBER: _builtins.int
+    LOCATION_FIELD_NUMBER: _builtins.int
+    CONSUMERS_UNKNOWN_FIELD_NUMBER: _builtins.int
+    dead_letters: _builtins.int
+    """Dead letters not replayed yet (`recofleet dead-letters replay` republishes them)."""
+    location: _builtins.str
+    """Where the records live, in words (a log directory, a cluster's brokers)."""
+    consumers_unknown: _builtins.str
+    """Why the consumer groups could not be listed (a Kafka cluster without ListGroups, as
+    librdkafka's mock); empty when they were.
+    """
+    @_builtins.property
+    def consumers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsumerLag]:
+        """Every consumer group that committed offsets on a fleet topic, one entry per topic,
+        by group then topic (the dead-letter tools' own groups left out).
+        """
+
+    def __init__(
+        self,
+        *,
+        consumers: _abc.Iterable[Global___ConsumerLag] | None = ...,
+        dead_letters: _builtins.int = ...,
+        location: _builtins.str = ...,
+        consumers_unknown: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumers", b"consumers", "consumers_unknown", b"consumers_unknown", "dead_letters", b"dead_letters", "location", b"location"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BusStatus: _TypeAlias = BusStatus  # noqa: Y015

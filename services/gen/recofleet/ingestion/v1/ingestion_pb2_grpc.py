@@ -50,6 +50,11 @@ class IngestionServiceStub:
                 request_serializer=recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.EraseMemberRequest.SerializeToString,
                 response_deserializer=recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.EraseMemberResponse.FromString,
                 _registered_method=True)
+        self.GetBusStatus = channel.unary_unary(
+                '/recofleet.ingestion.v1.IngestionService/GetBusStatus',
+                request_serializer=recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.GetBusStatusRequest.SerializeToString,
+                response_deserializer=recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.BusStatus.FromString,
+                _registered_method=True)
 
 
 class IngestionServiceServicer:
@@ -80,6 +85,14 @@ class IngestionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBusStatus(self, request, context):
+        """How far behind each consumer group is and how many dead letters wait, read from the
+        bus (the local log or Kafka) when asked. UNAVAILABLE: the bus cannot be read now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +110,11 @@ def add_IngestionServiceServicer_to_server(servicer, server):
                     servicer.EraseMember,
                     request_deserializer=recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.EraseMemberRequest.FromString,
                     response_serializer=recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.EraseMemberResponse.SerializeToString,
+            ),
+            'GetBusStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBusStatus,
+                    request_deserializer=recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.GetBusStatusRequest.FromString,
+                    response_serializer=recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.BusStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +199,33 @@ class IngestionService:
             '/recofleet.ingestion.v1.IngestionService/EraseMember',
             recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.EraseMemberRequest.SerializeToString,
             recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.EraseMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBusStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.ingestion.v1.IngestionService/GetBusStatus',
+            recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.GetBusStatusRequest.SerializeToString,
+            recofleet_dot_ingestion_dot_v1_dot_ingestion__pb2.BusStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,10 @@ class IngestionServiceStub:
     service applies to its own state (docs/erasure.md). INVALID_ARGUMENT: no member id;
     UNAVAILABLE: the bus cannot take it now (nothing was erased, try again).
     """
+    GetBusStatus: _grpc.UnaryUnaryMultiCallable[_ingestion_pb2.GetBusStatusRequest, _ingestion_pb2.BusStatus]
+    """How far behind each consumer group is and how many dead letters wait, read from the
+    bus (the local log or Kafka) when asked. UNAVAILABLE: the bus cannot be read now.
+    """
 
 @_typing.type_check_only
 class IngestionServiceAsyncStub(IngestionServiceStub):
@@ -60,6 +64,10 @@ class IngestionServiceAsyncStub(IngestionServiceStub):
     """Erase a member everywhere: publishes an erasure on the members topic, which every
     service applies to its own state (docs/erasure.md). INVALID_ARGUMENT: no member id;
     UNAVAILABLE: the bus cannot take it now (nothing was erased, try again).
+    """
+    GetBusStatus: _aio.UnaryUnaryMultiCallable[_ingestion_pb2.GetBusStatusRequest, _ingestion_pb2.BusStatus]  # type: ignore[assignment]
+    """How far behind each consumer group is and how many dead letters wait, read from the
+    bus (the local log or Kafka) when asked. UNAVAILABLE: the bus cannot be read now.
     """
 
 class IngestionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -92,6 +100,16 @@ class IngestionServiceServicer(metaclass=_abc_1.ABCMeta):
         """Erase a member everywhere: publishes an erasure on the members topic, which every
         service applies to its own state (docs/erasure.md). INVALID_ARGUMENT: no member id;
         UNAVAILABLE: the bus cannot take it now (nothing was erased, try again).
+        """
+
+    @_abc_1.abstractmethod
+    def GetBusStatus(
+        self,
+        request: _ingestion_pb2.GetBusStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingestion_pb2.BusStatus, _abc.Awaitable[_ingestion_pb2.BusStatus]]:
+        """How far behind each consumer group is and how many dead letters wait, read from the
+        bus (the local log or Kafka) when asked. UNAVAILABLE: the bus cannot be read now.
         """
 
 def add_IngestionServiceServicer_to_server(servicer: IngestionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1123,3 +1123,179 @@ class MatchAudiencesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MatchAudiencesResponse: _TypeAlias = MatchAudiencesResponse  # noqa: Y015
+
+@_typing.final
+class CountMembersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountMembersRequest: _TypeAlias = CountMembersRequest  # noqa: Y015
+
+@_typing.final
+class MemberCount(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    members: _builtins.int
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        members: _builtins.int = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberCount: _TypeAlias = MemberCount  # noqa: Y015
+
+@_typing.final
+class DiscoverSegmentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    K_FIELD_NUMBER: _builtins.int
+    TOP_CATEGORIES_FIELD_NUMBER: _builtins.int
+    WINDOW_DAYS_FIELD_NUMBER: _builtins.int
+    k: _builtins.int
+    """Clusters, 2 to 20; 0: 5."""
+    top_categories: _builtins.int
+    """Category affinities used as features, 0 to 10; unset: 5."""
+    window_days: _builtins.float
+    """Only members whose last order is at most this many days old; each condition then
+    says so. Unset: every member who ordered.
+    """
+    def __init__(
+        self,
+        *,
+        k: _builtins.int = ...,
+        top_categories: _builtins.int | None = ...,
+        window_days: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_top_categories", b"_top_categories", "_window_days", b"_window_days", "top_categories", b"top_categories", "window_days", b"window_days"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_categories", b"_top_categories", "_window_days", b"_window_days", "k", b"k", "top_categories", b"top_categories", "window_days", b"window_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__top_categories: _TypeAlias = _typing.Literal["top_categories"]  # noqa: Y015
+    _WhichOneofArgType__top_categories: _TypeAlias = _typing.Literal["_top_categories", b"_top_categories"]  # noqa: Y015
+    _WhichOneofReturnType__window_days: _TypeAlias = _typing.Literal["window_days"]  # noqa: Y015
+    _WhichOneofArgType__window_days: _TypeAlias = _typing.Literal["_window_days", b"_window_days"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_categories) -> _WhichOneofReturnType__top_categories | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__window_days) -> _WhichOneofReturnType__window_days | None: ...
+
+Global___DiscoverSegmentsRequest: _TypeAlias = DiscoverSegmentsRequest  # noqa: Y015
+
+@_typing.final
+class DiscoveredSegment(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CONDITION_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
+    RECALL_FIELD_NUMBER: _builtins.int
+    MATCHED_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """A free segment name made of the cluster's words (lower case, '-')."""
+    condition: _builtins.str
+    """A condition that approximates the cluster (the condition language of segments)."""
+    description: _builtins.str
+    """What saving it as a segment would say of it: the cluster in words, its size and how
+    well the condition fits (at most 500 characters).
+    """
+    size: _builtins.int
+    """Members in the cluster, and their share of the members clustered."""
+    share: _builtins.float
+    precision: _builtins.float
+    """Of the members the condition matches, the share in the cluster; of the cluster, the
+    share the condition matches.
+    """
+    recall: _builtins.float
+    matched: _builtins.int
+    """Members clustered that the condition matches (estimated past 100,000 members)."""
+    summary: _builtins.str
+    """The cluster in words alone (e.g. "recent, frequent, high spenders; mostly kitchen")."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        condition: _builtins.str = ...,
+        description: _builtins.str = ...,
+        size: _builtins.int = ...,
+        share: _builtins.float = ...,
+        precision: _builtins.float = ...,
+        recall: _builtins.float = ...,
+        matched: _builtins.int = ...,
+        summary: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "description", b"description", "matched", b"matched", "name", b"name", "precision", b"precision", "recall", b"recall", "share", b"share", "size", b"size", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscoveredSegment: _TypeAlias = DiscoveredSegment  # noqa: Y015
+
+@_typing.final
+class DiscoverSegmentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    K_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    CLUSTERED_FIELD_NUMBER: _builtins.int
+    WITHOUT_ORDER_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    k: _builtins.int
+    members: _builtins.int
+    """Members looked at (within the window, when one was given), those clustered (with an
+    order) and those left out without one.
+    """
+    clustered: _builtins.int
+    without_order: _builtins.int
+    @_builtins.property
+    def segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___DiscoveredSegment]:
+        """Largest first."""
+
+    @_builtins.property
+    def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The features clustered on, as conditions name them."""
+
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        segments: _abc.Iterable[Global___DiscoveredSegment] | None = ...,
+        k: _builtins.int = ...,
+        features: _abc.Iterable[_builtins.str] | None = ...,
+        members: _builtins.int = ...,
+        clustered: _builtins.int = ...,
+        without_order: _builtins.int = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "clustered", b"clustered", "features", b"features", "k", b"k", "members", b"members", "segments", b"segments", "without_order", b"without_order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscoverSegmentsResponse: _TypeAlias = DiscoverSegmentsResponse  # noqa: Y015

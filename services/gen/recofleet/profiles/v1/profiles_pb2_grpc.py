@@ -106,6 +106,16 @@ class ProfilesServiceStub:
                 request_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.MatchAudiencesRequest.SerializeToString,
                 response_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.MatchAudiencesResponse.FromString,
                 _registered_method=True)
+        self.CountMembers = channel.unary_unary(
+                '/recofleet.profiles.v1.ProfilesService/CountMembers',
+                request_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.CountMembersRequest.SerializeToString,
+                response_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.MemberCount.FromString,
+                _registered_method=True)
+        self.DiscoverSegments = channel.unary_unary(
+                '/recofleet.profiles.v1.ProfilesService/DiscoverSegments',
+                request_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.DiscoverSegmentsRequest.SerializeToString,
+                response_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.DiscoverSegmentsResponse.FromString,
+                _registered_method=True)
 
 
 class ProfilesServiceServicer:
@@ -220,6 +230,23 @@ class ProfilesServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountMembers(self, request, context):
+        """How many members the store holds: every member with an event, consent or not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiscoverSegments(self, request, context):
+        """Members clustered on their portraits, each cluster a segment definition ready to save
+        (docs/segment-discovery.md). Reads every portrait once and changes nothing.
+        INVALID_ARGUMENT: k, top_categories or window_days out of range; FAILED_PRECONDITION:
+        fewer members who ordered (or fewer different ones) than k.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProfilesServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -292,6 +319,16 @@ def add_ProfilesServiceServicer_to_server(servicer, server):
                     servicer.MatchAudiences,
                     request_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.MatchAudiencesRequest.FromString,
                     response_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.MatchAudiencesResponse.SerializeToString,
+            ),
+            'CountMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountMembers,
+                    request_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.CountMembersRequest.FromString,
+                    response_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.MemberCount.SerializeToString,
+            ),
+            'DiscoverSegments': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiscoverSegments,
+                    request_deserializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.DiscoverSegmentsRequest.FromString,
+                    response_serializer=recofleet_dot_profiles_dot_v1_dot_profiles__pb2.DiscoverSegmentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -674,6 +711,60 @@ class ProfilesService:
             '/recofleet.profiles.v1.ProfilesService/MatchAudiences',
             recofleet_dot_profiles_dot_v1_dot_profiles__pb2.MatchAudiencesRequest.SerializeToString,
             recofleet_dot_profiles_dot_v1_dot_profiles__pb2.MatchAudiencesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.profiles.v1.ProfilesService/CountMembers',
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.CountMembersRequest.SerializeToString,
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.MemberCount.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscoverSegments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recofleet.profiles.v1.ProfilesService/DiscoverSegments',
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.DiscoverSegmentsRequest.SerializeToString,
+            recofleet_dot_profiles_dot_v1_dot_profiles__pb2.DiscoverSegmentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

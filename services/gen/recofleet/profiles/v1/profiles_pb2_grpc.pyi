@@ -78,6 +78,14 @@ class ProfilesServiceStub:
     """An audience's members, page by page, in member id order (as SegmentMembers)."""
     MatchAudiences: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.MatchAudiencesRequest, _profiles_pb2.MatchAudiencesResponse]
     """Which of the audiences one member is in now, with their consent and scores."""
+    CountMembers: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.CountMembersRequest, _profiles_pb2.MemberCount]
+    """How many members the store holds: every member with an event, consent or not."""
+    DiscoverSegments: _grpc.UnaryUnaryMultiCallable[_profiles_pb2.DiscoverSegmentsRequest, _profiles_pb2.DiscoverSegmentsResponse]
+    """Members clustered on their portraits, each cluster a segment definition ready to save
+    (docs/segment-discovery.md). Reads every portrait once and changes nothing.
+    INVALID_ARGUMENT: k, top_categories or window_days out of range; FAILED_PRECONDITION:
+    fewer members who ordered (or fewer different ones) than k.
+    """
 
 @_typing.type_check_only
 class ProfilesServiceAsyncStub(ProfilesServiceStub):
@@ -129,6 +137,14 @@ class ProfilesServiceAsyncStub(ProfilesServiceStub):
     """An audience's members, page by page, in member id order (as SegmentMembers)."""
     MatchAudiences: _aio.UnaryUnaryMultiCallable[_profiles_pb2.MatchAudiencesRequest, _profiles_pb2.MatchAudiencesResponse]  # type: ignore[assignment]
     """Which of the audiences one member is in now, with their consent and scores."""
+    CountMembers: _aio.UnaryUnaryMultiCallable[_profiles_pb2.CountMembersRequest, _profiles_pb2.MemberCount]  # type: ignore[assignment]
+    """How many members the store holds: every member with an event, consent or not."""
+    DiscoverSegments: _aio.UnaryUnaryMultiCallable[_profiles_pb2.DiscoverSegmentsRequest, _profiles_pb2.DiscoverSegmentsResponse]  # type: ignore[assignment]
+    """Members clustered on their portraits, each cluster a segment definition ready to save
+    (docs/segment-discovery.md). Reads every portrait once and changes nothing.
+    INVALID_ARGUMENT: k, top_categories or window_days out of range; FAILED_PRECONDITION:
+    fewer members who ordered (or fewer different ones) than k.
+    """
 
 class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
     """Member profiles ("portraits") kept up to date from the event bus. Every definition of a
@@ -261,5 +277,25 @@ class ProfilesServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_profiles_pb2.MatchAudiencesResponse, _abc.Awaitable[_profiles_pb2.MatchAudiencesResponse]]:
         """Which of the audiences one member is in now, with their consent and scores."""
+
+    @_abc_1.abstractmethod
+    def CountMembers(
+        self,
+        request: _profiles_pb2.CountMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.MemberCount, _abc.Awaitable[_profiles_pb2.MemberCount]]:
+        """How many members the store holds: every member with an event, consent or not."""
+
+    @_abc_1.abstractmethod
+    def DiscoverSegments(
+        self,
+        request: _profiles_pb2.DiscoverSegmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profiles_pb2.DiscoverSegmentsResponse, _abc.Awaitable[_profiles_pb2.DiscoverSegmentsResponse]]:
+        """Members clustered on their portraits, each cluster a segment definition ready to save
+        (docs/segment-discovery.md). Reads every portrait once and changes nothing.
+        INVALID_ARGUMENT: k, top_categories or window_days out of range; FAILED_PRECONDITION:
+        fewer members who ordered (or fewer different ones) than k.
+        """
 
 def add_ProfilesServiceServicer_to_server(servicer: ProfilesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

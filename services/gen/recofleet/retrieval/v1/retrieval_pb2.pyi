@@ -218,6 +218,7 @@ class ModelVersion(_message.Message):
     FACTORS_FIELD_NUMBER: _builtins.int
     CURRENT_FIELD_NUMBER: _builtins.int
     REFUSED_REASON_FIELD_NUMBER: _builtins.int
+    META_JSON_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     trained_at: _builtins.str
     members: _builtins.int
@@ -228,6 +229,10 @@ class ModelVersion(_message.Message):
     """The version the store's CURRENT names: what every server loads."""
     refused_reason: _builtins.str
     """Why a server could not load it; empty when none refused it."""
+    meta_json: _builtins.str
+    """What the version says of itself (JSON): its data window, settings and the offline
+    metrics training measured on held-out data.
+    """
     def __init__(
         self,
         *,
@@ -239,10 +244,11 @@ class ModelVersion(_message.Message):
         factors: _builtins.int = ...,
         current: _builtins.bool = ...,
         refused_reason: _builtins.str = ...,
+        meta_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "factors", b"factors", "interactions", b"interactions", "items", b"items", "members", b"members", "refused_reason", b"refused_reason", "trained_at", b"trained_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "factors", b"factors", "interactions", b"interactions", "items", b"items", "members", b"members", "meta_json", b"meta_json", "refused_reason", b"refused_reason", "trained_at", b"trained_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
