@@ -59,6 +59,16 @@ MEMBER_LINKS = {
     },
 }
 INVALID_PARAMETER = {422: "A query or path parameter is invalid (`limit` past the maximum, too)."}
+# What reading a member's portrait can answer besides 200, for each route that reads it.
+PORTRAIT_ERRORS = errors(
+    404,
+    422,
+    503,
+    descriptions={
+        404: "No events seen for this member.",
+        503: "The profiles service is unavailable: retry.",
+    },
+)
 
 
 def _exclusions(raw: str | None) -> list[str]:
@@ -117,15 +127,7 @@ async def recommendations(
                 "similar": similar_items_link("/recent_items/0/item_id"),
             },
         },
-        **errors(
-            404,
-            422,
-            503,
-            descriptions={
-                404: "No events seen for this member.",
-                503: "The profiles service is unavailable: retry.",
-            },
-        ),
+        **PORTRAIT_ERRORS,
     },
 )
 async def profile(member_id: MemberId, composer: ComposerDep) -> ProfileOut:
@@ -148,15 +150,7 @@ async def profile(member_id: MemberId, composer: ComposerDep) -> ProfileOut:
             "description": "The segments the member is in now.",
             "links": {"profile": MEMBER_LINKS["profile"]},
         },
-        **errors(
-            404,
-            422,
-            503,
-            descriptions={
-                404: "No events seen for this member.",
-                503: "The profiles service is unavailable: retry.",
-            },
-        ),
+        **PORTRAIT_ERRORS,
     },
 )
 async def member_segments(member_id: MemberId, composer: ComposerDep) -> MemberSegmentsOut:
