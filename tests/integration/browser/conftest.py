@@ -39,7 +39,9 @@ def chromium_path() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+# Module, not session: Playwright's sync API runs an event loop in the main thread while it
+# is open, and every asyncio test after it would find a loop already running.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     executable = chromium_path()
     if executable is None:
