@@ -39,10 +39,31 @@ def welcomed(prefix: str) -> str:
     return found
 
 
+# Ports handed out in this test process. A service also binds its port + METRICS_OFFSET
+# for metrics, which the kernel knows nothing of until it starts: a port whose neighbour
+# at that offset was handed out, or is taken, is not given, or two fleets collide.
+HANDED_OUT: set[int] = set()
+METRICS_OFFSET = FleetSettings().metrics_port_offset
+
+
 def free_port() -> int:
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        related = {port, port + METRICS_OFFSET, port - METRICS_OFFSET}
+        if not related & HANDED_OUT and _bindable(port + METRICS_OFFSET):
+            HANDED_OUT.update({port, port + METRICS_OFFSET})
+            return port
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except (OSError, OverflowError):
+            return False
+    return True
 
 
 @dataclass
