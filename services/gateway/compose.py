@@ -60,6 +60,10 @@ class RankedEntry:
     score: float
     reasons: list[str]
     category: str = ""
+    # The candidate sources that proposed the item, most confident first, and the
+    # merchandising rules that moved or promoted it (Ruled.attributed).
+    sources: list[str] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -168,7 +172,35 @@ class Ruled:
         ranked = [RankedItem(c.item_id, round(c.score, 6), _said(c), c.category) for c in ordered]
         if self.arrangement is not None and arranges(self.arrangement):
             ranked = arrange(ranked, self.arrangement, limit)
-        return [RankedEntry(r.item_id, r.score, r.reasons, r.category) for r in ranked[:limit]]
+        entries = [RankedEntry(r.item_id, r.score, r.reasons, r.category) for r in ranked[:limit]]
+        return self.attributed(entries)
+
+    def attributed(self, entries: list[RankedEntry]) -> list[RankedEntry]:
+        """`entries` with the sources that proposed each and the rules that touched it,
+        from the candidates and arrangement the gateway holds (no service repeats them)."""
+        by_id = {c.item_id: c for c in self.candidates}
+        touched = _touched_by(self.arrangement)
+        for entry in entries:
+            candidate = by_id.get(entry.item_id)
+            entry.sources = _sources_of(candidate) if candidate is not None else []
+            entry.rules = touched.get(entry.item_id, [])
+        return entries
+
+
+def _touched_by(arrangement: common_pb2.Arrangement | None) -> dict[str, list[str]]:
+    """Each item's rules in the arrangement (pins, boosts and buries, promotions), once each
+    in the order the arrangement names them."""
+    if arrangement is None:
+        return {}
+    named: list[tuple[str, str]] = [(p.item_id, p.rule) for p in arrangement.pins]
+    named += [(a.item_id, a.rule) for a in arrangement.adjustments]
+    named += [(i, p.rule) for p in arrangement.promotions for i in p.item_ids]
+    touched: dict[str, list[str]] = {}
+    for item_id, rule in named:
+        rules = touched.setdefault(item_id, [])
+        if rule and rule not in rules:
+            rules.append(rule)
+    return touched
 
 
 # The services a recommendation calls, each behind a breaker of its own.
@@ -520,9 +552,11 @@ class Composer:
         if reply is None:
             # Retrieval's order as it is: the gateway does not redo ranking's arranging.
             ordered = sorted(ruled.candidates, key=lambda c: -c.score)[: asked.limit]
-            return [_entry(c) for c in ordered], Ranked("retrieval-order")
+            return ruled.attributed([_entry(c) for c in ordered]), Ranked("retrieval-order")
         items = [RankedEntry(i.item_id, i.score, list(i.reasons), i.category) for i in reply.items]
-        return items, Ranked(reply.model, reply.variant or DEFAULT_VARIANT, reply.experiment_id)
+        return ruled.attributed(items), Ranked(
+            reply.model, reply.variant or DEFAULT_VARIANT, reply.experiment_id
+        )
 
     async def _call(
         self,
@@ -586,8 +620,21 @@ def recent_purchases(profile: profiles_pb2.Profile) -> list[campaigns_pb2.Purcha
 
 def _entry(candidate: common_pb2.Candidate) -> RankedEntry:
     return RankedEntry(
-        candidate.item_id, round(candidate.score, 6), _said(candidate), candidate.category
+        candidate.item_id,
+        round(candidate.score, 6),
+        _said(candidate),
+        candidate.category,
+        sources=_sources_of(candidate),
     )
+
+
+def _sources_of(candidate: common_pb2.Candidate) -> list[str]:
+    """The sources that proposed the candidate, most confident first; its one source for
+    a candidate without their chances (an item a rule added, a stand-in)."""
+    chances = candidate.sources
+    if not chances:
+        return [candidate.source] if candidate.source else []
+    return sorted(chances, key=lambda s: -chances[s])
 
 
 def _said(candidate: common_pb2.Candidate) -> list[str]:

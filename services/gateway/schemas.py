@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Literal, get_args
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -21,6 +21,16 @@ class ItemOut(BaseModel):
     score: float
     reasons: list[str]
     category: str | None = None
+    sources: list[str] = Field(
+        default_factory=list,
+        description="The candidate sources that proposed the item, most confident first "
+        "(`als`, `buy_again`, `bought_together`, `similar`, `content`, `trending`, "
+        "`popular`; `rule` for an item a merchandising rule added).",
+    )
+    rules: list[str] = Field(
+        default_factory=list,
+        description="The merchandising rules that pinned, boosted, buried or promoted it.",
+    )
 
     @classmethod
     def of(cls, entry: RankedEntry) -> ItemOut:
@@ -29,6 +39,8 @@ class ItemOut(BaseModel):
             score=entry.score,
             reasons=entry.reasons,
             category=entry.category or None,
+            sources=entry.sources,
+            rules=entry.rules,
         )
 
 
@@ -308,6 +320,26 @@ class SegmentIn(SegmentDefinitionIn):
     )
 
 
+class ConditionIn(BaseModel):
+    """A condition to count, as a segment's would be (docs/segments.md); nothing is saved."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    condition: str = Field(
+        min_length=1,
+        max_length=2000,
+        examples=["lifecycle == 'at-risk' and 'email' in consent"],
+    )
+
+
+class ConditionCountOut(BaseModel):
+    members: int = Field(description="Members the condition holds for now.")
+    by_channel: dict[str, int] = Field(
+        description="Of them, those who consent to each channel (email, sms, push, onsite)."
+    )
+    as_of: datetime
+
+
 class DiscoverIn(BaseModel):
     """What segment discovery clusters: how many clusters, over which members."""
 
@@ -365,6 +397,11 @@ class MemberSegmentsOut(BaseModel):
     )
 
 
+class DailySizeOut(BaseModel):
+    day: date
+    size: int
+
+
 class SegmentOut(BaseModel):
     name: str
     condition: str
@@ -375,6 +412,12 @@ class SegmentOut(BaseModel):
     size: int = Field(description="Members in it as of `as_of`.")
     created_at: datetime | None
     updated_at: datetime | None
+    trend: list[DailySizeOut] = Field(
+        default_factory=list,
+        description="Its size per day (the day's last count), oldest first, over "
+        "`RECOFLEET_PROFILES_SEGMENT_TREND_DAYS`; days nobody counted on are missing. "
+        "In `GET /v1/segments` only.",
+    )
 
     @classmethod
     def of(cls, s: profiles_pb2.Segment) -> SegmentOut:
@@ -386,6 +429,7 @@ class SegmentOut(BaseModel):
             size=s.size,
             created_at=_time(s.created_at) if s.HasField("created_at") else None,
             updated_at=_time(s.updated_at) if s.HasField("updated_at") else None,
+            trend=[DailySizeOut(day=date.fromisoformat(p.day), size=p.size) for p in s.trend],
         )
 
 

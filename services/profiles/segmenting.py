@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from itertools import islice
 
 from services.common.clock import Clock
@@ -33,6 +33,8 @@ from services.profiles.store import ProfileStore
 DEFINITIONS_TTL_S = 1.0
 MAX_PAGE = 1000
 EXPORT_PAGE = 500
+# Days of sizes a segment's trend shows.
+TREND_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,15 @@ class UnknownSegment(KeyError):
 
 class Segmenter:
     def __init__(
-        self, store: ProfileStore, portraitist: Portraitist, clock: Clock, sizes_ttl_s: float
+        self,
+        store: ProfileStore,
+        portraitist: Portraitist,
+        clock: Clock,
+        sizes_ttl_s: float,
+        trend_days: int = TREND_DAYS,
     ) -> None:
         self._store = store
+        self._trend_days = trend_days
         self._portraitist = portraitist
         self._clock = clock
         self._sizes_ttl_s = sizes_ttl_s
@@ -97,9 +105,17 @@ class Segmenter:
             self._store.iter_profiles(), self._portraitist, self._store.scoring(), now
         )
         found = Sizes(counted, looked, now)
+        # Every count is the day's point of each segment's trend (the day's last one wins).
+        self._store.record_sizes(now.date(), counted, self._trend_days)
         with self._lock:
             self._sizes, self._sizes_read = found, time.monotonic()
         return found
+
+    def trend(self) -> dict[str, list[tuple[date, int]]]:
+        """Each segment's size per day over the trend's days, oldest first (days nobody
+        counted on are missing)."""
+        since = self._clock.now().date() - timedelta(days=self._trend_days - 1)
+        return self._store.size_history(since)
 
     def size_of(self, definition: SegmentDefinition) -> tuple[int, datetime]:
         now = self._clock.now()

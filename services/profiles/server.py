@@ -77,6 +77,17 @@ async def keep_scores_fresh(
         await asyncio.sleep(check_s)
 
 
+async def keep_sizes_counted(segmenter: Segmenter, interval_s: float) -> None:
+    """Count every segment now and then, so that each day has its point in the trends."""
+    while True:
+        try:
+            counted = await asyncio.to_thread(segmenter.sizes)
+            log.info("segment sizes counted over %d members", counted.members)
+        except Exception:
+            log.exception("counting the segment sizes failed")
+        await asyncio.sleep(interval_s)
+
+
 async def run(fleet: FleetSettings, settings: ProfilesSettings) -> None:
     bus = open_bus(fleet)
     try:
@@ -89,19 +100,25 @@ async def run(fleet: FleetSettings, settings: ProfilesSettings) -> None:
     worker = profile_worker(bus, store, settings)
     worker.start()
     portraitist = Portraitist(settings)
-    segmenter = Segmenter(store, portraitist, clock, settings.segment_sizes_ttl_s)
+    segmenter = Segmenter(
+        store, portraitist, clock, settings.segment_sizes_ttl_s, settings.segment_trend_days
+    )
     servicer = ProfilesServicer(store, settings.recent_items, portraitist, clock, segmenter)
     schedule = ScoreSchedule(settings.scores_interval_s, settings.scores_stale_share)
     scores = asyncio.create_task(keep_scores_fresh(store, schedule, clock))
     retention = timedelta(hours=fleet.processed_retention_hours)
     pruning = asyncio.create_task(keep_processed_pruned(store, retention))
+    background = [scores, pruning]
+    if settings.segment_sizes_interval_s > 0:
+        interval = settings.segment_sizes_interval_s
+        background.append(asyncio.create_task(keep_sizes_counted(segmenter, interval)))
 
     def register(server: grpc.aio.Server) -> None:
         profiles_pb2_grpc.add_ProfilesServiceServicer_to_server(servicer, server)
 
     async def close() -> None:
-        scores.cancel()
-        pruning.cancel()
+        for task in background:
+            task.cancel()
         await asyncio.to_thread(worker.stop)
         store.close()
         bus.close()

@@ -97,8 +97,15 @@ class ProfilesServicer(profiles_pb2_grpc.ProfilesServiceServicer):
     ) -> profiles_pb2.ListSegmentsResponse:
         sizes = await asyncio.to_thread(self._segmenter.sizes)
         book = await asyncio.to_thread(self._segmenter.book)
+        trend = await asyncio.to_thread(self._segmenter.trend)
+        segments = [segment_proto(d, sizes.sizes.get(d.name, 0)) for d in book.definitions]
+        for segment in segments:
+            segment.trend.extend(
+                profiles_pb2.DailySize(day=day.isoformat(), size=size)
+                for day, size in trend.get(segment.name, [])
+            )
         return profiles_pb2.ListSegmentsResponse(
-            segments=[segment_proto(d, sizes.sizes.get(d.name, 0)) for d in book.definitions],
+            segments=segments,
             as_of=_ts(sizes.as_of),
             members=sizes.members,
         )

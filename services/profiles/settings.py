@@ -95,6 +95,19 @@ class ProfilesSettings(BaseSettings):
         description="GET /v1/segments counts sizes at most this often (one pass over every "
         "member); defining or changing a segment counts it at once.",
     )
+    segment_trend_days: int = Field(
+        default=30,
+        ge=1,
+        le=3660,
+        description="Days of daily segment sizes kept and shown as each segment's trend.",
+    )
+    segment_sizes_interval_s: float = Field(
+        default=21600,
+        ge=0,
+        description="The service counts every segment's size this often on its own, so "
+        "that the trend has its daily points without anyone listing segments (0: only "
+        "when listed).",
+    )
 
     @field_validator("tag_rules")
     @classmethod

@@ -7,13 +7,14 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import msgspec
 from sqlalchemy import (
     Boolean,
     Column,
     Connection,
+    Date,
     DateTime,
     Engine,
     Float,
@@ -168,7 +169,16 @@ class ProfileStore(abc.ABC):
 
     @abc.abstractmethod
     def delete_segment(self, name: str) -> bool:
-        """Remove a custom segment; whether it existed."""
+        """Remove a custom segment and its size history; whether it existed."""
+
+    @abc.abstractmethod
+    def record_sizes(self, day: date, sizes: Mapping[str, int], keep_days: int) -> None:
+        """Keep `sizes` as the segments' sizes on `day` (a later count that day replaces
+        them), and forget sizes older than `keep_days` before it."""
+
+    @abc.abstractmethod
+    def size_history(self, since: date) -> dict[str, list[tuple[date, int]]]:
+        """Each segment's recorded sizes from `since` on, oldest first."""
 
     @abc.abstractmethod
     def prune_processed(self, before: datetime) -> int:
@@ -278,6 +288,14 @@ segment_definitions = Table(
     Column("description", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+# A segment's size per day of the fleet's clock: the last count taken that day.
+segment_sizes = Table(
+    "segment_sizes",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("size", Integer, nullable=False),
 )
 erasures = erasures_table(metadata)
 identity_links = links_table(metadata)
@@ -615,7 +633,27 @@ class SqlProfileStore(ProfileStore):
             done = conn.execute(
                 delete(segment_definitions).where(segment_definitions.c.name == name)
             )
+            conn.execute(delete(segment_sizes).where(segment_sizes.c.name == name))
             return bool(done.rowcount)
+
+    def record_sizes(self, day: date, sizes: Mapping[str, int], keep_days: int) -> None:
+        rows = [(name, day, size) for name, size in sorted(sizes.items())]
+        with self._engine.begin() as conn:
+            upsert(conn, segment_sizes, rows, keys=["name", "day"])
+            oldest = day - timedelta(days=keep_days)
+            conn.execute(delete(segment_sizes).where(segment_sizes.c.day < oldest))
+
+    def size_history(self, since: date) -> dict[str, list[tuple[date, int]]]:
+        query = (
+            select(segment_sizes)
+            .where(segment_sizes.c.day >= since)
+            .order_by(segment_sizes.c.name, segment_sizes.c.day)
+        )
+        history: dict[str, list[tuple[date, int]]] = {}
+        with self._engine.connect() as conn:
+            for row in conn.execute(query):
+                history.setdefault(row.name, []).append((_day(row.day), row.size))
+        return history
 
     def prune_processed(self, before: datetime, batch: int = 10_000) -> int:
         # A batch per transaction: the consumer's writes wait for one batch at most
@@ -742,6 +780,11 @@ def _paid_prices(conn: Connection) -> dict[str, list[float]]:
         if price is not None:
             found.setdefault(category, []).append(float(price))
     return found
+
+
+def _day(value: date | str) -> date:
+    # SQLite's driver may hand a DATE column back as text.
+    return value if isinstance(value, date) else date.fromisoformat(value)
 
 
 def _utc(value: datetime) -> datetime:

@@ -133,6 +133,8 @@ class FakeCampaigns(Stub):
     def __init__(self, sold_out: Iterable[str] = ()) -> None:
         super().__init__()
         self.sold_out = set(sold_out)
+        self.arrangement: common_pb2.Arrangement | None = None
+        self.added: list[common_pb2.Candidate] = []
 
     async def ApplyRules(
         self, request: campaigns_pb2.ApplyRulesRequest, timeout: float | None = None
@@ -140,7 +142,8 @@ class FakeCampaigns(Stub):
         await self._called("ApplyRules", request, timeout)
         banned = set(request.purchased_item_ids) | set(request.exclude_item_ids) | self.sold_out
         return campaigns_pb2.ApplyRulesResponse(
-            candidates=[c for c in request.candidates if c.item_id not in banned]
+            candidates=[c for c in request.candidates if c.item_id not in banned] + self.added,
+            arrangement=self.arrangement,
         )
 
 
@@ -523,3 +526,29 @@ async def test_the_variant_ranking_chose_is_in_the_answer(fleet: Fleet) -> None:
     assert (rec.variant, rec.experiment_id) == ("treatment", "exp-1")
     member = fleet.ranking.requests["Rank"][0].member
     assert member.member_id == "m-1"
+
+
+async def test_each_item_names_the_sources_that_proposed_it_and_the_rules_that_moved_it(
+    fleet: Fleet,
+) -> None:
+    garden = next(c for c in fleet.pool if c.item_id == "garden-1")
+    garden.sources.update({"buy_again": 0.2, "als": 0.6})
+    fleet.campaigns.added = [candidate("garden-8", 0.0, "rule")]
+    fleet.campaigns.arrangement = common_pb2.Arrangement(
+        pins=[common_pb2.Pin(item_id="garden-8", position=1, rule="hero")],
+        adjustments=[
+            common_pb2.Adjustment(item_id="garden-1", weight=1.0, rule="garden-week"),
+            common_pb2.Adjustment(item_id="garden-1", weight=0.5, rule="garden-week"),
+        ],
+        promotions=[
+            common_pb2.Promotion(rule="spring", item_ids=["garden-1", "toys-1"], share=0.2)
+        ],
+    )
+    rec = await fleet.recommend(limit=4)
+
+    by_id = {item.item_id: item for item in rec.items}
+    assert by_id["garden-1"].sources == ["als", "buy_again"]  # most confident first
+    assert by_id["garden-1"].rules == ["garden-week", "spring"]  # once each
+    assert by_id["garden-8"].sources == ["rule"]
+    assert by_id["garden-8"].rules == ["hero"]
+    assert by_id["garden-3"].sources == ["als"] and by_id["garden-3"].rules == []

@@ -68,6 +68,7 @@ STATUSES = {
     ("get", "/v1/campaigns/{campaign_id}/report"): {"200", "404", "422"} | KEYED,
     ("get", "/v1/members/{member_id}/segments"): {"200", "404", "422"} | KEYED,
     ("post", "/v1/segments/discover"): {"200", "400", "409", "413", "415", "422"} | KEYED,
+    ("post", "/v1/segments/count"): {"200", "400", "413", "415", "422"} | KEYED,
     ("post", "/v1/rules/preview"): {"200", "400", "413", "415", "422"} | KEYED,
     ("get", "/v1/overview"): {"200"} | KEYED,
     # Any valid key: no scope to lack, so no 403.
@@ -113,6 +114,7 @@ SCOPES = {
     ("get", "/v1/experiments/{experiment_id}/report"): "admin",
     ("get", "/v1/members/{member_id}/segments"): "profiles:read",
     ("post", "/v1/segments/discover"): "segments:write",
+    ("post", "/v1/segments/count"): "profiles:read",
     ("post", "/v1/rules/preview"): "admin",
     ("get", "/v1/overview"): "admin",
     **{

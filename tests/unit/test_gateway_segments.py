@@ -37,6 +37,13 @@ class FakeProfiles:
         self.put: list[profiles_pb2.PutSegmentRequest] = []
         self.discover: list[profiles_pb2.DiscoverSegmentsRequest] = []
         self.consent: list[profiles_pb2.SetConsentRequest] = []
+        self.counted: list[profiles_pb2.Audience] = []
+
+    async def CountAudience(self, request: Any, timeout: float | None = None) -> Any:
+        self.counted.append(request)
+        if "spend" in request.condition:
+            raise rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "condition: unknown field 'spend'")
+        return profiles_pb2.AudienceCount(members=9, by_channel={"email": 4, "sms": 0}, as_of=ts())
 
     async def PutSegment(self, request: Any, timeout: float | None = None) -> Any:
         self.put.append(request)
@@ -81,7 +88,17 @@ class FakeProfiles:
 
     async def ListSegments(self, request: Any, timeout: float | None = None) -> Any:
         return profiles_pb2.ListSegmentsResponse(
-            segments=[profiles_pb2.Segment(name="new", kind="lifecycle", size=7)],
+            segments=[
+                profiles_pb2.Segment(
+                    name="new",
+                    kind="lifecycle",
+                    size=7,
+                    trend=[
+                        profiles_pb2.DailySize(day="2026-12-01", size=5),
+                        profiles_pb2.DailySize(day="2026-12-03", size=7),
+                    ],
+                )
+            ],
             as_of=ts(),
             members=7,
         )
@@ -144,7 +161,32 @@ async def test_listing_shows_sizes(gateway) -> None:
         "size": 7,
         "created_at": None,
         "updated_at": None,
+        "trend": [{"day": "2026-12-01", "size": 5}, {"day": "2026-12-03", "size": 7}],
     }
+
+
+async def test_a_condition_is_counted_without_saving_a_segment(gateway) -> None:
+    http, clients = gateway
+    reply = await http.post("/v1/segments/count", json={"condition": "m_score >= 4"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json() | {"as_of": None} == {
+        "members": 9,
+        "by_channel": {"email": 4, "sms": 0},
+        "as_of": None,
+    }
+    assert [c.condition for c in clients.profiles.counted] == ["m_score >= 4"]
+    assert not clients.profiles.put
+    assert_error(
+        await http.post("/v1/segments/count", json={"condition": "spend > 3"}),
+        422,
+        "condition: unknown field 'spend'",
+    )
+    assert_error(await http.post("/v1/segments/count", json={"condition": ""}), 422, "condition")
+    assert_error(
+        await http.post("/v1/segments/count", json={"condition": "x > 1", "name": "y"}),
+        422,
+        "name:",
+    )
 
 
 async def test_a_new_segment_answers_201_with_its_size(gateway) -> None:

@@ -208,6 +208,26 @@ def test_segments_are_saved_listed_and_deleted(store: SqlProfileStore) -> None:
     assert [s.name for s in store.segments()] == ["b", "c"]
 
 
+def test_segment_sizes_keep_a_point_per_day_and_go_with_their_segment(
+    store: SqlProfileStore,
+) -> None:
+    today = NOW.date()
+    store.put_segment(SegmentDefinition("big", "monetary >= 100"), NOW)
+    store.record_sizes(today - timedelta(days=40), {"big": 1}, keep_days=30)
+    store.record_sizes(today - timedelta(days=2), {"big": 3, "new": 8}, keep_days=30)
+    store.record_sizes(today, {"big": 4, "new": 9}, keep_days=30)
+    store.record_sizes(today, {"big": 5, "new": 9}, keep_days=30)  # the day's last count
+
+    history = store.size_history(today - timedelta(days=60))
+    assert history == {
+        "big": [(today - timedelta(days=2), 3), (today, 5)],
+        "new": [(today - timedelta(days=2), 8), (today, 9)],
+    }
+    assert store.size_history(today)["big"] == [(today, 5)]
+    store.delete_segment("big")
+    assert list(store.size_history(today - timedelta(days=60))) == ["new"]
+
+
 def test_an_erasure_delivered_again_leaves_the_new_life_alone(store: SqlProfileStore) -> None:
     erase = Erase("m-1", "e-1", NOW)
     store.apply_events([view("m-1", "sku-1", "garden", at=NOW - timedelta(days=1))])

@@ -317,3 +317,36 @@ async def test_a_discovery_that_cannot_be_done_is_refused(
 
     assert refused.value.code == grpc.StatusCode[code]
     assert says in str(refused.value)
+
+
+async def test_each_day_a_segment_is_counted_on_is_a_point_of_its_trend(tmp_path: Path) -> None:
+    settings = ProfilesSettings()
+    store = SqlProfileStore.from_url(f"sqlite:///{tmp_path / 'trend.db'}", settings)
+    clock = Clock.fixed(NOW)
+    segmenter = Segmenter(store, Portraitist(settings), clock, sizes_ttl_s=0, trend_days=3)
+    service = ProfilesServicer(store, 20, Portraitist(settings), clock, segmenter)
+    bought = {"item_id": "pan", "category": "kitchen", "price": 10.0}
+    try:
+        for day, member in enumerate(("m-1", "m-2", "m-3", "m-4")):
+            clock.offset = timedelta(days=day)
+            store.apply_events(
+                [
+                    Event(
+                        type="purchase",
+                        member_id=member,
+                        order_id=f"o-{member}",
+                        revenue=10.0,
+                        items=[bought],
+                        timestamp=clock.now(),
+                    )
+                ]
+            )
+            await service.ListSegments(profiles_pb2.ListSegmentsRequest(), Context())
+        reply = await service.ListSegments(profiles_pb2.ListSegmentsRequest(), Context())
+    finally:
+        store.close()
+
+    trend = {s.name: [(p.day, p.size) for p in s.trend] for s in reply.segments}
+    # Three days kept; each member is new on the day of their first purchase.
+    assert [day for day, _ in trend["new"]] == ["2026-05-02", "2026-05-03", "2026-05-04"]
+    assert [size for _, size in trend["new"]] == [2, 3, 4]

@@ -23,6 +23,8 @@ from services.gateway.responses import errors
 from services.gateway.routing import AllowingRoute
 from services.gateway.schemas import (
     SEGMENT_NAME,
+    ConditionCountOut,
+    ConditionIn,
     DiscoveredOut,
     DiscoverIn,
     SegmentAnswer,
@@ -142,6 +144,35 @@ async def create_segment(
 ) -> SegmentAnswer:
     body = await read_model(request, SegmentIn)
     return await _put(clients, settings, body.name, body, create_only=True)
+
+
+@router.post(
+    "/count",
+    operation_id="count_condition",
+    dependencies=[require("profiles:read")],
+    response_model=ConditionCountOut,
+    responses={
+        200: {"description": "How many members the condition holds for now, per channel."},
+        **errors(400, 413, 415, 422, 503, descriptions=BAD_DEFINITION),
+    },
+    openapi_extra=model_body(ConditionIn, "The condition to count; nothing is saved."),
+)
+async def count_condition(
+    request: Request, clients: ClientsDep, settings: SettingsDep
+) -> ConditionCountOut:
+    """The size a segment of this condition would have, without saving one: what a
+    segment builder shows as its conditions change (one pass over every member)."""
+    body = await read_model(request, ConditionIn)
+    reply = await _call(
+        clients.profiles.CountAudience,
+        profiles_pb2.Audience(condition=body.condition),
+        settings.deadlines.segments,
+    )
+    return ConditionCountOut(
+        members=reply.members,
+        by_channel=dict(reply.by_channel),
+        as_of=reply.as_of.ToDatetime(tzinfo=UTC),
+    )
 
 
 def _optional(body: dict[str, Any]) -> dict[str, Any]:

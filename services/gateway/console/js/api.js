@@ -12,16 +12,6 @@ export class ApiError extends Error {
     this.method = method;
     this.path = path;
   }
-
-  // A route this gateway does not have: FastAPI's own 404 body, or its 405 where the path
-  // matches another route's (POST /v1/segments/discover looks like a segment's path), as
-  // opposed to a 404 about a thing (a member with no events), which says what is missing.
-  get missingRoute() {
-    return (
-      (this.status === 404 && this.detail === "Not Found") ||
-      (this.status === 405 && this.detail === "Method Not Allowed")
-    );
-  }
 }
 
 let current = load();
@@ -124,29 +114,10 @@ export async function api(path, { method = "GET", body, query, raw = false, key,
   return type.includes("json") ? response.json() : response.text();
 }
 
-// What a key may do: `GET /v1/access-key` when the gateway has it; otherwise what an
-// admin-only route answers it (200: admin; 403: its detail lists the key's scopes).
+// What a key may do, as the gateway says (GET /v1/access-key answers any valid key).
 export async function identify(key) {
-  try {
-    const me = await api("/v1/access-key", { key });
-    return { key, keyId: me.key_id, name: me.name, scopes: me.scopes, from: "access-key" };
-  } catch (error) {
-    if (!(error instanceof ApiError) || !error.missingRoute) throw error;
-  }
-  try {
-    await api("/v1/rules", { key });
-    return { key, keyId: keyIdOf(key), name: "", scopes: [ADMIN], from: "probe" };
-  } catch (error) {
-    if (!(error instanceof ApiError) || error.status !== 403) throw error;
-    const listed = /\(it has: ([^)]*)\)/.exec(error.detail);
-    const scopes = listed ? listed[1].split(",").map((s) => s.trim()).filter(Boolean) : [];
-    return { key, keyId: keyIdOf(key), name: "", scopes, from: "probe" };
-  }
-}
-
-function keyIdOf(key) {
-  const match = /^rf_([0-9a-f]+)_/.exec(key);
-  return match ? match[1] : "env";
+  const me = await api("/v1/access-key", { key });
+  return { key, keyId: me.key_id, name: me.name, scopes: me.scopes };
 }
 
 export async function signIn(key) {

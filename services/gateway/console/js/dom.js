@@ -101,15 +101,6 @@ export function errorBox(error, context) {
   return h("p", { class: "alert", role: "alert" }, h("strong", {}, `${context}${status}: `), text);
 }
 
-export function missingRouteNote(method, path, fallback) {
-  return h(
-    "p",
-    { class: "note" },
-    `This gateway does not have ${method} ${path} yet`,
-    fallback ? `: ${fallback}` : ".",
-  );
-}
-
 const notices = () => document.getElementById("notices");
 
 export function notify(text, kind = "notice") {

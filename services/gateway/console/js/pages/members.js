@@ -5,7 +5,7 @@ import { api, ApiError, has } from "../api.js";
 import { barChart } from "../charts.js";
 import {
   action, append, badge, chips, enc, errorBox, facts, field, fmtInt, fmtNum, fmtPct, fmtTime, h,
-  link, missingRouteNote, notify, notifyError, replace, table, unavailable, choices, uid,
+  link, notify, notifyError, replace, table, unavailable, choices, uid,
 } from "../dom.js";
 
 export const title = "Members";
@@ -13,32 +13,8 @@ export const scope = "profiles:read";
 
 const PLACEMENTS = ["home", "product", "cart", "email", "search", "category"];
 const CHANNELS = ["personalization", "email", "sms", "push", "onsite"];
-// What retrieval's sources say in an item's reasons (services/common/candidates.py), for
-// answers that do not list the sources themselves.
-const SOURCE_OF_REASON = {
-  "picked for you from what you like": "als",
-  "bought by members with similar taste": "als",
-  "you bought this before": "buy_again",
-  "often bought together with your items": "bought_together",
-  "similar to the item in view": "similar",
-  "from a category you like": "content",
-  "trending in the shop": "trending",
-  "popular in the shop": "popular",
-};
-const RULE_REASON = /^(pinned|boosted|buried|filtered) by rule (.+)$|^in campaign (.+)$/;
-
-export function sourcesOf(item) {
-  if (Array.isArray(item.sources)) return { sources: item.sources, inferred: false };
-  if (item.sources && typeof item.sources === "object") return { sources: Object.keys(item.sources), inferred: false };
-  const found = new Set();
-  for (const reason of item.reasons || []) if (SOURCE_OF_REASON[reason]) found.add(SOURCE_OF_REASON[reason]);
-  return { sources: [...found], inferred: true };
-}
-
-export function rulesOf(item) {
-  if (Array.isArray(item.rules)) return item.rules;
-  return (item.reasons || []).filter((reason) => RULE_REASON.test(reason));
-}
+// Reasons a merchandising rule wrote (services/ranking/arrangement.py), drawn apart.
+const RULE_REASON = /^(pinned|boosted|buried) by rule (.+)$|^in campaign (.+)$/;
 
 export async function render(container, args, { go }) {
   const memberId = args[0] || "";
@@ -116,7 +92,7 @@ async function member(view, memberId, go) {
   append(right, [
     consentCard(memberId, profile),
     tagsCard(memberId, profile, () => go(`/members/${enc(memberId)}`)),
-    await segmentsCard(memberId, profile),
+    await segmentsCard(memberId),
     await offersCard(memberId),
     profile ? recent(profile) : null,
     eraseCard(memberId, go),
@@ -258,7 +234,7 @@ function tagsCard(memberId, profile, reload) {
   );
 }
 
-async function segmentsCard(memberId, profile) {
+async function segmentsCard(memberId) {
   const card = h("section", { class: "card", "aria-labelledby": "msegs-title" }, h("h2", { id: "msegs-title" }, "Segments"));
   if (!has("profiles:read")) {
     card.append(unavailable("profiles:read", "Segments"));
@@ -268,9 +244,7 @@ async function segmentsCard(memberId, profile) {
     const found = await api(`/v1/members/${enc(memberId)}/segments`);
     card.append(chips(found.segments.map((s) => (typeof s === "string" ? s : s.name))));
   } catch (error) {
-    if (error instanceof ApiError && error.missingRoute) {
-      card.append(chips(profile?.segments || []), missingRouteNote("GET", "/v1/members/{id}/segments", "listed from the profile."));
-    } else if (error instanceof ApiError && error.status === 404) {
+    if (error instanceof ApiError && error.status === 404) {
       card.append(h("p", { class: "muted" }, error.detail));
     } else {
       card.append(errorBox(error, "Segments could not be read"));
@@ -402,15 +376,15 @@ function recommendations(card, memberId, profile) {
 
 function answerView(answer) {
   const rows = answer.items.map((item, index) => {
-    const { sources, inferred } = sourcesOf(item);
-    const touched = rulesOf(item);
+    const sources = item.sources || [];
+    const touched = item.rules || [];
     return [
       String(index + 1),
       h("code", {}, item.item_id),
       item.category || "–",
       fmtNum(item.score, 3),
       h("ul", { class: "chips" }, (item.reasons || []).map((r) => h("li", { class: RULE_REASON.test(r) ? "chip rule" : "chip" }, r))),
-      sources.length ? h("span", {}, chips(sources, "source"), inferred ? h("span", { class: "visually-hidden" }, " (from the reasons)") : null) : "–",
+      sources.length ? chips(sources, "source") : "–",
       touched.length ? chips(touched, "rule") : h("span", { class: "muted" }, "none"),
     ];
   });
@@ -431,6 +405,6 @@ function answerView(answer) {
       rows,
       { caption: `${answer.items.length} items for placement ${answer.placement}`, empty: "No items.", className: "recs" },
     ),
-    h("p", { class: "hint" }, "Candidate sources are read from each item's reasons where the answer does not list them."),
+    h("p", { class: "hint" }, "Candidate sources: every source that proposed the item, most confident first."),
   ];
 }

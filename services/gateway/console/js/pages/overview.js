@@ -1,8 +1,8 @@
 // Overview: the fleet at a glance (GET /v1/overview), refreshed every 10 s.
 
-import { api, ApiError, has } from "../api.js";
+import { api, has } from "../api.js";
 import { barChart, lineChart } from "../charts.js";
-import { badge, errorBox, fmtInt, fmtNum, fmtTime, h, missingRouteNote, replace, table, unavailable } from "../dom.js";
+import { badge, errorBox, fmtInt, fmtNum, fmtTime, h, replace, table, unavailable } from "../dom.js";
 
 export const title = "Overview";
 export const scope = "admin";
@@ -25,12 +25,6 @@ export async function render(container) {
       replace(stamp, `As of ${fmtTime(data.as_of)}; refreshed every ${REFRESH_MS / 1000} s.`);
       replace(body, ...draw(data));
     } catch (error) {
-      if (error instanceof ApiError && error.missingRoute) {
-        replace(stamp, "");
-        replace(body, missingRouteNote("GET", "/v1/overview", "showing what other routes tell."));
-        await fallback(body);
-        return; // nothing to refresh
-      }
       replace(body, errorBox(error, "The overview could not be read"));
     }
     if (!stopped) timer = setTimeout(refresh, REFRESH_MS);

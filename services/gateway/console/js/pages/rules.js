@@ -1,9 +1,9 @@
 // Merchandising rules: the list, a new rule (pin, boost, bury, filter), and a placement
 // before and after the rule (POST /v1/rules/preview).
 
-import { api, ApiError, has } from "../api.js";
+import { api, has } from "../api.js";
 import {
-  action, badge, enc, errorBox, field, fmtNum, fmtTime, h, missingRouteNote, notify,
+  action, badge, enc, errorBox, field, fmtNum, fmtTime, h, notify,
   notifyError, replace, select, table, unavailable,
 } from "../dom.js";
 
@@ -178,27 +178,10 @@ function preview(rule) {
       });
       replace(out, comparison(answer.before || [], answer.after || []));
     } catch (error) {
-      if (error instanceof ApiError && error.missingRoute) {
-        replace(out, missingRouteNote("POST", "/v1/rules/preview", "showing the placement as it is now (before the rule) only."));
-        await before(out, body.placement, member.value.trim(), item.value.trim());
-      } else {
-        replace(out, errorBox(error, "No preview"));
-      }
+      replace(out, errorBox(error, "No preview"));
     }
   });
   return form;
-}
-
-async function before(out, placement, memberId, itemId) {
-  if (!memberId || !has("recommendations:read")) return;
-  try {
-    const query = { placement, limit: 10 };
-    if (itemId) query.context_item = itemId;
-    const answer = await api(`/v1/members/${enc(memberId)}/recommendations`, { query });
-    out.append(itemsTable(answer.items, "Before (now)"));
-  } catch (error) {
-    out.append(errorBox(error, "Recommendations could not be read"));
-  }
 }
 
 function itemsTable(items, caption, other = null) {

@@ -1,18 +1,15 @@
 // Segments: sizes, a condition builder with a live size, members, CSV export, discovery.
 
-import { api, ApiError, download, has } from "../api.js";
+import { api, download, has } from "../api.js";
 import { sparkline } from "../charts.js";
 import {
   action, badge, debounce, enc, errorBox, field, fmtInt, fmtNum, fmtPct, fmtTime, h,
-  link, missingRouteNote, notify, notifyError, replace, select, table, unavailable,
+  link, notify, notifyError, replace, select, table, unavailable,
 } from "../dom.js";
 
 export const title = "Segments";
 export const scope = "profiles:read";
 
-// The builder's size is counted by saving the condition under a scratch name of this
-// session (PUT answers the size), deleted when the page is left or the segment saved.
-export const DRAFT_PREFIX = "console-draft-";
 const NAME = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 
 const FIELDS = [
@@ -75,8 +72,6 @@ export async function render(container) {
     container.append(unavailable(scope, "Segments"));
     return null;
   }
-  const draft = `${DRAFT_PREFIX}${crypto.getRandomValues(new Uint32Array(2)).reduce((s, n) => s + n.toString(16), "")}`.slice(0, 40);
-  let draftSaved = false;
   const listBox = h("section", { class: "card", "aria-labelledby": "seg-list-title" });
   const preview = h("section", { class: "card", "aria-labelledby": "seg-preview-title", hidden: true });
   const builderBox = h("section", { class: "card", "aria-labelledby": "builder-title" });
@@ -84,18 +79,10 @@ export async function render(container) {
   container.append(listBox, preview, h("div", { class: "grid two" }, builderBox, discoverBox));
 
   const reload = () => list(listBox, preview);
-  const builder = buildBuilder(builderBox, draft, {
-    saved: () => { draftSaved = true; },
-    reload,
-  });
+  const builder = buildBuilder(builderBox, reload);
   discovery(discoverBox, builder, reload);
   await reload();
-  return () => {
-    builder.cancel();
-    if (draftSaved && has("segments:write")) {
-      api(`/v1/segments/${draft}`, { method: "DELETE", keepalive: true }).catch(() => {});
-    }
-  };
+  return () => builder.cancel();
 }
 
 async function list(box, preview) {
@@ -107,8 +94,8 @@ async function list(box, preview) {
     box.append(errorBox(error, "Segments could not be read"));
     return;
   }
-  const shown = listed.segments.filter((s) => !s.name.startsWith(DRAFT_PREFIX));
-  const hasTrend = shown.some((s) => Array.isArray(s.trend) || Array.isArray(s.sizes));
+  const shown = listed.segments;
+  const hasTrend = shown.some((s) => (s.trend || []).length > 0);
   const columns = ["Name", "Kind", { text: "Size", num: true }, { text: "Share", num: true }];
   if (hasTrend) columns.push("Trend");
   columns.push("Condition", "Actions");
@@ -119,8 +106,9 @@ async function list(box, preview) {
       shown.map((s) => {
         const row = [s.name, s.kind === "lifecycle" ? badge("lifecycle") : badge("custom", "good"), fmtInt(s.size), fmtPct(listed.members ? s.size / listed.members : null)];
         if (hasTrend) {
-          const values = (s.trend || s.sizes || []).map((p) => (Array.isArray(p) ? p[1] : p));
-          row.push(sparkline(values, `size of ${s.name} over time: ${values.join(", ")}`));
+          const trend = s.trend || [];
+          const said = trend.map((p) => `${p.day}: ${p.size}`).join(", ");
+          row.push(trend.length > 1 ? sparkline(trend.map((p) => p.size), `size of ${s.name} by day: ${said}`) : h("span", { class: "muted", title: said }, trend.length ? `since ${trend[0].day}` : "–"));
         }
         row.push(
           h("code", {}, s.condition),
@@ -190,16 +178,17 @@ async function members(box, name, after = null) {
   }
 }
 
-function buildBuilder(box, draft, { saved, reload }) {
+// Sizing a condition reads (POST /v1/segments/count, profiles:read); saving it writes.
+function buildBuilder(box, reload) {
   box.append(h("h2", { id: "builder-title" }, "Build a segment"));
   const canWrite = has("segments:write");
-  if (!canWrite) box.append(unavailable("segments:write", "Building a segment"));
+  if (!canWrite) box.append(unavailable("segments:write", "Saving a segment"));
   const name = h("input", { type: "text", name: "name", required: true, pattern: NAME.source, autocomplete: "off", disabled: !canWrite });
   const description = h("input", { type: "text", name: "description", autocomplete: "off", disabled: !canWrite });
-  const join = select([["and", "all of them (and)"], ["or", "any of them (or)"]], "and", { name: "join", disabled: !canWrite });
+  const join = select([["and", "all of them (and)"], ["or", "any of them (or)"]], "and", { name: "join" });
   const rowsBox = h("div", { class: "stack" });
-  const asText = h("input", { type: "checkbox", name: "as-text", disabled: !canWrite });
-  const text = h("textarea", { name: "condition", rows: 3, hidden: true, spellcheck: "false", disabled: !canWrite });
+  const asText = h("input", { type: "checkbox", name: "as-text" });
+  const text = h("textarea", { name: "condition", rows: 3, hidden: true, spellcheck: "false" });
   const generated = h("output", { class: "mono", "aria-live": "off" });
   const size = h("p", { class: "tile", "aria-live": "polite", "data-testid": "builder-size" }, "Size: add a condition");
   const problem = h("div");
@@ -218,10 +207,9 @@ function buildBuilder(box, draft, { saved, reload }) {
     const mine = ++asked;
     replace(size, "Size: counting…");
     try {
-      const answer = await api(`/v1/segments/${draft}`, { method: "PUT", body: { condition: wanted, description: "console draft: the segment builder's live size" } });
-      saved();
+      const answer = await api("/v1/segments/count", { method: "POST", body: { condition: wanted } });
       if (mine !== asked) return;
-      replace(size, h("span", { class: "hint" }, "Size now"), " ", h("strong", { "data-testid": "builder-size-value" }, fmtInt(answer.size)), " members");
+      replace(size, h("span", { class: "hint" }, "Size now"), " ", h("strong", { "data-testid": "builder-size-value" }, fmtInt(answer.members)), " members");
     } catch (error) {
       if (mine !== asked) return;
       replace(size, "Size: –");
@@ -232,7 +220,7 @@ function buildBuilder(box, draft, { saved, reload }) {
   const changed = () => {
     const wanted = condition();
     replace(generated, wanted || "–");
-    if (canWrite) count();
+    count();
   };
 
   const addRow = (initial = {}) => {
@@ -278,7 +266,6 @@ function buildBuilder(box, draft, { saved, reload }) {
     append(row, fieldSelect, category, op, valueBox, remove);
     rows.push(entry);
     rowsBox.append(row);
-    if (!canWrite) row.querySelectorAll("input, select, button").forEach((el) => { el.disabled = true; });
     return entry;
   };
 
@@ -300,7 +287,7 @@ function buildBuilder(box, draft, { saved, reload }) {
       "fieldset",
       {},
       h("legend", {}, "Conditions"),
-      append(rowsPart, field("Members match", join), rowsBox, h("div", { class: "actions" }, h("button", { type: "button", disabled: !canWrite, onclick: () => { addRow({ value: "" }); changed(); } }, "Add a condition"))),
+      append(rowsPart, field("Members match", join), rowsBox, h("div", { class: "actions" }, h("button", { type: "button", onclick: () => { addRow({ value: "" }); changed(); } }, "Add a condition"))),
       field("Write the condition as text", asText, { inline: true }),
       text,
       h("p", { class: "hint" }, "Condition: ", generated),
@@ -380,11 +367,7 @@ function discovery(box, builder, reload) {
       const found = await api("/v1/segments/discover", { method: "POST", body: { clusters: Number(clusters.value) } });
       replace(out, ...found.clusters.map((cluster) => clusterCard(cluster, builder, reload)));
     } catch (error) {
-      if (error instanceof ApiError && error.missingRoute) {
-        replace(out, missingRouteNote("POST", "/v1/segments/discover", "run `recofleet segments discover --k 5 --json` and save a definition with the builder."));
-      } else {
-        replace(out, errorBox(error, "Discovery failed"));
-      }
+      replace(out, errorBox(error, "Discovery failed"));
     }
   });
   box.append(form, out);

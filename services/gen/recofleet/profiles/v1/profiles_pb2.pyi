@@ -518,6 +518,7 @@ class Segment(_message.Message):
     SIZE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    TREND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     condition: _builtins.str
     """The condition over portrait fields (services/profiles/conditions.py)."""
@@ -530,6 +531,12 @@ class Segment(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def trend(self) -> _containers.RepeatedCompositeFieldContainer[Global___DailySize]:
+        """Its size per day of the fleet's clock (the day's last count), oldest first; days
+        nobody counted on are missing. Filled by ListSegments only.
+        """
+
     def __init__(
         self,
         *,
@@ -540,10 +547,11 @@ class Segment(_message.Message):
         size: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        trend: _abc.Iterable[Global___DailySize] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_created_at", b"_created_at", "_updated_at", b"_updated_at", "created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_created_at", b"_created_at", "_updated_at", b"_updated_at", "condition", b"condition", "created_at", b"created_at", "description", b"description", "kind", b"kind", "name", b"name", "size", b"size", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_created_at", b"_created_at", "_updated_at", b"_updated_at", "condition", b"condition", "created_at", b"created_at", "description", b"description", "kind", b"kind", "name", b"name", "size", b"size", "trend", b"trend", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__created_at: _TypeAlias = _typing.Literal["created_at"]  # noqa: Y015
     _WhichOneofArgType__created_at: _TypeAlias = _typing.Literal["_created_at", b"_created_at"]  # noqa: Y015
@@ -555,6 +563,29 @@ class Segment(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__updated_at) -> _WhichOneofReturnType__updated_at | None: ...
 
 Global___Segment: _TypeAlias = Segment  # noqa: Y015
+
+@_typing.final
+class DailySize(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAY_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    day: _builtins.str
+    """ISO date, "2026-12-03"."""
+    size: _builtins.int
+    def __init__(
+        self,
+        *,
+        day: _builtins.str = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["day", b"day", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DailySize: _TypeAlias = DailySize  # noqa: Y015
 
 @_typing.final
 class ListSegmentsRequest(_message.Message):
