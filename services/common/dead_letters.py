@@ -81,7 +81,7 @@ def read(
 
 def waiting(bus: EventBus) -> int:
     """Dead letters `replay` has not republished yet: the ones a person still has to see to."""
-    return max(bus.lag(REPLAY_GROUP, DEAD_LETTERS_TOPIC), 0)
+    return bus.lag(REPLAY_GROUP, DEAD_LETTERS_TOPIC)
 
 
 def replay(bus: EventBus, dry_run: bool = False) -> list[StoredDeadLetter]:

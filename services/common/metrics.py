@@ -180,12 +180,10 @@ class ConsumerLag(Collector):
 
 def _lag(worker: Subscribed, topic: str) -> dict[int, int]:
     try:
-        ends = worker.bus.end_offsets(topic)
-        done = worker.bus.committed(worker.group, topic)
+        return worker.bus.partition_lag(worker.group, topic)
     except BusError as exc:
         log.warning("lag of %s on %s unknown: %s", worker.group, topic, exc)
         return {}
-    return {partition: max(end - done.get(partition, 0), 0) for partition, end in ends.items()}
 
 
 LAG = ConsumerLag()

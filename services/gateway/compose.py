@@ -45,6 +45,8 @@ Candidates = Sequence[common_pb2.Candidate]
 Shown = Callable[["Recommendation", Mapping[str, Mapping[str, float]]], None]
 # The source of a candidate a merchandising rule added (services/campaigns/merchandising.py).
 RULE_SOURCE = "rule"
+# The model of an answer with nothing of the member's in it.
+NON_PERSONALIZED = "non-personalized"
 # What members outside every experiment are in.
 DEFAULT_VARIANT = "default"
 DEGRADED = Counter(
@@ -325,11 +327,30 @@ class Composer:
         assert profile is not None
         candidates, version = await coming
         trip.degraded.extend(ahead.degraded)
-        ruled = await self._rules(trip, asked, candidates, member_id, recent_purchases(profile))
-        items, ranked = await self._rank(trip, profile, asked, ruled)
+        items, ranked, ruled = await self._shaped(trip, asked, candidates, profile)
         model = f"{ranked.model}+als@{version}" if version else ranked.model
         answer = asked.answer(items, model, trip.degraded, ranked=ranked)
         return self._told(answer, ruled.candidates)
+
+    async def _shaped(
+        self,
+        trip: Trip,
+        asked: Asked,
+        candidates: Candidates,
+        profile: profiles_pb2.Profile | None,
+        drafts: Sequence[str] = (),
+    ) -> tuple[list[RankedEntry], Ranked, Ruled]:
+        """The candidates as the placement's rules (with `drafts`, unsaved ones) and the
+        ranker shape them for a member; for anyone else (no `profile`), the rules and their
+        arranging alone, by retrieval's score (no ranker's order: nothing of the member's)."""
+        if profile is None:
+            ruled = await self._rules(trip, asked, candidates, drafts=drafts)
+            ordered = sorted(ruled.candidates, key=lambda c: -c.score)
+            return ruled.arranged(ordered, asked.limit), Ranked(NON_PERSONALIZED), ruled
+        purchases = recent_purchases(profile)
+        ruled = await self._rules(trip, asked, candidates, asked.member_id, purchases, drafts)
+        items, ranked = await self._rank(trip, profile, asked, ruled)
+        return items, ranked, ruled
 
     def _told(self, answer: Recommendation, candidates: Candidates = ()) -> Recommendation:
         log.debug(
@@ -366,9 +387,8 @@ class Composer:
         candidates, version = await self._candidates(
             trip, None, asked.context_item, self._wanted(asked), asked.exclude, asked.placement
         )
-        ruled = await self._rules(trip, asked, candidates)
-        items = ruled.arranged(sorted(ruled.candidates, key=lambda c: -c.score), asked.limit)
-        model = f"non-personalized+als@{version}" if version else "non-personalized"
+        items, _, ruled = await self._shaped(trip, asked, candidates, None)
+        model = f"{NON_PERSONALIZED}+als@{version}" if version else NON_PERSONALIZED
         answer = asked.answer(items, model, trip.degraded, personalized=False)
         return self._told(answer, ruled.candidates)
 
@@ -452,19 +472,12 @@ class Composer:
         profile: profiles_pb2.Profile | None,
         drafts: Sequence[str],
     ) -> Recommendation:
-        """One side of a preview: rules then rank for a member, rules and their arranging
-        alone for anyone else (as `_impersonal`)."""
+        """One side of a preview, shaped as an answer would be, exactly."""
         trip = Trip(budget)
+        items, ranked, _ = await self._shaped(trip, asked, candidates, profile, drafts)
+        _exact(trip)
         if profile is None:
-            ruled = await self._rules(trip, asked, candidates, drafts=drafts)
-            _exact(trip)
-            items = ruled.arranged(sorted(ruled.candidates, key=lambda c: -c.score), asked.limit)
-            return asked.answer(items, "non-personalized", [], personalized=False)
-        purchases = recent_purchases(profile)
-        ruled = await self._rules(trip, asked, candidates, asked.member_id, purchases, drafts)
-        _exact(trip)
-        items, ranked = await self._rank(trip, profile, asked, ruled)
-        _exact(trip)
+            return asked.answer(items, ranked.model, [], personalized=False)
         return asked.answer(items, ranked.model, [], ranked=ranked)
 
     async def _candidates(

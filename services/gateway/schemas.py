@@ -298,8 +298,8 @@ class ProfileOut(BaseModel):
 SEGMENT_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 
-class SegmentDefinitionIn(BaseModel):
-    """A segment's condition over portrait fields (docs/segments.md) and what it is for."""
+class ConditionIn(BaseModel):
+    """A condition over portrait fields (docs/segments.md): alone, to count it."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -308,6 +308,11 @@ class SegmentDefinitionIn(BaseModel):
         max_length=2000,
         examples=["days_since_purchase.garden <= 90 and m_score >= 4 and 'email' in consent"],
     )
+
+
+class SegmentDefinitionIn(ConditionIn):
+    """A segment's condition and what it is for."""
+
     description: str = Field(default="", max_length=500)
 
 
@@ -317,18 +322,6 @@ class SegmentIn(SegmentDefinitionIn):
         max_length=64,
         description="1 to 64 lower-case letters, digits, '-' or '_'.",
         examples=["garden-big-spenders"],
-    )
-
-
-class ConditionIn(BaseModel):
-    """A condition to count, as a segment's would be (docs/segments.md); nothing is saved."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    condition: str = Field(
-        min_length=1,
-        max_length=2000,
-        examples=["lifecycle == 'at-risk' and 'email' in consent"],
     )
 
 

@@ -130,6 +130,10 @@ class EventBus(abc.ABC):
 
     def lag(self, group: str, topic: str) -> int:
         """Records published to `topic` that `group` has not yet committed."""
+        return sum(self.partition_lag(group, topic).values())
+
+    def partition_lag(self, group: str, topic: str) -> dict[int, int]:
+        """`lag` per partition (never below 0: a commit may be read before the end)."""
         ends = self.end_offsets(topic)
         done = self.committed(group, topic)
-        return sum(end - done.get(p, 0) for p, end in ends.items())
+        return {partition: max(end - done.get(partition, 0), 0) for partition, end in ends.items()}
