@@ -112,6 +112,39 @@ def complete(document: dict[str, Any], max_limit: int) -> None:
         "(or, without basic auth, the body's `writeKey`).",
     }
     for operation in (op for methods in document["paths"].values() for op in methods.values()):
+        _shared_definitions(operation, schemas)
         for parameter in operation.get("parameters", []):
             if parameter["name"] == "limit" and parameter["in"] == "query":
                 parameter["schema"]["maximum"] = max_limit
+
+
+LOCAL_REF = "#/$defs/"
+
+
+def _shared_definitions(operation: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """Move the `$defs` of a body schema a route declares itself (`model_body`) into the
+    document's components: `#/$defs/...` points at the root of the document, where OpenAPI
+    tools (client generators, validators) look for it in vain."""
+    for content in operation.get("requestBody", {}).get("content", {}).values():
+        schema = content.get("schema", {})
+        for name, definition in schema.pop("$defs", {}).items():
+            linked = _relinked(definition)
+            if schemas.setdefault(name, linked) != linked:
+                raise ValueError(f"two different body schemas are both named {name}")
+        content["schema"] = _relinked(schema)
+
+
+def _relinked(schema: Any) -> Any:
+    """`schema` with its local references pointing into the components."""
+    if isinstance(schema, dict):
+        return {
+            key: (
+                value.replace(LOCAL_REF, "#/components/schemas/", 1)
+                if key == "$ref" and isinstance(value, str)
+                else _relinked(value)
+            )
+            for key, value in schema.items()
+        }
+    if isinstance(schema, list):
+        return [_relinked(value) for value in schema]
+    return schema

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from openapi_spec_validator import validate
 
 from services.common.settings import FleetSettings
 from services.gateway.app import create_app
@@ -282,3 +283,25 @@ def test_every_keyed_operation_declares_both_key_schemes_and_its_scope(document)
             schema = response["content"]["application/json"]["schema"]
             assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (key, status)
         assert SCOPES[key] in operation["responses"]["403"]["description"]
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _refs(value)]
+    return []
+
+
+def test_every_reference_points_at_a_schema_of_the_document(document) -> None:
+    """Client generators resolve each `$ref` from the document's root: a body's own
+    `#/$defs/...` would point at nothing there."""
+    refs = set(_refs(document))
+    assert refs, "the document refers to no schema at all"
+    for ref in refs:
+        assert ref.startswith("#/components/schemas/"), ref
+        assert ref.rsplit("/", 1)[1] in document["components"]["schemas"], ref
+    campaign = operations(document)[("post", "/v1/campaigns")]["requestBody"]
+    assert "$defs" not in campaign["content"]["application/json"]["schema"]
+    validate(document)
