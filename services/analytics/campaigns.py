@@ -44,6 +44,7 @@ from services.analytics.stats import (
     mean_estimate,
     proportion_estimate,
 )
+from services.common.coupons import coupon_codes
 from services.common.events import MAX_ID_LENGTH, check_member_id
 from services.common.exposures import Exposure
 
@@ -224,35 +225,11 @@ def describe(window_days: float) -> str:
 
 
 def coupon_of(context: Mapping[str, Any]) -> str | None:
-    """The coupon code an order's event carried, as compared (coupon_key): the native
-    `context.coupon`, else Segment's `properties.coupon` or GA4's `params.coupon`, both
-    kept under `context.source`. None when there is no usable code."""
-    for fields in (context, *_shop_fields(context)):
-        code = coupon_key(fields.get("coupon"))
-        if code:
-            return code
-    return None
-
-
-def _shop_fields(context: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """What a Segment or GA4 event sent, as ingestion keeps it under `context.source`."""
-    source = context.get("source")
-    if not isinstance(source, dict):
-        return []
-    return [
-        fields for key in ("properties", "params") if isinstance(fields := source.get(key), dict)
-    ]
-
-
-def coupon_key(code: Any) -> str:
-    """A coupon code as exposures and purchases are matched on: trimmed and upper case
-    (shops take codes in any case). "" for no code, or one that is not a stored id."""
-    if not isinstance(code, str):
-        return ""
-    key = code.strip().upper()
-    if len(key) > MAX_ID_LENGTH or _CONTROL_CHARACTERS.search(key):
-        return ""
-    return key
+    """The coupon code an order's event carried, as compared (coupon_key): its first,
+    order-level codes before line-level ones (services/common/coupons.py). None when there
+    is no usable code."""
+    codes = coupon_codes(context)
+    return codes[0] if codes else None
 
 
 def exposure_problem(exposure: Exposure) -> str | None:

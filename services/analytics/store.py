@@ -67,10 +67,10 @@ from services.analytics.campaigns import (
     CampaignFigures,
     GroupMembers,
     by_exposure_id,
-    coupon_key,
 )
 from services.analytics.reports import ExperimentFigures, Latencies, MemberFigures
 from services.analytics.settings import AnalyticsSettings
+from services.common.coupons import coupon_key
 from services.common.db import insert_ignore, is_embedded, make_engine, scrub_freed, unseen, upsert
 from services.common.events import AnyEvent
 from services.common.exposures import Exposure
@@ -213,7 +213,7 @@ outcomes = Table(
     Column("revenue", Float, nullable=False),
     # What refunds of the order reversed of `revenue`.
     Column("refunded", Float, nullable=False),
-    # A purchase's coupon code as compared with exposures' (campaigns.coupon_key); NULL for
+    # A purchase's coupon code as compared with exposures' (coupons.coupon_key); NULL for
     # none, and for purchases kept before campaigns were measured.
     Column("coupon", String(128)),
     Index("ix_outcomes_member", "member_id", "at"),
@@ -240,7 +240,7 @@ processed_events = Table(
     Index("ix_processed_events_processed_at", "processed_at"),
 )
 # Every exposure of a member to a campaign (services/common/exposures.py): `group_name` is
-# "treatment" or "control", `coupon_code` the code given as campaigns.coupon_key keeps it.
+# "treatment" or "control", `coupon_code` the code given as coupons.coupon_key keeps it.
 campaign_exposures = Table(
     "campaign_exposures",
     metadata,

@@ -1,47 +1,21 @@
 """Redemptions: purchases that carry a campaign's coupon code, each order counted once.
 
-A code is read where each source puts it: the native event's `context.coupon`, Segment's
-`properties.coupon` (or one of its `products`), GA4's `coupon` parameter (or one of its
-`items`); the last two are kept under `context.source` by ingestion. A unique code names
-its campaign and member (coupon_codes); a fixed code names the campaigns that give it.
+A code is read where each source puts it (services/common/coupons.py). A unique code names
+its campaign and member (the coupon_codes table); a fixed code names the campaigns that
+give it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
 
 from services.campaigns.campaign_store import Redemption, StoredCampaign
 from services.campaigns.model import Tier
 from services.campaigns.offers import discount_cost
+from services.common.coupons import coupon_codes
 from services.common.events import AnyEvent
 
 PURCHASE = "purchase"
-
-
-def coupons_of(context: Mapping[str, Any]) -> set[str]:
-    """Every coupon code an order's event carries, upper-cased as codes are issued."""
-    found = _codes(context)
-    source = context.get("source")
-    if isinstance(source, Mapping):
-        for key, lines in (("properties", "products"), ("params", "items")):
-            fields = source.get(key)
-            if isinstance(fields, Mapping):
-                found |= _codes(fields)
-                listed = fields.get(lines)
-                if isinstance(listed, list):
-                    for line in listed:
-                        if isinstance(line, Mapping):
-                            found |= _codes(line)
-    return found
-
-
-def _codes(fields: Mapping[str, Any]) -> set[str]:
-    coupon = fields.get("coupon")
-    if isinstance(coupon, str) and coupon.strip():
-        # Shops join several codes with commas (GA4's documentation does).
-        return {part.strip().upper() for part in coupon.split(",") if part.strip()}
-    return set()
 
 
 def fixed_codes(campaigns: Iterable[StoredCampaign]) -> dict[str, list[tuple[str, Tier | None]]]:
@@ -71,7 +45,7 @@ def redemptions_in(
     for event in events:
         if event.type != PURCHASE:
             continue
-        for code in sorted(coupons_of(event.context)):
+        for code in coupon_codes(event.context or {}):
             found.extend(_redeemed(event, code, campaigns, fixed, unique_code, tier_of))
     return found
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from services.common.coupons import discounted
 from services.common.events import AnyEvent, EventType
 
 # Distinct channels counted per member: the rest of what a member's events claim is
@@ -304,37 +305,3 @@ def _source_channel(source: dict[str, Any]) -> Any:
     if isinstance(params, dict):
         return params.get("medium") or params.get("campaign_medium")
     return None
-
-
-def discounted(context: Mapping[str, Any]) -> bool:
-    """Whether an order's event says a discount or a coupon applied to it.
-
-    Counted: a non-empty `coupon` or a positive `discount`, on the native context, on
-    Segment's `properties` or one of its `products`, or on GA4's parameters or one of its
-    `items` (both kept under `context.source`).
-    """
-    if _offered(context):
-        return True
-    source = context.get("source")
-    if not isinstance(source, dict):
-        return False
-    for key, lines in (("properties", "products"), ("params", "items")):
-        fields = source.get(key)
-        if isinstance(fields, dict):
-            if _offered(fields):
-                return True
-            listed = fields.get(lines)
-            if isinstance(listed, list) and any(
-                isinstance(line, dict) and _offered(line) for line in listed
-            ):
-                return True
-    return False
-
-
-def _offered(fields: Mapping[str, Any]) -> bool:
-    coupon, discount = fields.get("coupon"), fields.get("discount")
-    if coupon is None and discount is None:
-        return False
-    if isinstance(coupon, str) and coupon.strip():
-        return True
-    return isinstance(discount, int | float) and not isinstance(discount, bool) and discount > 0

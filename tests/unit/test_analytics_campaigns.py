@@ -266,6 +266,16 @@ def test_coupon_orders_are_treatment_purchases_with_a_code_the_member_was_given(
             buy("m-1", "o-1", 10.0, NOW + DAY, context={"coupon": " welcome10"}),
             segment_purchase("m-1", "o-2", "welcome10", NOW + 2 * DAY),
             ga4_purchase("m-1", "o-3", "WELCOME10", NOW + 3 * DAY),
+            # A code given on one of the order's lines only (GA4's item-level coupon).
+            buy(
+                "m-1",
+                "o-10",
+                10.0,
+                NOW + DAY,
+                context={
+                    "source": {"params": {"items": [{"item_id": "s", "coupon": "welcome10"}]}}
+                },
+            ),
             # Not counted: another code, none, after the window.
             buy("m-1", "o-4", 10.0, NOW + DAY, context={"coupon": "SUMMER"}),
             buy("m-1", "o-5", 10.0, NOW + DAY),
@@ -279,9 +289,9 @@ def test_coupon_orders_are_treatment_purchases_with_a_code_the_member_was_given(
 
     done = outcomes_of(store)
 
-    assert done.coupon_orders == 3
+    assert done.coupon_orders == 4
     assert done.exposures == {"email": 1, "sms": 1}
-    assert groups(done)["treatment"].revenue == 10.0 + 25.0 + 30.0 + 10.0 + 10.0 + 10.0
+    assert groups(done)["treatment"].revenue == 10.0 + 25.0 + 30.0 + 10.0 + 10.0 + 10.0 + 10.0
     assert outcomes_of(store, "c-2").coupon_orders == 1
 
 

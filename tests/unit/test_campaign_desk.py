@@ -19,10 +19,10 @@ from services.campaigns.campaign_store import Planned, SqlCampaignStore
 from services.campaigns.desk import CampaignDesk, Matched, NotAllowed
 from services.campaigns.model import Audience, DefinitionError, FrequencyCap, validated
 from services.campaigns.offers import Member, in_control
-from services.campaigns.redemptions import coupons_of
 from services.campaigns.settings import CampaignsSettings, WelcomeOffer
 from services.campaigns.templates import TEMPLATES, from_template
 from services.common.bus import CAMPAIGN_MESSAGES_TOPIC, EXPOSURES_TOPIC, Message
+from services.common.coupons import coupon_codes
 from services.common.events import Event
 from services.common.exposures import read_exposure
 from services.common.members import Erase
@@ -412,10 +412,10 @@ def test_a_coupon_redemption_counts_once_per_order(world: World) -> None:
 
 
 def test_coupons_are_read_where_each_source_puts_them() -> None:
-    assert coupons_of({"coupon": "a1b2"}) == {"A1B2"}
-    assert coupons_of({"source": {"properties": {"products": [{"coupon": "P1"}]}}}) == {"P1"}
-    assert coupons_of({"source": {"params": {"coupon": "G1, G2"}}}) == {"G1", "G2"}
-    assert coupons_of({"discount": 5}) == set()
+    assert coupon_codes({"coupon": "a1b2"}) == ["A1B2"]
+    assert coupon_codes({"source": {"properties": {"products": [{"coupon": "P1"}]}}}) == ["P1"]
+    assert coupon_codes({"source": {"params": {"coupon": "G1, G2"}}}) == ["G1", "G2"]
+    assert coupon_codes({"discount": 5}) == []
 
 
 def test_tiers_follow_the_m_score_and_each_member_keeps_one_unique_code(world: World) -> None:

@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.common.bus.local_log import LocalLogBus
+from services.common.coupons import discounted
 from services.common.events import Event
 from services.common.settings import FleetSettings
 from services.ingestion import formats
@@ -25,7 +26,6 @@ from services.profiles.domain import (
     apply_event,
     channel_of,
     decay,
-    discounted,
     new_profile,
 )
 from services.profiles.portrait import (
