@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -129,7 +130,8 @@ class SqlCatalogStore(MerchandisingStore):
         upgrade(engine, "campaigns")
         self._sold_out: frozenset[str] = frozenset()
         self._facts = CatalogFacts()
-        # Epoch seconds of the newest change read; None before the first read (all rows).
+        # When (epoch seconds, this process's clock) the last read began; None before the
+        # first read (all rows).
         self._read_up_to: float | None = None
         self.refresh()
 
@@ -152,6 +154,11 @@ class SqlCatalogStore(MerchandisingStore):
         return {item_id for item_id in item_ids if item_id in sold_out}
 
     def refresh(self) -> None:
+        # Changes are stamped with their writer's clock (services/common/catalog.py): what
+        # committed since the last read carries at least its start, less the overlap. Not
+        # the newest stamp read: a batch would then be read again every second until the
+        # next change (a whole catalog after a full sync).
+        started = time.time()
         stock = select(catalog.c.item_id).where(catalog.c.in_stock.is_(False))
         changed = select(*(catalog.c[name] for name in FACTS))
         if self._read_up_to is not None:
@@ -164,8 +171,7 @@ class SqlCatalogStore(MerchandisingStore):
         # Rows a release without change times wrote since are found by their stock here.
         self._facts.restock(sold_out)
         self._sold_out = sold_out
-        latest = max((row["changed_at_s"] or 0.0 for row in rows), default=0.0)
-        self._read_up_to = max(self._read_up_to or 0.0, latest)
+        self._read_up_to = started
 
     def facts(self) -> CatalogFacts:
         return self._facts
@@ -216,7 +222,7 @@ class SqlCatalogStore(MerchandisingStore):
 
 
 # What the facts in memory are made of: every column but the name and the attributes.
-FACTS = ("item_id", "category", "price", "in_stock", "brand", "tags", "changed_at_s")
+FACTS = ("item_id", "category", "price", "in_stock", "brand", "tags")
 
 
 def _facts_of(row: Any) -> CatalogItem:

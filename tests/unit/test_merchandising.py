@@ -8,6 +8,7 @@ servicer in process over a SQLite store), and arranged by ranking
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import Engine
 
+from services.campaigns import store as store_module
 from services.campaigns.merch_servicer import MerchandisingServicer
 from services.campaigns.merchandising import (
     InvalidRule,
@@ -629,6 +631,41 @@ def test_the_refresh_reads_only_what_changed_yet_sees_every_change(engine: Engin
     found = reader.facts().facts("new")
     assert found is not None
     assert (found.tags, found.in_stock, found.price) == (frozenset({"gift"}), False, None)
+
+
+def test_a_batch_is_read_once_not_at_every_refresh_after_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    read: list[str] = []
+    facts_of = store_module._facts_of
+
+    def counted(row: Any) -> CatalogItem:
+        read.append(row["item_id"])
+        return facts_of(row)
+
+    monkeypatch.setattr(store_module, "_facts_of", counted)
+    writer, reader = SqlCatalogStore(engine), SqlCatalogStore(engine)
+    writer.save([CatalogItem(item_id=f"sku-{n}", category="garden") for n in range(50)])
+    clock[0] += 1
+    reader.refresh()
+    assert len(read) == 50
+    # The next refresh reads them again (they are within the overlap that catches a late
+    # commit); after that, nothing new is nothing read.
+    clock[0] += store_module.CHANGE_OVERLAP_S + 1
+    reader.refresh()
+    for _ in range(3):
+        clock[0] += store_module.CHANGE_OVERLAP_S + 1
+        reader.refresh()
+    assert len(read) <= 100
+    before = len(read)
+    writer.save([CatalogItem(item_id="sku-7", category="toys")])
+    clock[0] += 1
+    reader.refresh()
+    assert read[before:] == ["sku-7"]
+    found = reader.facts().facts("sku-7")
+    assert found is not None and found.category == "toys"
 
 
 async def test_a_promotion_of_a_campaigns_own_items_follows_the_campaign(
