@@ -434,6 +434,8 @@ class _Work:
         self.removed: list[campaigns_pb2.Removal] = []
         self.arrangement = common_pb2.Arrangement()
         self.applied: list[str] = []
+        # Each item's facts once per request: filters, boosts and promotions all ask.
+        self._known: dict[str, ItemFacts] = {}
         proposed = {c.item_id for c in request.candidates}
         self.pins = [
             pin
@@ -444,13 +446,19 @@ class _Work:
         self.pinned = {pin.item_id for pin in self.pins}
 
     def facts(self, item_id: str, category: str = "") -> ItemFacts:
-        found = self.catalog.facts(item_id)
-        return found if found is not None else ItemFacts(category=category, in_stock=None)
+        known = self._known.get(item_id)
+        if known is None:
+            found = self.catalog.facts(item_id)
+            known = found if found is not None else ItemFacts(category=category, in_stock=None)
+            self._known[item_id] = known
+        return known
 
     def remove_and_filter(self) -> None:
+        # Most placements have no filter: then an item's facts are not even looked up.
+        filtering = bool(self.filters)
         for candidate in self.request.candidates:
             rule = self.bought.get(candidate.item_id)
-            if rule is None and candidate.item_id not in self.pinned:
+            if rule is None and filtering and candidate.item_id not in self.pinned:
                 rule = self._failed_filter(self.facts(candidate.item_id, candidate.category))
             if rule is not None:
                 self.removed.append(
@@ -478,6 +486,8 @@ class _Work:
             self._applied(pin.label)
 
     def adjust(self) -> None:
+        if not self.adjusting:
+            return
         for candidate in self.kept:
             if candidate.item_id in self.pinned:
                 continue  # a pin's position holds whatever weighs on it
