@@ -589,8 +589,13 @@ class SqlProfileStore(ProfileStore):
         return choices, when
 
     def consent_choices(self, member_id: str) -> tuple[dict[str, bool], datetime | None]:
+        # On the path of every recommendation for a visitor never seen: the statement is
+        # built once (CONSENT_QUERY), as the portrait's is.
         with self._engine.connect() as conn:
-            return _consent_choices(conn, [member_id]).get(member_id, ({}, None))
+            row = conn.execute(CONSENT_QUERY, {"member_id": member_id}).first()
+        if row is None:
+            return {}, None
+        return _choices_of(row._mapping), _utc(row.updated_at)
 
     def segments(self) -> list[SegmentDefinition]:
         with self._engine.connect() as conn:
@@ -926,6 +931,7 @@ def _save_members(
 
 # Built once: building a statement per read cost more than running it.
 PORTRAIT_QUERY = _portrait_query()
+CONSENT_QUERY = select(member_consent).where(member_consent.c.member_id == bindparam("member_id"))
 HOLDINGS_QUERIES = {purchases: _holdings_query(purchases) for purchases in (True, False)}
 
 _read_recent = msgspec.json.Decoder(list[RecentItem]).decode
