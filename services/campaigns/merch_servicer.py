@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from typing import NoReturn, TypeAlias, TypeVar
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.campaigns.merchandising import (
@@ -40,6 +39,7 @@ from services.campaigns.rules import apply_rules
 from services.campaigns.store import MerchandisingStore, StoredRule
 from services.common.clock import Clock
 from services.common.events import CatalogItem
+from services.common.timestamps import timestamp as _timestamp
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -303,12 +303,6 @@ def _drafts(definitions: Sequence[str], placement: str) -> list[Rule]:
 
 def _rule_of(stored: StoredRule) -> Rule:
     return named(parse_rule(stored.definition), stored.rule_id)
-
-
-def _timestamp(at: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(at)
-    return stamp
 
 
 async def _read(context: Context, call: Callable[[], T]) -> T:

@@ -9,7 +9,6 @@ from datetime import datetime
 from typing import TypeAlias, TypeVar
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.campaigns.campaign_store import StoredCampaign
 from services.campaigns.desk import CampaignDesk, Given, NotAllowed, UnknownCampaign
@@ -19,6 +18,7 @@ from services.campaigns.peers import AnalyticsOutcomes, AudienceError
 from services.campaigns.reporting import campaign_report
 from services.campaigns.settings import CampaignsSettings
 from services.campaigns.templates import TEMPLATES, UnknownTemplate
+from services.common.timestamps import timestamp as _ts
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 
 T = TypeVar("T")
@@ -252,9 +252,3 @@ def _percent(given: Given) -> float:
 
 def _amount(given: Given) -> float:
     return given.definition.offer.discount(given.tier)[1] or 0.0
-
-
-def _ts(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.bus import BusError
+from services.common.timestamps import timestamp
 from services.gen.recofleet.common.v1 import common_pb2
 from services.gen.recofleet.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from services.ingestion.domain import BadPayload, Ingestor, Outcome, TooManyEvents
@@ -47,10 +47,8 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         self, request: ingestion_pb2.EraseMemberRequest, context: grpc.aio.ServicerContext
     ) -> ingestion_pb2.EraseMemberResponse:
         command = await _run(context, self._ingestor.erase_member, request.member_id)
-        requested_at = Timestamp()
-        requested_at.FromDatetime(command.at)
         return ingestion_pb2.EraseMemberResponse(
-            erasure_id=command.erasure_id, requested_at=requested_at
+            erasure_id=command.erasure_id, requested_at=timestamp(command.at)
         )
 
     async def GetBusStatus(

@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.clock import Clock
 from services.common.db import served
 from services.common.events import check_member_id
 from services.common.members import CHANNELS, CONSENT_KEYS
+from services.common.timestamps import timestamp as _ts
 from services.gen.recofleet.profiles.v1 import profiles_pb2, profiles_pb2_grpc
 from services.profiles.audiences import Audience, AudienceError
 from services.profiles.discovery import DEFAULT_TOP_CATEGORIES, Discovery, NotEnoughMembers
@@ -336,12 +336,6 @@ class ProfilesServicer(profiles_pb2_grpc.ProfilesServiceServicer):
         return profiles_pb2.ManualTagsResponse(
             member_id=member_id, tags=[_manual(t) for t in tags or []]
         )
-
-
-def _ts(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def _manual(tag: ManualTag) -> profiles_pb2.Tag:
