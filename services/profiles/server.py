@@ -77,8 +77,14 @@ async def keep_scores_fresh(
         await asyncio.sleep(check_s)
 
 
+# The first count waits this long at most after start: a pass over every member right at
+# start would compete with the consumer catching up (a million members: about two minutes).
+FIRST_COUNT_S = 300.0
+
+
 async def keep_sizes_counted(segmenter: Segmenter, interval_s: float) -> None:
     """Count every segment now and then, so that each day has its point in the trends."""
+    await asyncio.sleep(min(interval_s, FIRST_COUNT_S))
     while True:
         try:
             counted = await asyncio.to_thread(segmenter.sizes)
