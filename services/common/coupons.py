@@ -8,15 +8,13 @@ codes may come joined by commas (GA4's documentation does so).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from services.common.events import MAX_ID_LENGTH
+from services.common.events import check_member_id
 
 # (fields of the order, its list of lines) per source kept under `context.source`.
 SOURCE_FIELDS = (("properties", "products"), ("params", "items"))
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def order_fields(context: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
@@ -42,9 +40,8 @@ def coupon_key(code: Any) -> str:
     if not isinstance(code, str):
         return ""
     key = code.strip().upper()
-    if len(key) > MAX_ID_LENGTH or _CONTROL_CHARACTERS.search(key):
-        return ""
-    return key
+    # The bounds of any id a store keeps (length, no control characters).
+    return key if key and check_member_id(key) is None else ""
 
 
 def coupon_codes(context: Mapping[str, Any]) -> list[str]:

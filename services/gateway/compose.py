@@ -476,9 +476,7 @@ class Composer:
         trip = Trip(budget)
         items, ranked, _ = await self._shaped(trip, asked, candidates, profile, drafts)
         _exact(trip)
-        if profile is None:
-            return asked.answer(items, ranked.model, [], personalized=False)
-        return asked.answer(items, ranked.model, [], ranked=ranked)
+        return asked.answer(items, ranked.model, [], profile is not None, ranked)
 
     async def _candidates(
         self,
