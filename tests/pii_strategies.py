@@ -12,12 +12,14 @@ import json
 import random
 import string
 from typing import Any
+from urllib.parse import quote
 
 from hypothesis import strategies as st
 
 from services.common.pii import CONTACT_KEYS
 
-_LOCAL = string.ascii_letters + string.digits + "._%+-/!#$&'*=?^`{|}~"
+# What the scrubber reads as an address's local part (URL delimiters end it: / = ? # &).
+_LOCAL = string.ascii_letters + string.digits + "._%+-!$'*^`{|}~"
 _LABEL = string.ascii_lowercase + string.digits
 # Decimal digits of other scripts: the scrubber's patterns read them as digits too.
 _DIGIT_SETS = tuple(
@@ -41,9 +43,14 @@ def phones(draw: st.DrawFn) -> str:
     def group(n: int) -> str:
         return "".join(draw(st.sampled_from(digits)) for _ in range(n))
 
-    shape = draw(st.integers(0, 4))
+    shape = draw(st.integers(0, 6))
     if shape == 0:
         return f"+{group(2)} {group(2)} {group(4)} {group(4)}"
+    if shape == 5:
+        space = draw(st.sampled_from(["\u00a0", "\u202f", "\u2009"]))
+        return f"+{group(2)}{space}{group(4)}{space}{group(6)}"
+    if shape == 6:
+        return f"{group(3)}\u2013{group(4)}\u2013{group(4)}"
     if shape == 1:
         return f"({group(3)}) {group(3)}-{group(4)}"
     if shape == 2:
@@ -117,10 +124,15 @@ def placed(draw: st.DrawFn) -> tuple[str, Any, list[str]]:
     fmt = draw(st.sampled_from(["native", "segment", "ga4", "google_retail"]))
     anything, email = draw(contact_data()), draw(emails())
     word, key = draw(secret_words()), draw(contact_keys())
-    slot = draw(st.integers(0, 6))
+    slot = draw(st.integers(0, 7))
     build = {"native": _native, "segment": _segment, "ga4": _ga4, "google_retail": _retail}[fmt]
     body, secret = build(slot, anything, email, word, key)
     return fmt, body, [secret]
+
+
+def _in_url(found: str) -> str:
+    """A page URL with `found` percent-encoded in its query, as browsers send it."""
+    return f"https://shop.example/p/85123A?ref={quote(found, safe='')}&utm_source=mail"
 
 
 def _native(slot: int, anything: str, email: str, word: str, key: str) -> tuple[Any, str]:
@@ -138,6 +150,8 @@ def _native(slot: int, anything: str, email: str, word: str, key: str) -> tuple[
         return event | {"context": {"note": [anything], "deep": {"x": anything}}}, anything
     if slot == 5:
         return {"events": [event | {"context": {anything: 1}}]}, anything
+    if slot == 6:
+        return event | {"context": {"page_url": _in_url(anything)}}, quote(anything, safe="")
     return event | {"context": {"traits": {key: word}}}, word
 
 
@@ -161,6 +175,9 @@ def _segment(slot: int, anything: str, email: str, word: str, key: str) -> tuple
         return {"batch": [track], "context": {"traits": {"email": word}}}, word
     if slot == 5:
         return track | {"properties": {"product_id": email, "note": anything}}, email
+    if slot == 6:
+        page = {"url": _in_url(anything), "referrer": _in_url(anything)}
+        return track | {"context": {"page": page}}, quote(anything, safe="")
     return track | {"properties": {"product_id": "1", "note": anything}}, anything
 
 

@@ -10,6 +10,7 @@ service's log line about a recommendation names it as the gateway's does.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -139,7 +140,44 @@ def instrument_gateway(app: FastAPI) -> None:
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    FastAPIInstrumentor.instrument_app(app, excluded_urls=UNTRACED_URLS)
+    FastAPIInstrumentor.instrument_app(
+        app, excluded_urls=UNTRACED_URLS, server_request_hook=_without_personal_data
+    )
+
+
+# What the HTTP instrumentation records of a request (old and new semantic conventions):
+# its URL, which names members, and the caller's address.
+URL_ATTRIBUTES = ("http.target", "http.url", "url.full", "url.path", "url.query")
+ADDRESS_ATTRIBUTES = ("net.peer.ip", "client.address", "http.client_ip", "net.sock.peer.addr")
+
+
+def _without_personal_data(span: Any, scope: dict[str, Any]) -> None:
+    """A request span's URL with the member ids and contact data in it as the stores keep
+    them (tokens), and the caller's address cut to its network: a tracing backend is a
+    store erasure does not reach, so nothing personal may go there in clear."""
+    attributes = getattr(span, "attributes", None)
+    if not attributes or not span.is_recording():
+        return
+    scrubber = getattr(scope["app"].state, "member_ids", None)
+    for name in URL_ATTRIBUTES:
+        value = attributes.get(name)
+        if isinstance(value, str):
+            span.set_attribute(name, scrubber.scrub_text(value) if scrubber else "")
+    for name in ADDRESS_ATTRIBUTES:
+        value = attributes.get(name)
+        if isinstance(value, str):
+            span.set_attribute(name, network_of(value))
+
+
+def network_of(address: str) -> str:
+    """An IP address with its host part zeroed (IPv4 /24, IPv6 /48), as analytics tools
+    anonymise addresses; anything else (a host name) is dropped."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return ""
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
 
 
 @contextlib.contextmanager

@@ -117,3 +117,34 @@ def test_json_logs_name_the_recommendation_and_its_trace_in_every_process(traced
         assert about, f"no {service} log line names {body['recommendation_id']}"
         assert {x["trace_id"] for x in about} == {trace_id}
         assert {x["service"] for x in about} == {service}
+
+
+def test_request_spans_hold_no_address_or_phone_number_in_clear(traced):
+    fleet, receiver = traced
+    member = f"ann.trace.{secrets.token_hex(3)}@example.com"
+    with fleet.client() as http:
+        http.get(f"/v1/members/{member}/recommendations", params={"context_item": member})
+        http.get(f"/v1/members/{member.replace('@', '%40')}/profile")
+        http.get("/v1/items/85123A/similar", params={"member_id": "+44 7700 900461"})
+
+    def asked(spans: list[ReceivedSpan]) -> bool:
+        routes = [s for s in spans if s.service == "recofleet-gateway" and s.kind == SERVER]
+        return sum("similar" in s.name for s in routes) >= 1 and len(routes) >= 3
+
+    spans = receiver.wait_for(asked)
+    assert asked(spans), "the gateway's request spans did not arrive"
+    local = member.split("@")[0]
+    for span in spans:
+        for name, value in span.attributes.items():
+            assert local not in value and "7700 900461" not in value, (span.name, name, value)
+            assert "7700%20900461" not in value and "7700+900461" not in value, (name, value)
+    # The caller's address, on the gateway's request spans (the services' calls name the
+    # services' own addresses): cut to its network.
+    requests = [s for s in spans if s.service == "recofleet-gateway" and s.kind == SERVER]
+    addresses = {
+        value
+        for span in requests
+        for name, value in span.attributes.items()
+        if name in ("net.peer.ip", "client.address")
+    }
+    assert addresses and all(a.endswith(".0") for a in addresses), addresses
