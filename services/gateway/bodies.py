@@ -9,11 +9,13 @@ Accepted content types (anything else is refused with 415 before the body is rea
 A `charset` parameter, when present, must name UTF-8: JSON is UTF-8 (RFC 8259).
 
 Refused, for example: `application/x-www-form-urlencoded` (what a plain `curl -d` sends)
-and `multipart/form-data`, whose bodies are not JSON even when they look like it.
+and `multipart/form-data`, whose bodies are not JSON even when they look like it; and any
+`Content-Encoding` but `identity` (a compressed body is not expanded: no gzip bomb).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeVar
 
 from fastapi import HTTPException, Request
@@ -24,6 +26,8 @@ from services.common.jsonbody import BodyError, decode
 Model = TypeVar("Model", bound=BaseModel)
 # Definitions and consent changes are small; nothing legitimate comes near this.
 SMALL_BODY_BYTES = 64 * 1024
+# How long a body may pause between two of its chunks (an app made without settings).
+DEFAULT_IDLE_TIMEOUT_S = 10.0
 
 JSON_TYPES = frozenset(
     {"application/json", "text/plain", "application/x-ndjson", "application/jsonl"}
@@ -63,20 +67,44 @@ def check_media_type(request: Request) -> None:
 
 
 async def read_body(request: Request, limit: int, expected: str = "JSON") -> bytes:
-    """The request body, refused with 413 past `limit` bytes without reading it all.
+    """The request body, refused with 413 past `limit` bytes without reading it all, with
+    415 when it is compressed, and with 408 when it stops arriving for the gateway's
+    `body_idle_timeout_s` (a client that announces 1,000 bytes and sends 8 would hold its
+    connection, and the memory of its request, for ever).
 
     `expected` names what to send instead of an empty body (400)."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise HTTPException(
+            415, f"content encoding '{encoding}' is not accepted: send the body uncompressed"
+        )
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"body of {declared} bytes exceeds the limit of {limit} bytes")
+    idle_s = _idle_timeout_s(request)
     body = bytearray()
-    async for chunk in request.stream():
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout(idle_s):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise HTTPException(
+                408, f"the body stopped arriving: nothing for {idle_s:g} s, {len(body)} bytes read"
+            ) from None
         body.extend(chunk)
         if len(body) > limit:
             raise HTTPException(413, f"body exceeds the limit of {limit} bytes")
     if not body:
         raise HTTPException(400, f"empty body: send {expected}")
     return bytes(body)
+
+
+def _idle_timeout_s(request: Request) -> float:
+    settings = getattr(request.app.state, "settings", None)
+    return getattr(settings, "body_idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S)
 
 
 async def read_optional_model(request: Request, model: type[Model]) -> Model:

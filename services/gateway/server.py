@@ -40,6 +40,7 @@ def server_options(fleet: FleetSettings, settings: GatewaySettings) -> dict[str,
         # uvicorn's own logging setup would print its lines past the fleet's (JSON) format.
         "log_config": None,
         "timeout_graceful_shutdown": 5,
+        "limit_concurrency": settings.max_connections,
         "proxy_headers": bool(proxies),
         "forwarded_allow_ips": proxies,
     }

@@ -89,6 +89,17 @@ class GatewaySettings(BaseSettings):
         le=MAX_MESSAGE_BYTES - 64 * 1024,
         description="Largest request body, in bytes.",
     )
+    body_idle_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request body that stops arriving for this long is refused (408).",
+    )
+    max_connections: int = Field(
+        default=2000,
+        ge=1,
+        description="Connections and requests in progress the gateway takes at once; past "
+        "it, new ones get 503 at once instead of queueing without bound.",
+    )
     rate_limit_per_s: float = Field(
         default=500.0, ge=0, description="Ingestion requests per second per key (0: no limit)."
     )

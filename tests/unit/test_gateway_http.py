@@ -519,3 +519,33 @@ def test_an_unhandled_error_keeps_the_connection_for_the_next_request():
         assert ok.status == 202, ok.read()
         ok.read()
         conn.close()
+
+
+def test_a_body_that_stops_arriving_is_refused_with_408_and_the_server_goes_on():
+    gateway_settings = settings(body_idle_timeout_s=0.5)
+    clients = FakeClients()
+    with serving(app_with(gateway_settings, clients)) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+            stalled.sendall(
+                b"POST /v1/events HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+                + f"x-api-key: {ADMIN_KEY}\r\ncontent-length: 1000\r\n\r\n".encode()
+                + b'{"type": '
+            )
+            started = time.monotonic()
+            answer = stalled.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert "the body stopped arriving" in answer
+        assert time.monotonic() - started < 5
+        assert clients.ingestion.payloads == []
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/v1/events", body=json.dumps(EVENT), headers={"x-api-key": ADMIN_KEY})
+        assert conn.getresponse().status == 202
+        conn.close()
+
+
+async def test_a_compressed_body_is_refused_with_415_unread(gateway: Gateway):
+    reply = await gateway.http.post(
+        "/v1/events", content=b"\x1f\x8b\x08\x00", headers={"content-encoding": "gzip"}
+    )
+    assert_error(reply, 415, "content encoding 'gzip' is not accepted")
+    assert gateway.ingestion.payloads == []
