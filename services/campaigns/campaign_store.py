@@ -10,6 +10,7 @@ second counts the first one's exposure.
 from __future__ import annotations
 
 import abc
+import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +36,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from services.campaigns.model import CampaignDefinition, FrequencyCap, Status, validated
+from services.campaigns.model import (
+    CampaignDefinition,
+    DefinitionError,
+    FrequencyCap,
+    Status,
+    validated,
+)
 from services.campaigns.store import metadata
 from services.common.db import insert_ignore, make_engine, scrub_freed
 from services.common.exposures import Exposure, Group
@@ -52,6 +59,7 @@ from services.common.members import (
 )
 from services.common.migrations import upgrade
 
+log = logging.getLogger(__name__)
 # The service's one schema: the catalog's and the rules' tables (store.py) and these.
 campaigns = Table(
     "campaigns",
@@ -167,11 +175,14 @@ class CampaignStore(abc.ABC):
         """The campaign with its new definition; None when there is no such campaign."""
 
     @abc.abstractmethod
-    def get(self, campaign_id: str) -> StoredCampaign | None: ...
+    def get(self, campaign_id: str) -> StoredCampaign | None:
+        """None when there is no such campaign; DefinitionError naming the field when its
+        stored definition is no longer a campaign (see `all`)."""
 
     @abc.abstractmethod
     def all(self) -> list[StoredCampaign]:
-        """Every campaign, oldest first."""
+        """Every campaign, oldest first; one whose stored definition is no longer a
+        campaign (stored before a check it fails was made) left out, and logged."""
 
     @abc.abstractmethod
     def delete(self, campaign_id: str) -> bool: ...
@@ -278,7 +289,7 @@ class SqlCampaignStore(CampaignStore):
     def all(self) -> list[StoredCampaign]:
         with self._engine.connect() as conn:
             rows = conn.execute(select(campaigns).order_by(campaigns.c.created_at)).mappings()
-            return [_campaign(row) for row in rows]
+            return [found for row in rows if (found := _readable(row)) is not None]
 
     def delete(self, campaign_id: str) -> bool:
         with self._engine.begin() as conn:
@@ -500,6 +511,17 @@ def _campaign(row: Any) -> StoredCampaign:
         created_at=_utc(row["created_at"]),
         updated_at=_utc(row["updated_at"]),
     )
+
+
+def _readable(row: Any) -> StoredCampaign | None:
+    # Offered, it could break every member's offers (an end no answer can carry, an audience
+    # profiles refuses); refusing to read every campaign for it would stop all of them.
+    # Replacing or deleting it puts it right.
+    try:
+        return _campaign(row)
+    except DefinitionError as exc:
+        log.warning("campaign %s left out: %s", row["campaign_id"], exc)
+        return None
 
 
 def _lock(conn: Connection, member_id: str, channel: str) -> None:

@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from services.common.events import MAX_AMOUNT, MAX_ID_LENGTH, NO_CONTROL
+from services.common.timestamps import Instant
 from services.gen.recofleet.campaigns.v1 import campaigns_pb2
 from services.gen.recofleet.common.v1 import common_pb2
 
@@ -140,13 +141,14 @@ class _Rule(BaseModel):
     priority: int = Field(
         default=0, ge=-1000, le=1000, description="Where rules disagree, the higher wins."
     )
-    starts_at: datetime | None = Field(default=None, description="None: live from now.")
-    ends_at: datetime | None = Field(default=None, description="None: live until deleted.")
+    starts_at: Instant | None = Field(default=None, description="None: live from now.")
+    ends_at: Instant | None = Field(default=None, description="None: live until deleted.")
 
     @field_validator("starts_at", "ends_at")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
-        # A naive instant is read as UTC, as events' timestamps are.
+        # A naive instant is read as UTC, as events' timestamps are. `Instant` checked the
+        # range first: past it the conversion overflows, which pydantic does not report.
         if value is None:
             return None
         return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)

@@ -23,11 +23,20 @@ from pydantic import (
 )
 
 from services.common.members import CHANNELS
+from services.common.timestamps import Instant
+
+# Pure code shared with profiles, which evaluates audiences: a campaign's audience is
+# checked here by the same rules, when it is saved, not on every member's offers later.
+from services.profiles.conditions import parse
+from services.profiles.segments import check_name
 
 Channel = Literal["onsite", "email", "sms", "push"]
 Status = Literal["draft", "active", "paused", "ended"]
 CODE = r"^[A-Z0-9][A-Z0-9_-]{2,39}$"
 _MONTH_DAY = re.compile(r"^(\d{2})-(\d{2})$")
+# Ten years: longer than any voucher a shop honours, and far inside what a datetime (and
+# an offer's Timestamp) holds from any clock this side of the year 9989.
+MAX_OFFER_DAYS = 3650
 assert set(CHANNELS) == {"onsite", "email", "sms", "push"}
 
 
@@ -35,11 +44,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _segment_name(name: str) -> str:
+    problem = check_name(name)
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
+def _condition(text: str) -> str:
+    # Profiles answers an audience it cannot read by refusing the whole offer request, every
+    # campaign's: a wrong condition would empty every member's offers until it is fixed.
+    if text.strip():
+        parse(text)
+    return text
+
+
+SegmentName = Annotated[str, AfterValidator(_segment_name)]
+
+
 class Audience(_Strict):
     """Members in any of `segments` (every member when none) for whom `condition` holds."""
 
-    segments: list[str] = Field(default_factory=list, max_length=20)
-    condition: str = Field(
+    segments: list[SegmentName] = Field(default_factory=list, max_length=20)
+    condition: Annotated[str, AfterValidator(_condition)] = Field(
         default="", max_length=2000, description="The segment definition language."
     )
     new_visitors: bool = Field(
@@ -90,7 +117,10 @@ class OfferTerms(_Strict):
     )
     code_prefix: str = Field(default="RF", pattern=r"^[A-Z0-9]{1,10}$")
     expires_after_days: float | None = Field(
-        default=None, gt=0, description="A member's offer expires this long after it reaches them."
+        default=None,
+        gt=0,
+        le=MAX_OFFER_DAYS,
+        description="A member's offer expires this long after it reaches them.",
     )
     tiers: list[Tier] = Field(default_factory=list, max_length=10)
 
@@ -165,8 +195,8 @@ class Season(_Strict):
 
 
 class Schedule(_Strict):
-    starts_at: datetime | None = None
-    ends_at: datetime | None = None
+    starts_at: Instant | None = None
+    ends_at: Instant | None = None
     timezone: str = "UTC"
     seasons: list[Season] = Field(default_factory=list, max_length=12)
     quiet_hours: dict[Channel, QuietHours] = Field(default_factory=dict)

@@ -226,3 +226,59 @@ async def test_figures_that_cannot_be_computed_are_null_and_the_confidence_is_bo
     assert reply.status_code == 200
     assert treatment["revenue_per_member"] == {"value": 10.0, "low": None, "high": None, "n": 1}
     assert sure.status_code == 422
+
+
+# What the audit sent: each was stored and activated, then broke everyone's offers.
+AUDITED_OFFER = {"discount_percent": 10, "coupon_code": "AUD10"}
+AUDITED = {
+    "name": "x",
+    "offer": AUDITED_OFFER,
+    "channels": ["onsite"],
+    "status": "active",
+    "control_share": 0.0,
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"schedule": {"ends_at": "9999-12-31T23:59:59-14:00"}}, "schedule.ends_at: "),
+        ({"schedule": {"starts_at": "0001-01-01T00:00:00+01:00"}}, "schedule.starts_at: "),
+        ({"audience": {"condition": "(("}}, "audience.condition: "),
+        ({"audience": {"segments": ["../x"]}}, "audience.segments.0: "),
+        (
+            {"offer": {**AUDITED_OFFER, "expires_after_days": 3_000_000}},
+            "offer.expires_after_days: ",
+        ),
+    ],
+)
+async def test_a_campaign_that_would_break_offers_is_a_422_at_create_and_at_update(
+    fleet: Fleet, change: dict[str, Any], named: str
+) -> None:
+    fleet.shop.add("m-1")
+    created = await fleet.http.post("/v1/campaigns", json={**AUDITED, **change})
+    kept = await fleet.http.post("/v1/campaigns", json=AUDITED)
+    cid = kept.json()["campaign_id"]
+    updated = await fleet.http.put(f"/v1/campaigns/{cid}", json={**AUDITED, **change})
+    offers = await fleet.http.get("/v1/members/m-1/offers")
+
+    assert created.status_code == 422, created.text
+    assert created.json()["detail"].startswith(named)
+    assert updated.status_code == 422, updated.text
+    assert updated.json()["detail"].startswith(named)
+    assert offers.status_code == 200, offers.text
+    assert not offers.json()["degraded"]
+    assert [o["campaign_id"] for o in offers.json()["offers"]] == [cid]
+
+
+async def test_a_campaign_may_end_at_the_last_instant_an_offer_can_carry(fleet: Fleet) -> None:
+    fleet.shop.add("m-1")
+    last = {"schedule": {"ends_at": "9999-12-31T23:59:59+00:00"}}
+    created = await fleet.http.post("/v1/campaigns", json={**AUDITED, **last})
+
+    offers = await fleet.http.get("/v1/members/m-1/offers")
+
+    assert created.status_code == 201, created.text
+    assert offers.status_code == 200, offers.text
+    [offer] = offers.json()["offers"]
+    assert offer["expires_at"].startswith("9999-12-31T23:59:59")

@@ -202,6 +202,7 @@ async def test_a_product_page_preview_starts_from_the_item_in_view(gateway: Gate
     [
         ({"rule": {**PIN_RAKE, "position": 0}}, "rule.position: "),
         ({"rule": {**PIN_RAKE, "action": "pinn"}}, "rule.action: "),
+        ({"rule": {**PIN_RAKE, "ends_at": "9999-12-31T23:59:59-01:00"}}, "rule.ends_at: "),
         ({"rule": {**PIN_RAKE, "placement": "cart"}}, "rule.placement: 'cart' is not the"),
         ({"rule": PIN_RAKE, "placement": "attic"}, "placement: Input should be"),
         ({"rule": PIN_RAKE, "limit": 101}, "limit must be at most"),

@@ -108,6 +108,8 @@ async def test_put_with_a_new_id_creates_the_rule_under_it(gateway: Gateway) -> 
         ({**PIN, "action": "pinn"}, "action: 'pinn' is not one of"),
         ({"placement": "home", "action": "boost"}, "category: give at least one of"),
         ({**PIN, "starts_at": "soon"}, "starts_at: "),
+        ({**PIN, "ends_at": "9999-12-31T23:59:59-01:00"}, "ends_at: "),
+        ({**PIN, "starts_at": "0001-01-01T00:00:00+01:00"}, "starts_at: "),
         ([PIN], "body: must be a JSON object"),
     ],
 )

@@ -25,7 +25,7 @@ from services.common.csv_rows import csv_line
 from services.gateway.access_keys import Scope
 from services.gateway.auth import require
 from services.gateway.bodies import SMALL_BODY_BYTES, check_media_type, decode_or_400, read_body
-from services.gateway.calls import call
+from services.gateway.calls import call, refusal
 from services.gateway.deps import ClientsDep
 from services.gateway.responses import errors
 from services.gateway.routing import AllowingRoute
@@ -401,7 +401,7 @@ async def export_campaign(
         # The first page before answering: an unknown campaign is a 404, not a cut stream.
         first = await anext(pages, None)
     except grpc.aio.AioRpcError as exc:
-        raise _refusal(exc) from exc
+        raise refusal(exc, STATUS, "campaigns") from exc
     return StreamingResponse(
         _export_lines(first, pages),
         media_type="text/csv",
@@ -422,13 +422,6 @@ async def _export_lines(
 
 def export_rows(page: campaigns_pb2.ExportPage) -> str:
     return "".join(csv_line(export_row(r)) for r in page.rows)
-
-
-def _refusal(exc: grpc.aio.AioRpcError) -> HTTPException:
-    status = STATUS.get(exc.code())
-    if status is None:
-        return HTTPException(503, f"campaigns unavailable ({exc.code().name}); retry")
-    return HTTPException(status, exc.details() or exc.code().name)
 
 
 @router.get(
