@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import ipaddress
 import os
 import re
 import secrets
@@ -67,7 +68,10 @@ CONTACT_KEYS = frozenset(
 # are personal when they look like an address or a number (`_looks_contact`), so that
 # "email_opt_in": true or "phone_type": "mobile" keep their meaning.
 CONTACT_STEMS = ("email", "phone", "mobile", "msisdn", "whatsapp", "telephone")
-CONTACT_WORDS = frozenset({"tel", "sms", "cell", "fax", "mail"})
+# Also the caller's address (Segment's `context.ip`): it names a household as well.
+CONTACT_WORDS = frozenset(
+    {"tel", "sms", "cell", "fax", "mail", "ip", "ipaddress", "clientip", "userip", "remoteip"}
+)
 # How a key marks what is below it: not at all, by its name, or as a contact key.
 NOT_CONTACT, NAMED_CONTACT, CONTACT = 0, 1, 2
 # Identifiers shops format freely ("2026-000123456"): only an email-shaped one is personal.
@@ -273,7 +277,8 @@ def _personal(value: Any) -> bool:
 
 
 def _looks_contact(value: Any) -> bool:
-    """An address, or a number of 7 to 15 digits written with nothing but separators."""
+    """An address, an IP address, or a number of 7 to 15 digits written with nothing but
+    separators."""
     if isinstance(value, bool):
         return False
     if isinstance(value, int):
@@ -281,7 +286,7 @@ def _looks_contact(value: Any) -> bool:
     if not isinstance(value, str):
         return False
     text = _matchable(value).strip()
-    if "@" in text:
+    if "@" in text or _is_ip(text):
         return True
     digits = sum(c.isdigit() for c in text)
     return (
@@ -289,6 +294,14 @@ def _looks_contact(value: Any) -> bool:
         and not DATE_LIKE.match(text)
         and all(c.isdigit() or c in _PHONE_CHARACTERS for c in text)
     )
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _matchable(text: str) -> str:

@@ -233,3 +233,15 @@ def test_long_hostile_texts_are_scanned_in_linear_time(text):
 def test_an_address_in_a_url_is_replaced_alone(text, kept):
     scrubbed = SCRUB.scrub_text(text)
     assert kept in scrubbed and SCRUB.token("ann@example.com") in scrubbed
+
+
+def test_the_callers_ip_address_is_hashed_under_an_ip_key():
+    for key, address in (
+        ("ip", "203.0.113.77"),
+        ("ipAddress", "10.1.2.3"),
+        ("client_ip", "2001:db8::1"),
+    ):
+        scrubbed = SCRUB.scrub({"context": {key: address}})
+        assert scrubbed["context"][key].startswith("pii:"), key
+        assert SCRUB.finds({"context": {key: address}})
+    assert SCRUB.scrub({"context": {"ip_country": "GB"}}) == {"context": {"ip_country": "GB"}}
