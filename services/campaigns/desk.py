@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import secrets
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -36,12 +38,24 @@ from services.common.events import AnyEvent
 from services.common.exposures import Exposure
 from services.common.members import MemberCommand
 
+log = logging.getLogger(__name__)
+
 WELCOME_ID = "welcome"
 TRANSITIONS: dict[str, tuple[set[str], str]] = {
     "activate": ({"draft", "paused"}, "active"),
     "pause": ({"active"}, "paused"),
     "end": ({"draft", "active", "paused"}, "ended"),
 }
+
+
+class AudienceError(ValueError):
+    """Profiles refused an audience (an unknown segment, a wrong condition): its message,
+    which names the audience at fault as `audience.audiences[n]...` when several were
+    asked."""
+
+
+# Which of the audiences asked at once profiles refused.
+_REFUSED_AUDIENCE = re.compile(r"audiences\[(\d+)\]\.?\s*(.*)", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -119,6 +133,7 @@ class CampaignDesk:
         self._lock = threading.Lock()
         self._campaigns: dict[str, StoredCampaign] = {}
         self._spent: dict[str, Spent] = {}
+        self._refused_warned: set[str] = set()
         self.refresh()
 
     def refresh(self) -> None:
@@ -221,14 +236,16 @@ class CampaignDesk:
         live = [c for c in self.campaigns if c.status == "active"]
         if not live:
             return Offered()
-        found = await self._portraits.match(member_id, [c.definition.audience for c in live])
+        live, found, refused = await self._matched(member_id, live)
+        if found is None:
+            return Offered(withheld=refused)
         matched = {
             c.campaign_id: hit or (not found.known and c.definition.audience.new_visitors)
             for c, hit in zip(live, found.matched, strict=True)
         }
         responses = await asyncio.to_thread(self._store.responses, member_id)
         plan = plan_offers(live, matched, found.member, channel, now, self._spent, responses)
-        offered = Offered(withheld=dict(plan.withheld))
+        offered = Offered(withheld=refused | dict(plan.withheld))
         by_channel: dict[str, list[Draft]] = {}
         for draft in plan.drafts:
             by_channel.setdefault(draft.channel, []).append(draft)
@@ -238,6 +255,33 @@ class CampaignDesk:
             offered.withheld.update(given[1])
         offered.given.sort(key=lambda g: g.draft.rank())
         return offered
+
+    async def _matched(
+        self, member_id: str, live: list[StoredCampaign]
+    ) -> tuple[list[StoredCampaign], Matched | None, dict[str, str]]:
+        """The live campaigns whose audience profiles could answer, its answer (None when
+        it could answer none), and why the others are withheld. Profiles refuses the whole
+        call for one audience it cannot read (a segment deleted since the campaign was
+        saved): without this, one such campaign emptied every member's offers."""
+        refused: dict[str, str] = {}
+        while live:
+            try:
+                audiences = [c.definition.audience for c in live]
+                return live, await self._portraits.match(member_id, audiences), refused
+            except AudienceError as exc:
+                found = _REFUSED_AUDIENCE.search(str(exc))
+                if found is None or int(found.group(1)) >= len(live):
+                    raise
+                campaign = live[int(found.group(1))]
+                refused[campaign.campaign_id] = f"audience refused: {found.group(2)}"
+                self._warn_once(campaign.campaign_id, found.group(2))
+                live = [c for c in live if c is not campaign]
+        return live, None, refused
+
+    def _warn_once(self, campaign_id: str, reason: str) -> None:
+        if campaign_id not in self._refused_warned:
+            self._refused_warned.add(campaign_id)
+            log.warning("campaign %s withheld from every member: its %s", campaign_id, reason)
 
     def _expose(
         self, member_id: str, channel: str, drafts: list[Draft], now: datetime, preview: bool

@@ -8,17 +8,13 @@ from typing import Any
 
 import grpc
 
-from services.campaigns.desk import Matched
+from services.campaigns.desk import AudienceError, Matched
 from services.campaigns.model import Audience
 from services.campaigns.offers import Member
 from services.gen.recofleet.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from services.gen.recofleet.profiles.v1 import profiles_pb2, profiles_pb2_grpc
 
 EXPORT_PAGE = 500
-
-
-class AudienceError(ValueError):
-    """Profiles refused an audience (an unknown segment, a wrong condition): its message."""
 
 
 class ProfilesPortraits:

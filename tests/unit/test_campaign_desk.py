@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Engine
 
 from services.campaigns.campaign_store import Planned, SqlCampaignStore
-from services.campaigns.desk import CampaignDesk, Matched, NotAllowed
+from services.campaigns.desk import AudienceError, CampaignDesk, Matched, NotAllowed
 from services.campaigns.model import Audience, DefinitionError, FrequencyCap, validated
 from services.campaigns.offers import Member, in_control
 from services.campaigns.settings import CampaignsSettings, WelcomeOffer
@@ -48,6 +48,8 @@ class Shop:
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
     consent: dict[str, dict[str, bool]] = field(default_factory=dict)
     segments: dict[str, set[str]] = field(default_factory=dict)
+    # Segments profiles no longer has: an audience naming one is refused, as profiles does.
+    deleted: set[str] = field(default_factory=set)
 
     def add(self, member_id: str, segments: Sequence[str] = (), **values: Any) -> None:
         self.values[member_id] = {"frequency": 1, "m_score": None, "monetary": 0.0, **values}
@@ -72,6 +74,9 @@ class Shop:
         return in_segment and condition
 
     async def match(self, member_id: str, audiences: Sequence[Audience]) -> Matched:
+        for n, audience in enumerate(audiences):
+            for name in set(audience.segments) & self.deleted:
+                raise AudienceError(f"audience.audiences[{n}].segments: no segment {name!r}")
         if member_id not in self.values:
             unknown = Member(member_id, False, dict(CONSENT_ALL))
             return Matched(False, unknown, [False] * len(audiences))
@@ -264,6 +269,38 @@ def test_a_member_who_withdrew_consent_for_a_channel_gets_nothing_on_it(world: W
     assert offered.given == []
     assert offered.withheld[created.campaign_id] == "no consent for email"
     assert _offers(world, "m-1", "onsite")
+
+
+def test_a_campaign_whose_segment_is_gone_is_withheld_and_the_others_still_offered(
+    world: World,
+) -> None:
+    spring = world.desk.create(_campaign())
+    vip = world.desk.create(
+        _campaign(
+            name="VIP",
+            audience={"segments": ["vip"]},
+            offer={"discount_percent": 20, "coupon": "fixed", "coupon_code": "VIP20"},
+        )
+    )
+    world.shop.add("m-1", segments=["vip"])
+    world.shop.deleted.add("vip")
+
+    offered = asyncio.run(world.desk.offers("m-1", "email"))
+
+    assert [g.draft.campaign.campaign_id for g in offered.given] == [spring.campaign_id]
+    assert offered.withheld[vip.campaign_id] == "audience refused: segments: no segment 'vip'"
+
+
+def test_a_member_gets_nothing_when_every_live_campaigns_audience_is_refused(
+    world: World,
+) -> None:
+    vip = world.desk.create(_campaign(audience={"segments": ["vip"]}))
+    world.shop.add("m-1", segments=["vip"])
+    world.shop.deleted.add("vip")
+
+    offered = asyncio.run(world.desk.offers("m-1", "email"))
+
+    assert offered.given == [] and list(offered.withheld) == [vip.campaign_id]
 
 
 def test_the_control_group_is_held_out_and_recorded_once(world: World) -> None:
