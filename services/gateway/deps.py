@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
 
+from services.common.events import check_member_id
 from services.common.pii import PiiScrubber
 from services.gateway.clients import FleetClients
 from services.gateway.compose import Composer
@@ -49,6 +50,11 @@ async def _stored_member_id(
         str, Path(min_length=1, max_length=128, description="The shop's member id")
     ],
 ) -> str:
+    # The bounds every store keeps, on every member route alike (a control character got a
+    # 422 from consent and erasure, but a 200 from recommendations).
+    problem = check_member_id(member_id)
+    if problem:
+        raise HTTPException(422, problem)
     return stored_member_id(request, member_id)
 
 

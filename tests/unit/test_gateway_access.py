@@ -215,3 +215,20 @@ def test_a_gateway_starting_seeds_the_admin_key_or_says_none_can_pass(caplog):
     seeded = memory_key_store()
     _check_keys(seeded, settings(admin_key="gateway-start-admin-key-0123456789abcdef"))
     assert [key.id for key in seeded.all()] == ["env"] and "no active" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/members/a%00b/recommendations",
+        "/v1/members/a%0Ab/offers",
+        "/v1/members/a%1Fb/profile",
+    ],
+)
+async def test_a_member_id_with_a_control_character_is_422_on_every_member_route(
+    gateway: Gateway, path: str
+):
+    _, admin = create_key(gateway.keys, ["admin"])
+    reply = await call(gateway, "GET", path, None, bearer(admin))
+    assert reply.status_code == 422, reply.text
+    assert "member_id must not contain control characters" in reply.json()["detail"]
