@@ -190,7 +190,7 @@ class PiiScrubber:
             if value is None:
                 continue
             contact_level, id_key = kinds[key]
-            contact = max(under_contact, contact_level)
+            contact = contact_level if contact_level > under_contact else under_contact
             if not contact and type(value) in _SCALARS:
                 continue
             if not contact and isinstance(value, str):
@@ -215,7 +215,7 @@ class PiiScrubber:
         return text
 
     def _scrub_url(self, text: str, phones: bool) -> str:
-        if "%" not in text and "+" not in text:
+        if not _may_be_encoded(text, phones):
             return text
 
         def piece(match: re.Match[str]) -> str:
@@ -310,6 +310,12 @@ def _matchable(text: str) -> str:
     return text if text.isascii() else unicodedata.normalize("NFKC", text)
 
 
+def _may_be_encoded(text: str, phones: bool) -> bool:
+    """Whether a URL piece of `text` may hold contact data encoded: a percent escape, or a
+    form's "+" among enough digits for a phone number."""
+    return "%" in text or ("+" in text and phones and PHONE_RUN.search(text) is not None)
+
+
 def _readings(piece: str) -> list[str]:
     """What a URL piece may say: percent-decoded (twice if it was encoded twice), then
     with its "+" read as spaces (a form's encoding) if it has any; each as the patterns
@@ -325,10 +331,13 @@ def _readings(piece: str) -> list[str]:
 
 def _text_finds(text: str, phones: bool = True) -> bool:
     """True when `scrub_text` would change `text` (the same patterns, without replacing)."""
-    matchable = _matchable(text)
-    if _plain_finds(matchable, phones):
+    # Inlined: this runs for every string of every event on ingestion's fast path.
+    matchable = text if text.isascii() else unicodedata.normalize("NFKC", text)
+    if "@" in matchable and EMAIL.search(matchable):
         return True
-    if "%" not in matchable and "+" not in matchable:
+    if phones and PHONE_RUN.search(matchable) and _plain_finds(matchable, phones):
+        return True
+    if not _may_be_encoded(matchable, phones):
         return False
     return any(
         _plain_finds(reading, phones)
