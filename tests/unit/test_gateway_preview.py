@@ -240,3 +240,11 @@ async def test_previews_need_an_admin_key(gateway: Gateway) -> None:
     )
 
     assert refused.status_code == 403 and "'admin'" in refused.json()["detail"]
+
+
+async def test_a_member_named_by_email_is_answered_by_token(gateway: Gateway) -> None:
+    reply = await gateway.preview(member_id="ann@example.com", rule=PIN_RAKE)
+
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["member_id"].startswith("pii:")
+    assert "ann" not in reply.text

@@ -141,7 +141,8 @@ async def preview_rule(
         ) from exc
     return PreviewOut(
         placement=body.placement,
-        member_id=body.member_id,
+        # As every member route answers: the id as stored (an email is its token).
+        member_id=member_id,
         before=[ItemOut.of(item) for item in before.items],
         after=[ItemOut.of(item) for item in after.items],
         model=after.model,
