@@ -582,13 +582,20 @@ class EventsRefused(EventsAccepted):
 
 
 class SegmentAccepted(EventsAccepted):
-    """Segment's clients look for `success`; the per-event outcome comes with it."""
+    """Segment's clients look for `success`; the per-event outcome comes with it. A batch
+    read in full is a 200 as on api.segment.io, `success` false and `detail` saying why
+    when no event of it could be used."""
 
     success: bool
+    detail: str | None = None
 
 
-class SegmentRefused(SegmentAccepted):
-    detail: str
+class SegmentErrorBody(ErrorBody):
+    """A refusal of the Segment endpoints: `detail` as everywhere, and `code` and `message`
+    as the Segment API's libraries read them (RudderStack's SDK needs `code`)."""
+
+    code: str
+    message: str
 
 
 class ItemsAccepted(BaseModel):

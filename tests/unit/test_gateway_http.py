@@ -315,11 +315,39 @@ async def test_nothing_accepted_is_422_with_the_summary_and_a_detail(gateway: Ga
     assert events.json()["accepted"] == 0 and events.json()["event_ids"] == []
     items = await gateway.http.put("/v1/items", json={"items": [{}]})
     assert_error(items, 422, "no item accepted")
+
+
+async def test_a_segment_batch_of_nothing_usable_is_200_not_successful_as_on_segment(
+    gateway: Gateway,
+):
+    gateway.ingestion.reject = True
     segment = await gateway.http.post(
         "/segment/v1/batch", json={"batch": [{}]}, headers=basic(WRITE_KEY)
     )
-    assert_error(segment, 422, "no event accepted")
+    assert segment.status_code == 200, segment.text
     assert segment.json()["success"] is False
+    assert "no event accepted" in segment.json()["detail"]
+    assert segment.json()["rejected"] == [{"index": 0, "id": "", "reason": "event: no type"}]
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status"),
+    [
+        ({"authorization": "Basic " + base64.b64encode(b"wrong:").decode()}, b"{}", 401),
+        ({"content-type": "application/x-www-form-urlencoded"}, b"a=1", 415),
+        (None, b"x" * 5000, 413),
+    ],
+)
+async def test_segment_refusals_carry_code_and_message_as_segments_libraries_read_them(
+    gateway: Gateway, headers: dict[str, str] | None, body: bytes, status: int
+):
+    sent = basic(WRITE_KEY) | (headers or {})
+    reply = await gateway.http.post("/segment/v1/batch", content=body, headers=sent)
+    assert reply.status_code == status, reply.text
+    answer = reply.json()
+    assert answer["message"] == answer["detail"] and answer["detail"]
+    codes = {401: "unauthorized", 415: "unsupported_media_type", 413: "request_entity_too_large"}
+    assert answer["code"] == codes[status]
 
 
 async def test_accepted_bodies_have_the_documented_fields(gateway: Gateway):

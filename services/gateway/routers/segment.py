@@ -16,6 +16,7 @@ import base64
 import binascii
 import hmac
 import json
+from http import HTTPStatus
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
@@ -34,7 +35,7 @@ from services.gateway.routers.events import (
     publish,
     raw_json_body,
 )
-from services.gateway.schemas import ErrorBody, SegmentAccepted, SegmentRefused
+from services.gateway.schemas import SegmentAccepted, SegmentErrorBody
 from services.gateway.settings import GatewaySettings
 from services.gateway.traffic import Traffic
 
@@ -83,16 +84,20 @@ BATCH_SCHEMA: dict[str, Any] = {
     },
 }
 SEGMENT_ERRORS = {
-    **INGESTION_ERRORS,
-    **errors(
-        401,
-        404,
-        descriptions={
-            401: "Missing or wrong write key: send it as the HTTP basic auth user name "
-            "(or, without basic auth, as the body's `writeKey`).",
-            404: "The Segment endpoints are off: the gateway has no `RECOFLEET_SEGMENT_WRITE_KEY`.",
-        },
-    ),
+    status: {**response, "model": SegmentErrorBody}
+    for status, response in {
+        **INGESTION_ERRORS,
+        **errors(
+            401,
+            404,
+            descriptions={
+                401: "Missing or wrong write key: send it as the HTTP basic auth user name "
+                "(or, without basic auth, as the body's `writeKey`).",
+                404: "The Segment endpoints are off: the gateway has no "
+                "`RECOFLEET_SEGMENT_WRITE_KEY`.",
+            },
+        ),
+    }.items()
 }
 SECURITY: list[dict[str, list[str]]] = [{"segmentWriteKey": []}, {}]
 
@@ -169,13 +174,23 @@ async def _receive(
 ) -> JSONResponse:
     summary, status = await publish(clients.ingestion, settings, body, "segment")
     traffic.accepted(summary["accepted"])
-    # Segment's clients look for `success`; ours also get the per-event outcome.
+    # Segment's clients look for `success`; ours also get the per-event outcome. Like
+    # api.segment.io, a batch read in full is a 200 even when no event of it could be
+    # used: a library told 422 reports the whole batch failed, links it carried included.
+    return JSONResponse({"success": status == 202, **summary}, status_code=200)
+
+
+def _segment_error(exc: HTTPException) -> JSONResponse:
+    """A refusal as Segment's API words one: `code` and `message` beside our `detail`
+    (RudderStack's SDK reads `code`; without it, it took a 401 for a network error and
+    sent the same batch again and again, holding every later event behind it)."""
+    status = HTTPStatus(exc.status_code)
+    detail = str(exc.detail)
     return JSONResponse(
-        {"success": status == 202, **summary}, status_code=200 if status == 202 else status
+        {"detail": detail, "code": status.name.lower(), "message": detail},
+        status_code=exc.status_code,
+        headers=exc.headers,
     )
-
-
-NOTHING_ACCEPTED = "No event was accepted (the summary says why for each)"
 
 
 @router.post(
@@ -183,10 +198,7 @@ NOTHING_ACCEPTED = "No event was accepted (the summary says why for each)"
     operation_id="segment_batch",
     summary="Segment HTTP API batch: {'batch': [messages...]}",
     response_model=SegmentAccepted,
-    responses={
-        **SEGMENT_ERRORS,
-        **errors(422, descriptions={422: f"{NOTHING_ACCEPTED}."}, models={422: SegmentRefused}),
-    },
+    responses=SEGMENT_ERRORS,
     openapi_extra=_body(
         'Segment\'s batch: `{"batch": [messages...]}`.',
         BATCH_SCHEMA,
@@ -200,8 +212,11 @@ async def batch(
     limiter: LimiterDep,
     traffic: TrafficDep,
 ) -> JSONResponse:
-    body, _ = await _authorized_body(request, settings, limiter)
-    return await _receive(clients, settings, traffic, body)
+    try:
+        body, _ = await _authorized_body(request, settings, limiter)
+        return await _receive(clients, settings, traffic, body)
+    except HTTPException as exc:
+        return _segment_error(exc)
 
 
 @router.post(
@@ -211,11 +226,7 @@ async def batch(
     response_model=SegmentAccepted,
     responses={
         **SEGMENT_ERRORS,
-        **errors(
-            422,
-            descriptions={422: f"{NOTHING_ACCEPTED}, or the path names no Segment call."},
-            models={422: SegmentRefused | ErrorBody},
-        ),
+        **errors(422, descriptions={422: "The path names no Segment call."}),
     },
     openapi_extra=_body(
         "One Segment message; without a `type` it gets the one the path names.",
@@ -231,11 +242,14 @@ async def single(
     limiter: LimiterDep,
     traffic: TrafficDep,
 ) -> JSONResponse:
-    body, message = await _authorized_body(request, settings, limiter)
-    if message is None:
-        message = _decode(body)
-    if not isinstance(message, dict):
-        raise HTTPException(400, "a Segment call is one JSON object")
-    # The path names the call type; Segment's own API lets the path decide it too.
-    message.setdefault("type", call)
-    return await _receive(clients, settings, traffic, json.dumps(message).encode())
+    try:
+        body, message = await _authorized_body(request, settings, limiter)
+        if message is None:
+            message = _decode(body)
+        if not isinstance(message, dict):
+            raise HTTPException(400, "a Segment call is one JSON object")
+        # The path names the call type; Segment's own API lets the path decide it too.
+        message.setdefault("type", call)
+        return await _receive(clients, settings, traffic, json.dumps(message).encode())
+    except HTTPException as exc:
+        return _segment_error(exc)
