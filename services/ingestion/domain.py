@@ -4,6 +4,8 @@ For events: decode the body, scrub emails and phone numbers into keyed hashes, t
 the shop's format to native events, validate each event on its own and against the
 request (timestamps within bounds, ids unique), publish the valid ones keyed by member.
 Every path onto the events topic (the gateway, the loaders) goes through `publish_events`.
+A body with more events than the limit is refused first, before any of them is read; and
+nothing is published once the caller has stopped waiting for the answer (`TooLate`).
 
 What the source events say about their senders (an anonymous visitor seen with a member id,
 a consent change) goes on the members topic as `Link` and `Consent` commands, before the
@@ -17,6 +19,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import chain
+from operator import attrgetter
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -34,6 +38,7 @@ from services.common.events import (
     MAX_ID_LENGTH,
     CatalogItem,
     Event,
+    EventItem,
     EventType,
     check_member_id,
     describe_error,
@@ -68,6 +73,15 @@ class TooManyEvents(BadPayload):
 
 class BadMemberId(BadPayload):
     """A member id that no event could carry (empty, too long, control characters)."""
+
+
+class TooLate(Exception):
+    """The caller stopped waiting before anything was published, so nothing was: it has been
+    told to send the request again, and publishing now would count that request twice."""
+
+
+def _always() -> bool:
+    return True
 
 
 @dataclass(frozen=True)
@@ -139,8 +153,15 @@ class Ingestor:
         """True when `member_id` is an email or phone number (it goes on the bus as a token)."""
         return self._scrubber.finds(member_id, "member_id")
 
-    def publish_events(self, payload: bytes, fmt: str = "native") -> Outcome:
-        """Validate each event on its own; publish the valid ones keyed by member."""
+    def publish_events(
+        self, payload: bytes, fmt: str = "native", in_time: Callable[[], bool] = _always
+    ) -> Outcome:
+        """Validate each event on its own; publish the valid ones keyed by member.
+
+        `in_time` is asked right before anything is published: when it answers False (the
+        caller's deadline has passed), nothing is, and `TooLate` is raised.
+        """
+        self._check_count(payload, fmt)
         # The common case, a native batch that validates in one pass without a detour
         # through Python dicts. What decides whether it holds personal data is the decoded
         # events themselves (`finds` applies the scrubber's own rules), never the raw bytes,
@@ -148,7 +169,7 @@ class Ingestor:
         events = _all_valid(payload) if fmt in ("", "native") else None
         if events is not None and not any(self._scrubber.finds(event) for event in events):
             self._check_size(len(events), "events")
-            return self._admit(list(enumerate(events)), Outcome())
+            return self._admit(list(enumerate(events)), Outcome(), in_time)
         try:
             # Scrubbed right after decoding: no mapping, no rejection reason, nothing
             # downstream ever sees an email or phone number in clear.
@@ -161,7 +182,22 @@ class Ingestor:
         outcome, parsed = Outcome(), list[tuple[int, Event]]()
         for source in translated:
             parsed.extend((source.index, e) for e in self._events_of(source, outcome))
-        return self._admit(parsed, outcome, commands)
+        return self._admit(parsed, outcome, in_time, commands)
+
+    def _check_count(self, payload: bytes, fmt: str) -> None:
+        """Refuse a body past the limit before any of its events is validated, scrubbed or
+        translated: a few megabytes of `{}` would take seconds and a gigabyte for a 413."""
+        limit = self._settings.max_batch_events
+        # Each entry after the first follows a comma (a newline in JSON lines): with fewer
+        # of them than the limit, a body is within it, and not worth counting.
+        if payload.count(b",") + payload.count(b"\n") < limit:
+            return
+        try:
+            count = formats.count(fmt or "native", payload)
+        except ValueError as exc:  # an unknown format
+            raise BadPayload(str(exc)) from exc
+        if count is not None:
+            self._check_size(count, "events")
 
     def _member_commands(self, translated: Sequence[Translated], fmt: str) -> list[MemberCommand]:
         """The links and consent changes the source events carry, once each per request.
@@ -223,6 +259,7 @@ class Ingestor:
         self,
         indexed: list[tuple[int, Event]],
         outcome: Outcome,
+        in_time: Callable[[], bool],
         commands: Sequence[MemberCommand] = (),
     ) -> Outcome:
         """Publish the events that pass the request-wide checks; say why the others did not.
@@ -248,6 +285,7 @@ class Ingestor:
             first_index[event.event_id] = index
             events.append(event)
         outcome.rejected.sort(key=lambda rejected: rejected.index)
+        _check_in_time(in_time)
         if commands:
             self._bus.publish(MEMBERS_TOPIC, [command_message(c) for c in commands])
         shown = [e for e in events if e.type == EventType.IMPRESSION]
@@ -264,8 +302,9 @@ class Ingestor:
     def _latest(self) -> datetime:
         return self._clock() + timedelta(seconds=self._settings.max_future_skew_s)
 
-    def upsert_items(self, payload: bytes) -> Outcome:
-        """Validate catalog items; publish the valid ones keyed by item."""
+    def upsert_items(self, payload: bytes, in_time: Callable[[], bool] = _always) -> Outcome:
+        """Validate catalog items; publish the valid ones keyed by item (none once `in_time`
+        answers False: `TooLate`, as for events)."""
         try:
             raws = split_batch(payload, "items")
         except ValueError as exc:
@@ -273,6 +312,7 @@ class Ingestor:
         self._check_size(len(raws), "items")
         outcome, items = _validate(raws, CatalogItem.model_validate, lambda i: i.item_id)
         messages = [Message(key=i.item_id, value=i.to_bytes()) for i in items]
+        _check_in_time(in_time)
         self._bus.publish(CATALOG_TOPIC, messages)
         return outcome
 
@@ -281,6 +321,11 @@ class Ingestor:
             raise TooManyEvents(
                 f"{count} {what} in one request; at most {self._settings.max_batch_events}"
             )
+
+
+def _check_in_time(in_time: Callable[[], bool]) -> None:
+    if not in_time():
+        raise TooLate("the caller's deadline passed before anything was published")
 
 
 def _time_problem(moment: datetime, earliest: datetime, latest: datetime) -> str | None:
@@ -313,15 +358,48 @@ class _Batch(BaseModel):
 
 
 def _all_valid(payload: bytes) -> list[Event] | None:
-    """Every event of a native body when all are valid, else None (the caller looks closer)."""
+    """Every event of a native body when all are valid, else None (the caller looks closer).
+
+    Also None when a text field holds what a NaN or an infinite number becomes: this parser
+    takes `NaN`, `Infinity` and `1e400`, which the strict decoder then refuses (as it would
+    anywhere in the body), or finds to be strings after all.
+    """
     try:
-        return _Batch.model_validate_json(payload).events
+        events = _Batch.model_validate_json(payload).events
     except ValidationError:
-        pass
-    try:
-        return [Event.model_validate_json(payload)]
-    except ValidationError:
-        return None
+        try:
+            events = [Event.model_validate_json(payload)]
+        except ValidationError:
+            return None
+    return None if _any_not_finite(events) else events
+
+
+# What the models make of a number that is not finite in a text field, which they fill from
+# numbers too (`"member_id": 17850`); every other field refuses such a number itself.
+_NOT_FINITE = frozenset({"NaN", "inf", "-inf"})
+
+
+_TEXT = (str, str | None)
+
+
+def _text_fields(model: type[BaseModel]) -> list[str]:
+    return [name for name, info in model.model_fields.items() if info.annotation in _TEXT]
+
+
+_event_texts = attrgetter(*_text_fields(Event))
+_item_texts = attrgetter(*_text_fields(EventItem))
+_lines = attrgetter("items")
+
+
+def _any_not_finite(events: list[Event]) -> bool:
+    """True when a text field of an event or of one of its lines is in `_NOT_FINITE`."""
+    # Iterated in C (maps of attrgetters): no Python call per event on the fast path.
+    lines = chain.from_iterable(map(_lines, events))
+    texts = chain(
+        chain.from_iterable(map(_event_texts, events)),
+        chain.from_iterable(map(_item_texts, lines)),
+    )
+    return not _NOT_FINITE.isdisjoint(texts)
 
 
 def _validate(

@@ -47,6 +47,9 @@ RETRYABLE = frozenset(
         grpc.StatusCode.CANCELLED,
     }
 )
+# Ingestion stopped answering part way: it publishes nothing once the deadline has passed,
+# but it may have been publishing at that very moment. The outcome is unknown.
+OUTCOME_UNKNOWN = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 INGESTION_ERRORS = errors(
     400,
     413,
@@ -58,8 +61,10 @@ INGESTION_ERRORS = errors(
         400: "The body is empty or not JSON recofleet can read, or not shaped like a request "
         "of this format (the detail says where); nothing was accepted.",
         500: "Ingestion failed on this request (a bug, logged); sending it again will not help.",
-        503: "Ingestion is unavailable (down, overloaded or too slow); nothing was accepted: "
-        "retry the same request.",
+        503: "Ingestion is unavailable (down or overloaded), or did not answer in time, and "
+        "then it may have accepted the request just as the gateway stopped waiting (the "
+        "detail says so): send the same request again. Events are applied once per event_id, "
+        "so a native event sent without one may count twice.",
     },
 )
 
@@ -113,9 +118,10 @@ async def forward(call: Any, message: Any, timeout: float) -> Any:
     """Call ingestion and turn its refusals into HTTP statuses a client can act on.
 
     INVALID_ARGUMENT (a body it cannot read) is 400, OUT_OF_RANGE (too many events) 413.
-    When ingestion is unreachable, overloaded or too slow nothing was accepted and the same
-    request should be sent again: 503. Anything else (INTERNAL, UNKNOWN, ...) is a failure
-    on this request that a retry will not cure: 500, logged.
+    When ingestion is unreachable, overloaded or too slow the same request should be sent
+    again: 503; a slow one may have accepted it all the same, and the detail does not say
+    otherwise. Anything else (INTERNAL, UNKNOWN, ...) is a failure on this request that a
+    retry will not cure: 500, logged.
     """
     try:
         return await call(message, timeout=timeout)
@@ -126,15 +132,22 @@ async def forward(call: Any, message: Any, timeout: float) -> Any:
         if code == grpc.StatusCode.OUT_OF_RANGE:
             raise HTTPException(413, exc.details()) from exc
         if code in RETRYABLE:
-            raise HTTPException(
-                503, f"ingestion unavailable ({code.name}); retry", headers={"Retry-After": "1"}
-            ) from exc
+            raise HTTPException(503, _retry(code), headers={"Retry-After": "1"}) from exc
         log.error("ingestion failed: %s: %s", code.name, exc.details())
         raise HTTPException(
             500,
             f"ingestion failed on this request ({code.name}); it is logged, and sending the "
             "same request again will not help",
         ) from exc
+
+
+def _retry(code: grpc.StatusCode) -> str:
+    if code in OUTCOME_UNKNOWN:
+        return (
+            f"ingestion did not answer in time ({code.name}); it may have accepted the "
+            "request: send it again (events are applied once per event_id)"
+        )
+    return f"ingestion unavailable ({code.name}); retry"
 
 
 def _nothing_taken(what: str, rejected: int) -> str:

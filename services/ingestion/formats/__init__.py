@@ -4,7 +4,8 @@
 a `Translated`: the native event dicts it became (validated later by ingestion with
 `parse_event`), or the name it was ignored under, or why it cannot be mapped. One bad source
 event never spoils the others; only a body that cannot be read at all (not JSON, wrong shape)
-or an unknown format raises `ValueError`.
+or an unknown format raises `ValueError`. `count(fmt, payload)` tells how many source events
+a body holds before any is decoded, so that a body past the limit costs no work.
 
 Formats (see each module for its mapping table and what it ignores on purpose):
 - `native`: one event or `{"events": [...]}`, passed through unchanged;
@@ -28,11 +29,18 @@ package does not scrub personal data from it: ingestion scrubs the decoded body 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from services.common.events import entries_of
 from services.ingestion.formats import ga4, google_retail, segment
-from services.ingestion.formats.common import Identity, MappingError, Translated, decode_json
+from services.ingestion.formats.common import (
+    Identity,
+    MappingError,
+    Translated,
+    decode_json,
+    entry_count,
+)
 
 __all__ = [
     "FORMATS",
@@ -40,6 +48,7 @@ __all__ = [
     "MappingError",
     "Translated",
     "canonical",
+    "count",
     "read",
     "translate",
     "translate_body",
@@ -55,12 +64,21 @@ def read(fmt: str, payload: bytes) -> Any:
     no mapping, and no message about a value that cannot be mapped, sees it in clear.
     Raises `ValueError` for an unknown format or a body that cannot be read at all.
     """
-    return _format(fmt)[0](payload)
+    return _format(fmt).read(payload)
 
 
 def translate_body(fmt: str, body: Any) -> list[Translated]:
     """The source events of a decoded `body` in format `fmt`, each mapped onto native dicts."""
-    return _format(fmt)[1](body)
+    return _format(fmt).translate(body)
+
+
+def count(fmt: str, payload: bytes) -> int | None:
+    """How many source events `payload` holds in format `fmt`, told from the body's outline
+    without decoding any of them; None when the body cannot be counted so (not JSON, not
+    shaped like this format), which `read` then refuses with its reason. Raises
+    `ValueError` for an unknown format.
+    """
+    return _format(fmt).count(payload)
 
 
 def translate(fmt: str, payload: bytes) -> list[Translated]:
@@ -78,7 +96,14 @@ def canonical(fmt: str) -> str:
     return (fmt or "native").strip().lower().replace("-", "_")
 
 
-def _format(fmt: str) -> tuple[Callable[[bytes], Any], Callable[[Any], list[Translated]]]:
+@dataclass(frozen=True)
+class _Format:
+    read: Callable[[bytes], Any]
+    translate: Callable[[Any], list[Translated]]
+    count: Callable[[bytes], int | None]
+
+
+def _format(fmt: str) -> _Format:
     handlers = _FORMATS.get(canonical(fmt))
     if handlers is None:
         raise ValueError(f"unknown event format '{fmt}'; supported: {', '.join(FORMATS)}")
@@ -98,9 +123,13 @@ def _native(body: Any) -> list[Translated]:
     return results
 
 
-_FORMATS: dict[str, tuple[Callable[[bytes], Any], Callable[[Any], list[Translated]]]] = {
-    "native": (decode_json, _native),
-    "segment": (segment.read, segment.translate),
-    "ga4": (ga4.read, ga4.translate),
-    "google_retail": (google_retail.read, google_retail.translate),
+def _native_count(payload: bytes) -> int | None:
+    return entry_count(payload, ("events",))
+
+
+_FORMATS: dict[str, _Format] = {
+    "native": _Format(decode_json, _native, _native_count),
+    "segment": _Format(segment.read, segment.translate, segment.count),
+    "ga4": _Format(ga4.read, ga4.translate, ga4.count),
+    "google_retail": _Format(google_retail.read, google_retail.translate, google_retail.count),
 }

@@ -65,6 +65,7 @@ from services.ingestion.formats.common import (
     compact,
     currency,
     decode_json,
+    entry_count,
     failed,
     identity_of,
     line,
@@ -97,6 +98,11 @@ _NOT_KEPT = frozenset({"events", "api_secret"})
 def read(payload: bytes) -> Any:
     """The decoded body (see `translate`)."""
     return decode_json(payload)
+
+
+def count(payload: bytes) -> int | None:
+    """How many events `payload` holds, without decoding them (as `translate` finds them)."""
+    return entry_count(payload, ("events",))
 
 
 def translate(body: Any) -> list[Translated]:

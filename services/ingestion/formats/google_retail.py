@@ -12,7 +12,8 @@ Bodies accepted:
   `{"inputConfig": {"userEventInlineSource": {"userEvents": [...]}}}`;
 - a bare JSON list of UserEvents;
 - newline-delimited UserEvents (the Cloud Storage import file format): one per line, a line
-  that is not JSON is that event's error.
+  that is not JSON is that event's error. A line ends at "\n" (a "\r" before it is JSON
+  whitespace); U+2028, U+2029, U+0085 and the like are characters of a string, as in JSON.
 
 Mapping:
 
@@ -50,6 +51,7 @@ query); any other event type.
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import replace
 from typing import Any
 
@@ -63,6 +65,7 @@ from services.ingestion.formats.common import (
     compact,
     currency,
     decode_json,
+    entry_count,
     failed,
     identity_of,
     iso_timestamp,
@@ -88,6 +91,18 @@ _ITEM_EVENTS = {
 }
 
 
+# Where `_split` finds the events of an object: in an import request, in its source, or
+# under `userEvents`; an object with none of these is one UserEvent.
+_PATHS = (
+    ("inputConfig", "userEventInlineSource", "userEvents"),
+    ("userEventInlineSource", "userEvents"),
+    ("userEvents",),
+)
+# The whitespace JSON has besides "\n": a line of only these is blank. (`str.strip()` would
+# also take U+2028, U+0085 and the like, which are no JSON whitespace.)
+_BLANK = " \t\r"
+
+
 class _Unreadable:
     """A line of a newline-delimited body that is not JSON."""
 
@@ -104,6 +119,26 @@ def read(payload: bytes) -> Any:
         if lines is None:
             raise
         return lines
+
+
+def count(payload: bytes) -> int | None:
+    """How many UserEvents `payload` holds, without decoding them: counted on the outline of
+    a JSON body, else one per line of a JSON-lines body (as `read` would take it)."""
+    found = entry_count(payload, *_PATHS)
+    return found if found is not None else _line_count(payload)
+
+
+def _line_count(payload: bytes) -> int | None:
+    """The lines of a JSON-lines body as `_ndjson` takes them; None when it takes none."""
+    blank = _BLANK.encode()
+    rows = [row for row in payload.removeprefix(codecs.BOM_UTF8).split(b"\n") if row.strip(blank)]
+    if len(rows) < 2:
+        return None
+    try:
+        decode_json(rows[0])
+    except ValueError:
+        return None  # the first line is not JSON either: `read` refuses the body
+    return len(rows)
 
 
 def translate(body: Any) -> list[Translated]:
@@ -167,13 +202,15 @@ def _member(body: dict[str, Any], key: str) -> dict[str, Any]:
 def _ndjson(payload: bytes) -> list[Any] | None:
     """The events of a newline-delimited body, or None when the body is not one."""
     try:
-        lines = [row for row in payload.decode("utf-8-sig").splitlines() if row.strip()]
+        text = payload.decode("utf-8-sig")
     except UnicodeDecodeError:
         return None
+    # Split on "\n" alone: `splitlines()` would also cut a string value at a U+2028.
+    lines = [(n, row) for n, row in enumerate(text.split("\n"), start=1) if row.strip(_BLANK)]
     if len(lines) < 2:
         return None
     events: list[Any] = []
-    for number_, row in enumerate(lines, start=1):
+    for number_, row in lines:
         try:
             events.append(decode_json(row.encode("utf-8")))
         except ValueError as exc:

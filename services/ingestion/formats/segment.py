@@ -79,6 +79,7 @@ from services.ingestion.formats.common import (
     compact,
     currency,
     decode_json,
+    entry_count,
     failed,
     identity_of,
     iso_timestamp,
@@ -146,6 +147,11 @@ _NOT_KEPT = frozenset(
 def read(payload: bytes) -> Any:
     """The decoded body (see `translate`)."""
     return decode_json(payload)
+
+
+def count(payload: bytes) -> int | None:
+    """How many messages `payload` holds, without decoding them (as `translate` finds them)."""
+    return entry_count(payload, ("batch",))
 
 
 def translate(body: Any) -> list[Translated]:
