@@ -9,8 +9,9 @@ import grpc
 from fastapi import HTTPException
 
 log = logging.getLogger(__name__)
-# The service is down, overloaded or too slow: nothing was done, and the same request may
-# well succeed in a moment (as ingestion's answers say, services/gateway/routers/events.py).
+# The service is down, overloaded or too slow, and the same request may well succeed in a
+# moment (ingestion's answers too, services/gateway/routers/events.py, which also says when
+# a slow ingestion may have accepted the request all the same).
 RETRYABLE = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,

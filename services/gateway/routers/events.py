@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from services.gateway.auth import require
 from services.gateway.bodies import ACCEPTED, check_media_type, read_body
+from services.gateway.calls import RETRYABLE
 from services.gateway.deps import ClientsDep, LimiterDep, SettingsDep, TrafficDep
 from services.gateway.limits import RateLimiter
 from services.gateway.responses import errors, raw_body_schema, similar_items_link
@@ -39,14 +40,6 @@ EVENTS_EXAMPLE = {
 ITEMS_EXAMPLE = {
     "items": [{"item_id": "85123A", "category": "candles-lights", "price": 2.55, "in_stock": True}]
 }
-RETRYABLE = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.CANCELLED,
-    }
-)
 # Ingestion stopped answering part way: it publishes nothing once the deadline has passed,
 # but it may have been publishing at that very moment. The outcome is unknown.
 OUTCOME_UNKNOWN = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
