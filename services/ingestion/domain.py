@@ -174,7 +174,7 @@ class Ingestor:
             # Scrubbed right after decoding: no mapping, no rejection reason, nothing
             # downstream ever sees an email or phone number in clear.
             body = self._scrubber.scrub(formats.read(fmt or "native", payload))
-            translated = formats.translate_body(fmt or "native", body)
+            translated = formats.translate_body(fmt or "native", body, self._clock())
         except ValueError as exc:
             raise BadPayload(str(exc)) from exc
         self._check_size(len(translated), "events")

@@ -12,12 +12,20 @@ import copy
 import json
 import re
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from services.common.events import Event, EventType, parse_event
-from services.ingestion.formats import FORMATS, Identity, Translated, translate
+from services.ingestion.formats import (
+    FORMATS,
+    Identity,
+    Translated,
+    read,
+    translate,
+    translate_body,
+)
 
 
 def _body(value: Any) -> bytes:
@@ -1333,3 +1341,49 @@ def test_retail_user_and_visitor_link_in_the_current_and_the_legacy_layout() -> 
     found = _identities("google_retail", [current, legacy, anonymous])
 
     assert found == [Identity("u-1", ("v-1",)), Identity("u-2", ("v-2",)), None]
+
+
+# --- a sender's clock, corrected as Segment corrects it -------------------------------
+
+RECEIVED = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def _received(body: Any) -> list[Translated]:
+    return translate_body("segment", read("segment", _body(body)), RECEIVED)
+
+
+def test_a_segment_sender_two_hours_fast_has_its_events_dated_by_ingestions_clock() -> None:
+    # Viewed 5 minutes before the batch was sent, both by a clock 2 hours fast.
+    track = _track("Product Viewed", MONOPOLY, timestamp="2026-11-22T13:55:00Z")
+    [result] = _received({"batch": [track], "sentAt": "2026-11-22T14:00:00Z"})
+    assert result.events[0]["timestamp"] == "2026-11-22T11:55:00Z"
+
+
+def test_a_messages_own_sent_at_wins_over_its_batchs() -> None:
+    track = _track(
+        "Product Viewed", MONOPOLY, timestamp="2026-11-22T09:00:00Z", sentAt="2026-11-22T09:00:30Z"
+    )
+    [result] = _received({"batch": [track], "sentAt": "2026-11-22T14:00:00Z"})
+    assert result.events[0]["timestamp"] == "2026-11-22T11:59:30Z"
+
+
+def test_links_are_dated_with_the_same_correction() -> None:
+    identify = {
+        "type": "identify",
+        "userId": "u-1",
+        "anonymousId": "a-1",
+        "timestamp": "2026-11-22T13:59:00Z",
+    }
+    [result] = _received({"batch": [identify], "sentAt": "2026-11-22T14:00:00Z"})
+    assert result.identity is not None
+    assert result.identity.timestamp == "2026-11-22T11:59:00Z"
+
+
+@pytest.mark.parametrize("sent_at", [None, "not a date", 42])
+def test_without_a_readable_sent_at_the_senders_timestamp_stands(sent_at: Any) -> None:
+    track = _track("Product Viewed", MONOPOLY, timestamp="2026-11-22T09:00:00Z")
+    body: dict[str, Any] = {"batch": [track]}
+    if sent_at is not None:
+        body["sentAt"] = sent_at
+    [result] = _received(body)
+    assert result.events[0]["timestamp"] == "2026-11-22T09:00:00Z"

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from services.common.events import entries_of
@@ -67,9 +68,10 @@ def read(fmt: str, payload: bytes) -> Any:
     return _format(fmt).read(payload)
 
 
-def translate_body(fmt: str, body: Any) -> list[Translated]:
-    """The source events of a decoded `body` in format `fmt`, each mapped onto native dicts."""
-    return _format(fmt).translate(body)
+def translate_body(fmt: str, body: Any, received: datetime | None = None) -> list[Translated]:
+    """The source events of a decoded `body` in format `fmt`, each mapped onto native dicts;
+    `received` (when ingestion took the body) lets a format correct its sender's clock."""
+    return _format(fmt).translate(body, received)
 
 
 def count(fmt: str, payload: bytes) -> int | None:
@@ -99,7 +101,7 @@ def canonical(fmt: str) -> str:
 @dataclass(frozen=True)
 class _Format:
     read: Callable[[bytes], Any]
-    translate: Callable[[Any], list[Translated]]
+    translate: Callable[[Any, datetime | None], list[Translated]]
     count: Callable[[bytes], int | None]
 
 
@@ -110,7 +112,7 @@ def _format(fmt: str) -> _Format:
     return handlers
 
 
-def _native(body: Any) -> list[Translated]:
+def _native(body: Any, received: datetime | None = None) -> list[Translated]:
     results = []
     for index, raw in enumerate(entries_of(body)):
         if isinstance(raw, dict):
@@ -130,6 +132,9 @@ def _native_count(payload: bytes) -> int | None:
 _FORMATS: dict[str, _Format] = {
     "native": _Format(decode_json, _native, _native_count),
     "segment": _Format(segment.read, segment.translate, segment.count),
-    "ga4": _Format(ga4.read, ga4.translate, ga4.count),
-    "google_retail": _Format(google_retail.read, google_retail.translate, google_retail.count),
+    # Their senders' clocks are taken as they are: neither format says when it was sent.
+    "ga4": _Format(ga4.read, lambda body, _: ga4.translate(body), ga4.count),
+    "google_retail": _Format(
+        google_retail.read, lambda body, _: google_retail.translate(body), google_retail.count
+    ),
 }

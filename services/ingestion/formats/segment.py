@@ -39,6 +39,8 @@ Mapping (names match ignoring case, spaces and underscores; e-commerce v1 aliase
 - `recommendation_id`: `properties.recommendation_id` when present.
 - `member_id`: `userId`, else `anonymousId`; neither is an error.
 - `timestamp`: `timestamp`, else `originalTimestamp`; absent stays absent (ingestion stamps it).
+  With a `sentAt` (the message's, else the batch's) it is corrected for the sender's clock
+  as Segment corrects it: received - (sentAt - timestamp).
 - `event_id`: `seg-<messageId>`; without a messageId, `seg-` + a hash of the canonical message.
 - `context.source`: the message's `properties` (whole), merged `context` (with `traits`),
   `integrations`, `anonymousId`, `sentAt`, ... : everything but the mapped ids, `type` and the
@@ -65,7 +67,8 @@ Shared, custom events, ...).
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from services.ingestion.formats.common import (
@@ -92,6 +95,7 @@ from services.ingestion.formats.common import (
     single_item_id,
     source_context,
     text,
+    utc_text,
 )
 
 SPEC_URL = "https://segment.com/docs/connections/spec/ecommerce/v2/"
@@ -154,15 +158,19 @@ def count(payload: bytes) -> int | None:
     return entry_count(payload, ("batch",))
 
 
-def translate(body: Any) -> list[Translated]:
+def translate(body: Any, received: datetime | None = None) -> list[Translated]:
+    """The source events of a Segment body; with `received` (when ingestion took it), their
+    times corrected for the sender's clock as Segment corrects them (`_Skew`)."""
     shared_context: dict[str, Any] = {}
     shared_integrations: dict[str, Any] = {}
+    batch_sent: Any = None
     if isinstance(body, dict) and "batch" in body:
         messages = body["batch"]
         if not isinstance(messages, list):
             raise ValueError("'batch' must be a list of messages")
         shared_context = _shared(body, "context")
         shared_integrations = _shared(body, "integrations")
+        batch_sent = body.get("sentAt")
     elif isinstance(body, dict):
         messages = [body]
     elif isinstance(body, list):
@@ -174,10 +182,45 @@ def translate(body: Any) -> list[Translated]:
     minter = IdMinter("seg")
     results = []
     for index, message in enumerate(messages):
-        result = _translate_message(index, message, shared_context, shared_integrations, minter)
-        found = _identity(message, shared_context)
+        skew = _Skew.of(message, batch_sent, received)
+        result = _translate_message(
+            index, message, shared_context, shared_integrations, minter, skew
+        )
+        found = _identity(message, shared_context, skew)
         results.append(replace(result, identity=found) if found else result)
     return results
+
+
+@dataclass(frozen=True)
+class _Skew:
+    """How far the sender's clock is off, as Segment reckons it: the message (or its batch)
+    says when it was sent (`sentAt`) by the same clock that dated the event, so the event
+    happened `sentAt - timestamp` before ingestion received it. A device clock two hours
+    fast would otherwise date its events in the future, where they are refused.
+    """
+
+    offset: timedelta = timedelta()
+
+    @classmethod
+    def of(cls, message: Any, batch_sent: Any, received: datetime | None) -> _Skew:
+        sent = message.get("sentAt", batch_sent) if isinstance(message, dict) else batch_sent
+        if received is None or sent is None:
+            return cls()
+        try:
+            sent_text = iso_timestamp(sent, "sentAt")
+        except EVENT_FAILURES:
+            return cls()  # a sentAt that cannot be read corrects nothing
+        if sent_text is None:
+            return cls()
+        return cls(received - datetime.fromisoformat(sent_text))
+
+    def corrected(self, timestamp: str | None) -> str | None:
+        if timestamp is None or not self.offset:
+            return timestamp
+        try:
+            return utc_text(datetime.fromisoformat(timestamp) + self.offset)
+        except OverflowError:
+            return timestamp  # past what a date holds: refused as out of bounds later
 
 
 def _shared(body: dict[str, Any], key: str) -> dict[str, Any]:
@@ -195,6 +238,7 @@ def _translate_message(
     shared_context: dict[str, Any],
     shared_integrations: dict[str, Any],
     minter: IdMinter,
+    skew: _Skew,
 ) -> Translated:
     if not isinstance(message, dict):
         return Translated(index, "", [], error="a Segment message must be a JSON object")
@@ -222,6 +266,7 @@ def _translate_message(
         timestamp = iso_timestamp(message.get("timestamp"), "timestamp")
         if timestamp is None:
             timestamp = iso_timestamp(message.get("originalTimestamp"), "originalTimestamp")
+        timestamp = skew.corrected(timestamp)
         event_id = prefixed_id("seg", source_id) if source_id else minter.mint(message)
         event = {
             "event_id": event_id,
@@ -235,7 +280,7 @@ def _translate_message(
         return failed(index, source_id, exc)
 
 
-def _identity(message: Any, shared_context: dict[str, Any]) -> Identity | None:
+def _identity(message: Any, shared_context: dict[str, Any], skew: _Skew) -> Identity | None:
     """The links and consent of any message (track, identify, alias, page, ...)."""
     if not isinstance(message, dict):
         return None
@@ -248,8 +293,9 @@ def _identity(message: Any, shared_context: dict[str, Any]) -> Identity | None:
         return None
     consent = _consent({**shared_context, **own_context})
     try:
-        timestamp = iso_timestamp(message.get("timestamp"), "timestamp") or iso_timestamp(
-            message.get("originalTimestamp"), "originalTimestamp"
+        timestamp = skew.corrected(
+            iso_timestamp(message.get("timestamp"), "timestamp")
+            or iso_timestamp(message.get("originalTimestamp"), "originalTimestamp")
         )
     except EVENT_FAILURES:
         timestamp = None  # the link still holds; ingestion dates it itself
