@@ -520,8 +520,14 @@ def _readable(row: Any) -> StoredCampaign | None:
     try:
         return _campaign(row)
     except DefinitionError as exc:
-        log.warning("campaign %s left out: %s", row["campaign_id"], exc)
+        # Said once per process: every replica reads the campaigns again every second.
+        if row["campaign_id"] not in _LEFT_OUT:
+            _LEFT_OUT.add(row["campaign_id"])
+            log.warning("campaign %s left out: %s", row["campaign_id"], exc)
         return None
+
+
+_LEFT_OUT: set[str] = set()
 
 
 def _lock(conn: Connection, member_id: str, channel: str) -> None:
