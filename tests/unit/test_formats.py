@@ -1017,7 +1017,7 @@ def test_retail_write_example_detail_page_view_maps_to_a_view() -> None:
     assert event.recommendation_id is None  # attributionToken is Google's, not ours
     source = raw["context"]["source"]
     assert source["format"] == "google_retail"
-    assert source["userInfo"]["ipAddress"] == "8.8.8.8"
+    assert "userInfo" not in source  # the person's IP address and user agent: not kept
     assert source["attributes"]["example_number_attribute"] == {"numbers": [3.14, 42, 1.2345]}
     assert source["visitorId"] == "visitor0"
     assert "eventTime" not in source
@@ -1387,3 +1387,27 @@ def test_without_a_readable_sent_at_the_senders_timestamp_stands(sent_at: Any) -
         body["sentAt"] = sent_at
     [result] = _received(body)
     assert result.events[0]["timestamp"] == "2026-11-22T09:00:00Z"
+
+
+def test_what_a_format_says_about_the_person_is_not_kept() -> None:
+    track = _track(
+        "Product Viewed",
+        MONOPOLY,
+        context={"traits": {"name": "Jake Peterson", "street": "1 Main St"}, "locale": "en-GB"},
+        traits={"birthday": "1990-01-01"},
+    )
+    raw, _ = _only("segment", track)
+    source = raw["context"]["source"]
+    assert "Jake" not in json.dumps(raw) and "Main St" not in json.dumps(raw)
+    assert "1990" not in json.dumps(raw)
+    assert source["context"] == {"locale": "en-GB"}  # the rest of the context is kept
+
+    ga4 = {
+        "client_id": "c-1",
+        "user_data": {"address": [{"first_name": "Jake", "city": "Leeds"}]},
+        "user_properties": {"customer_tier": {"value": "premium"}},
+        "events": [{"name": "view_item", "params": {"items": [{"item_id": "85123A"}]}}],
+    }
+    raw, _ = _only("ga4", ga4)
+    assert "Leeds" not in json.dumps(raw)
+    assert raw["context"]["source"]["user_properties"] == {"customer_tier": {"value": "premium"}}

@@ -288,8 +288,21 @@ def compact(fields: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in fields.items() if value is not None}
 
 
+# What a format says about the person rather than the event (Segment's traits: name,
+# address, birthday; GA4's user-provided data: address, hashed contact details; Retail's
+# user info: IP address, user agent). recofleet has no use for any of it beyond the ids and
+# consent it maps, so it is not kept: data it does not hold cannot leak. (GA4's user
+# properties stay: Google's terms forbid personal data in them, and shops send tiers there.)
+PERSONAL_DETAILS = frozenset({"traits", "user_data", "userInfo"})
+
+
 def source_context(fmt: str, kept: dict[str, Any]) -> dict[str, Any]:
-    """The native `context`: what the shop sent beyond the mapped fields, under `source`."""
+    """The native `context`: what the shop sent beyond the mapped fields, under `source`,
+    without the person's details (`PERSONAL_DETAILS`, also in a `context` within)."""
+    kept = {key: value for key, value in kept.items() if key not in PERSONAL_DETAILS}
+    inner = kept.get("context")
+    if isinstance(inner, dict) and not PERSONAL_DETAILS.isdisjoint(inner):
+        kept["context"] = {k: v for k, v in inner.items() if k not in PERSONAL_DETAILS} or None
     return {"source": {"format": fmt, **compact(kept)}}
 
 

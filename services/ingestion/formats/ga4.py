@@ -37,7 +37,8 @@ Mapping:
 - `event_id`: GA4 has no event id, so `ga4-` + sha256 of the canonical JSON of (user_id,
   client_id, app_instance_id, name, params, timestamp)[:32]: a retried body gets the same ids.
 - `context.source`: the event's `params` (whole) and the body's other fields (`client_id`,
-  `user_properties`, `consent`, `user_data`, ...), minus `events` and any `api_secret`.
+  `user_properties`, `consent`, ...), minus `events`, any `api_secret` and the person's
+  `user_data` (address, hashed contact details: not kept, `common.PERSONAL_DETAILS`).
 
 Identity (`Translated.identity`, of every event whatever its name, docs/identity.md):
 - links: `client_id` -> `user_id`, and `app_instance_id` -> `user_id`, when both are set;

@@ -38,8 +38,10 @@ Mapping:
   it is kept in the source context).
 - `event_id`: user events carry no id, so `gcr-` + sha256 of the canonical JSON of the whole
   event[:32]: a retried delivery gets the same id.
-- `context.source`: the whole event (`userInfo`, `attributes`, `productDetails`, `uri`,
-  `attributionToken`, ...) except `eventTime`, which is the native `timestamp`.
+- `context.source`: the whole event (`attributes`, `productDetails`, `uri`,
+  `attributionToken`, ...) except `eventTime`, which is the native `timestamp`, and the
+  person's `userInfo` (IP address, user agent: not kept once its ids are mapped,
+  `common.PERSONAL_DETAILS`).
 - The older Recommendations AI (v1beta) layout is read too: `userInfo.visitorId` and
   `productEventDetail.{productDetails[].id, purchaseTransaction, searchQuery}`.
 

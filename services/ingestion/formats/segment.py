@@ -42,9 +42,10 @@ Mapping (names match ignoring case, spaces and underscores; e-commerce v1 aliase
   With a `sentAt` (the message's, else the batch's) it is corrected for the sender's clock
   as Segment corrects it: received - (sentAt - timestamp).
 - `event_id`: `seg-<messageId>`; without a messageId, `seg-` + a hash of the canonical message.
-- `context.source`: the message's `properties` (whole), merged `context` (with `traits`),
-  `integrations`, `anonymousId`, `sentAt`, ... : everything but the mapped ids, `type` and the
-  `writeKey` (a credential, never stored).
+- `context.source`: the message's `properties` (whole), merged `context`, `integrations`,
+  `anonymousId`, `sentAt`, ... : everything but the mapped ids, `type`, the `writeKey` (a
+  credential, never stored) and the person's `traits` (name, address, ...: not kept,
+  `common.PERSONAL_DETAILS`).
 
 Identity (`Translated.identity`, of every message whatever its type, docs/identity.md):
 - links: `anonymousId` -> `userId` when a message has both, and an alias's `previousId` ->
