@@ -331,11 +331,8 @@ def _readings(piece: str) -> list[str]:
 
 def _text_finds(text: str, phones: bool = True) -> bool:
     """True when `scrub_text` would change `text` (the same patterns, without replacing)."""
-    # Inlined: this runs for every string of every event on ingestion's fast path.
-    matchable = text if text.isascii() else unicodedata.normalize("NFKC", text)
-    if "@" in matchable and EMAIL.search(matchable):
-        return True
-    if phones and PHONE_RUN.search(matchable) and _plain_finds(matchable, phones):
+    matchable = _matchable(text)
+    if _plain_finds(matchable, phones):
         return True
     if not _may_be_encoded(matchable, phones):
         return False
