@@ -102,7 +102,7 @@ _PATHS = (
 )
 # The whitespace JSON has besides "\n": a line of only these is blank. (`str.strip()` would
 # also take U+2028, U+0085 and the like, which are no JSON whitespace.)
-_BLANK = " \t\r"
+_BLANK = b" \t\r"
 
 
 class _Unreadable:
@@ -132,15 +132,22 @@ def count(payload: bytes) -> int | None:
 
 def _line_count(payload: bytes) -> int | None:
     """The lines of a JSON-lines body as `_ndjson` takes them; None when it takes none."""
-    blank = _BLANK.encode()
-    rows = [row for row in payload.removeprefix(codecs.BOM_UTF8).split(b"\n") if row.strip(blank)]
+    rows = _rows(payload)
     if len(rows) < 2:
         return None
     try:
-        decode_json(rows[0])
+        decode_json(rows[0][1])
     except ValueError:
         return None  # the first line is not JSON either: `read` refuses the body
     return len(rows)
+
+
+def _rows(payload: bytes) -> list[tuple[int, bytes]]:
+    """The lines of a JSON-lines body that are not blank, with their numbers. Split on "\n"
+    alone (which no other UTF-8 character's bytes hold): `splitlines()` would also cut a
+    string value at a U+2028."""
+    lines = payload.removeprefix(codecs.BOM_UTF8).split(b"\n")
+    return [(n, row) for n, row in enumerate(lines, start=1) if row.strip(_BLANK)]
 
 
 def translate(body: Any) -> list[Translated]:
@@ -204,17 +211,16 @@ def _member(body: dict[str, Any], key: str) -> dict[str, Any]:
 def _ndjson(payload: bytes) -> list[Any] | None:
     """The events of a newline-delimited body, or None when the body is not one."""
     try:
-        text = payload.decode("utf-8-sig")
+        payload.decode("utf-8-sig")
     except UnicodeDecodeError:
         return None
-    # Split on "\n" alone: `splitlines()` would also cut a string value at a U+2028.
-    lines = [(n, row) for n, row in enumerate(text.split("\n"), start=1) if row.strip(_BLANK)]
+    lines = _rows(payload)
     if len(lines) < 2:
         return None
     events: list[Any] = []
     for number_, row in lines:
         try:
-            events.append(decode_json(row.encode("utf-8")))
+            events.append(decode_json(row))
         except ValueError as exc:
             if not events:
                 return None  # the first line is not JSON either: not a newline-delimited body
