@@ -71,8 +71,9 @@ def check_media_type(request: Request) -> None:
 
 
 async def read_body(request: Request, limit: int, expected: str = "JSON") -> bytes:
-    """The request body, refused with 413 past `limit` bytes without reading it all, with
-    415 when it is compressed, and with 408 when it stops arriving for the gateway's
+    """The request body, refused with 413 past `limit` bytes without reading it all (a gzip
+    body: also once expanded), with 415 when it is compressed other than by gzip, and with
+    408 when it stops arriving for the gateway's
     `body_idle_timeout_s` (a client that announces 1,000 bytes and sends 8 would hold its
     connection, and the memory of its request, for ever).
 
@@ -116,11 +117,13 @@ def _gunzipped(body: bytearray, limit: int) -> bytearray:
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
         expanded = inflater.decompress(bytes(body), limit + 1)
-        if len(expanded) > limit or inflater.unconsumed_tail:
-            raise HTTPException(413, f"body exceeds the limit of {limit} bytes once expanded")
-        expanded += inflater.flush()
+        if not inflater.unconsumed_tail:
+            expanded += inflater.flush()
     except zlib.error as exc:
         raise HTTPException(400, f"body is not valid gzip: {exc}") from None
+    # Checked after the flush too: what it still holds counts towards the limit.
+    if len(expanded) > limit or inflater.unconsumed_tail:
+        raise HTTPException(413, f"body exceeds the limit of {limit} bytes once expanded")
     if not inflater.eof:
         raise HTTPException(400, "body is not valid gzip: it ends before the gzip stream does")
     return bytearray(expanded)
