@@ -110,6 +110,7 @@ class FleetModel(Model):
         if self.name == "served":
             chosen["placement"] = self.placement
             chosen["calibration"] = self.meta.get("calibration", {})
+            chosen["calibration_by_strength"] = self.meta.get("calibration_by_strength", {})
             chosen["buy_again_half_life_days"] = self.meta.get("buy_again_half_life_days")
             chosen["holdout"] = self.meta.get("metrics", {})
         return chosen

@@ -144,8 +144,8 @@ class Retriever:
             category=request.category,
             repeat=mix.repeat_purchases,
         )
-        proposals = self._proposals(model, ask, mix)
-        fused = fuse(proposals, model.parts.calibration, mix.sources)
+        proposals, strengths = self._proposals(model, ask, mix)
+        fused = fuse(proposals, model.parts.calibration, mix.sources, strengths)
         fused = self._filled(model, ask, fused, request)
         personalized = bool(activity) or bool(known_seeds)
         return Answer(
@@ -191,16 +191,26 @@ class Retriever:
 
     def _proposals(
         self, model: RetrievalModel, ask: sources.Ask, mix: PlacementMix
-    ) -> dict[str, list[str]]:
+    ) -> tuple[dict[str, list[str]], dict[str, dict[str, float]]]:
+        """Each weighted source's proposals, and buy-again's strengths (read by fusion)."""
+        strengths: dict[str, dict[str, float]] = {}
+
+        def again() -> list[str]:
+            strengths["buy_again"] = sources.buy_again_strengths(model, ask, self.catalog)
+            return list(strengths["buy_again"])
+
         ask_for: dict[str, Callable[[], list[str]]] = {
             "als": lambda: sources.als(model, ask),
-            "buy_again": lambda: sources.buy_again(model, ask, self.catalog),
+            "buy_again": again,
             "bought_together": lambda: sources.bought_together(model, ask),
             "similar": lambda: sources.similar(model, ask),
             "content": lambda: sources.content(model, ask, self.catalog),
             "trending": lambda: sources.trending(model, ask),
         }
-        return {s: ask_for[s]() for s, weight in mix.sources.items() if weight > 0}
+        proposals: dict[str, list[str]] = {
+            s: ask_for[s]() for s, weight in mix.sources.items() if weight > 0
+        }
+        return proposals, strengths
 
     def _filled(
         self,

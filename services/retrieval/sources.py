@@ -78,12 +78,20 @@ def als(model: RetrievalModel, ask: Ask, keep_owned: bool = False) -> list[str]:
 def buy_again(
     model: RetrievalModel, ask: Ask, catalog: CatalogView, half_life_days: float | None = None
 ) -> list[str]:
+    """What the member bought, strongest first (`buy_again_strengths`)."""
+    return list(buy_again_strengths(model, ask, catalog, half_life_days))
+
+
+def buy_again_strengths(
+    model: RetrievalModel, ask: Ask, catalog: CatalogView, half_life_days: float | None = None
+) -> dict[str, float]:
     """What the member bought, by purchases decayed with age (the model's half-life,
     chosen at training, unless `half_life_days` is given), times
     1 + the item's popularity: of two items bought as often, the one most members buy is
-    the likelier to be bought again (and the many ties of one order are broken)."""
+    the likelier to be bought again (and the many ties of one order are broken). Strongest
+    first, up to the ask's limit; the strength is what calibration reads (fusion.py)."""
     if not ask.repeat:
-        return []
+        return {}
     half_life = half_life_days or model.parts.buy_again_half_life_days
     score: dict[str, float] = {}
     for line in ask.activity:
@@ -93,7 +101,7 @@ def buy_again(
     for item_id in score:
         score[item_id] *= 1.0 + model.popularity(item_id)
     ranked = [i for i in sorted(score, key=lambda i: -score[i]) if _allowed(model, ask, catalog, i)]
-    return ranked[: ask.limit]
+    return {i: score[i] for i in ranked[: ask.limit]}
 
 
 def bought_together(model: RetrievalModel, ask: Ask) -> list[str]:

@@ -34,7 +34,7 @@ from services.common.candidates import Candidate
 from services.common.events import CatalogItem, Event, event_records
 from services.retrieval import sources
 from services.retrieval.domain import Answer, CandidateRequest, Retriever
-from services.retrieval.fusion import Calibration, fit_curve, fuse
+from services.retrieval.fusion import Calibration, fit_curve, fit_strengths, fuse
 from services.retrieval.model import COSINE_INDEX_FILE, IP_INDEX_FILE, ITEMS_FILE
 from services.retrieval.model_store import LocalModelStore
 from services.retrieval.server import interaction_worker
@@ -580,3 +580,78 @@ def test_calibration_trusts_buy_again_where_members_rebuy(grocer: Shop) -> None:
 
 def test_calibration_distrusts_buy_again_where_nobody_rebuys(pairs: Shop) -> None:
     assert rank_one(pairs, "buy_again") < rank_one(pairs, "als")
+
+
+def non_decreasing(values: Sequence[float]) -> bool:
+    return all(a <= b for a, b in itertools.pairwise(values))
+
+
+def test_a_fitted_strength_curve_never_falls_and_is_read_by_strength() -> None:
+    # Held-out proposals whose chance of being bought again grows with how often (decayed)
+    # the member bought them, as a grocer's staples do.
+    rng = np.random.default_rng(5)
+    strengths = rng.uniform(0.5, 6.0, 6000)
+    hits = rng.random(6000) < strengths / 10
+
+    points, chances = fit_strengths(strengths, hits)
+
+    assert points == sorted(points)
+    assert non_decreasing(chances), chances
+    assert all(0 < p <= 1 for p in chances)
+    calibration = Calibration(
+        {"buy_again": [0.3, 0.2]}, by_strength={"buy_again": (points, chances)}
+    )
+    read = [calibration.probability("buy_again", 1, s) for s in (1.0, 3.0, 5.0)]
+    assert read == pytest.approx([0.1, 0.3, 0.5], abs=0.05)
+    # Past the measured strengths it holds its ends; the rank does not matter.
+    assert calibration.probability("buy_again", 7, 100.0) == chances[-1]
+    assert calibration.probability("buy_again", 1, 0.01) == chances[0]
+    # Without a strength (or for another source) it is read by rank, as before.
+    assert calibration.probability("buy_again", 2) == 0.2
+
+
+def test_read_by_strength_a_staple_outranks_a_popular_item_and_a_one_off_does_not() -> None:
+    calibration = Calibration(
+        {"buy_again": [0.3, 0.3], "trending": [0.2]},
+        by_strength={"buy_again": ([1.0, 10.0], [0.05, 0.5])},
+    )
+    proposals = {"buy_again": ["staple", "once"], "trending": ["hit"]}
+    weights = {"buy_again": 1.0, "trending": 1.0}
+    strengths = {"buy_again": {"staple": 10.0, "once": 1.0}}
+
+    assert ids_of(fuse(proposals, calibration, weights, strengths)) == ["staple", "hit", "once"]
+    # Read by rank, both of the member's own items come first.
+    assert ids_of(fuse(proposals, calibration, weights)) == ["staple", "once", "hit"]
+
+
+def test_a_calibration_survives_its_file_and_an_older_file_still_loads() -> None:
+    calibration = Calibration(
+        {"als": [0.3, 0.2]}, 12, by_strength={"buy_again": ([1.0, 4.0], [0.1, 0.4])}
+    )
+
+    again = Calibration.from_json(json.loads(json.dumps(calibration.to_json())))
+
+    assert again == calibration
+    # A model trained before strengths were measured is read by rank.
+    older = Calibration.from_json({"by_source": {"als": [0.3]}, "measured_on": 3})
+    assert older.by_strength == {}
+    assert older.probability("buy_again", 1, 5.0) == older.probability("buy_again", 1)
+
+
+def assert_reads_buy_again_as_training_chose(shop: Shop) -> str:
+    model = shop.retriever.model
+    held_out = model.meta["metrics"]["holdout"]
+    read_by = held_out["buy_again_read_by"]
+    assert ("buy_again" in model.parts.calibration.by_strength) == (read_by == "strength")
+    if read_by == "strength":
+        assert held_out["ndcg@10"] > held_out["ndcg@10 by rank"]
+    return str(read_by)
+
+
+def test_training_says_how_buy_again_is_read_and_serving_reads_it_so(grocer: Shop) -> None:
+    assert assert_reads_buy_again_as_training_chose(grocer) in {"rank", "strength"}
+
+
+def test_where_nobody_rebuys_buy_again_is_read_by_rank(pairs: Shop) -> None:
+    # Strength tells nothing there that rank does not.
+    assert assert_reads_buy_again_as_training_chose(pairs) == "rank"
