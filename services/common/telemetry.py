@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -148,13 +149,16 @@ def instrument_gateway(app: FastAPI) -> None:
 # What the HTTP instrumentation records of a request (old and new semantic conventions):
 # its URL, which names members, and the caller's address.
 URL_ATTRIBUTES = ("http.target", "http.url", "url.full", "url.path", "url.query")
+# A credential sent in the URL (GA4's Measurement Protocol puts its secret there).
+SECRET_IN_URL = re.compile(r"((?:^|[?&])api_secret=)[^&#]*", re.IGNORECASE)
 ADDRESS_ATTRIBUTES = ("net.peer.ip", "client.address", "http.client_ip", "net.sock.peer.addr")
 
 
 def _without_personal_data(span: Any, scope: dict[str, Any]) -> None:
     """A request span's URL with the member ids and contact data in it as the stores keep
-    them (tokens), and the caller's address cut to its network: a tracing backend is a
-    store erasure does not reach, so nothing personal may go there in clear."""
+    them (tokens), an access key sent as `api_secret` redacted, and the caller's address cut
+    to its network: a tracing backend is a store erasure does not reach, so nothing
+    personal may go there in clear, nor a credential."""
     attributes = getattr(span, "attributes", None)
     if not attributes or not span.is_recording():
         return
@@ -162,6 +166,7 @@ def _without_personal_data(span: Any, scope: dict[str, Any]) -> None:
     for name in URL_ATTRIBUTES:
         value = attributes.get(name)
         if isinstance(value, str):
+            value = SECRET_IN_URL.sub(r"\1[redacted]", value)
             span.set_attribute(name, scrubber.scrub_text(value) if scrubber else "")
     for name in ADDRESS_ATTRIBUTES:
         value = attributes.get(name)

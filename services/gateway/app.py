@@ -32,6 +32,7 @@ from services.gateway.routers import (
     campaigns,
     events,
     experiments,
+    ga4,
     items,
     members,
     models,
@@ -110,7 +111,7 @@ def create_app(
         description="Events in, member profiles, recommendations and offers out.",
         lifespan=lifespan,
     )
-    routers = (events, segment, members, segments, items, models, experiments, campaigns, ops)
+    routers = (events, segment, ga4, members, segments, items, models, experiments, campaigns, ops)
     for router in (module.router for module in routers):
         app.include_router(router)
     app.include_router(rules.router)

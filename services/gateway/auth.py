@@ -91,15 +91,24 @@ def presented_key(request: Request) -> str | None:
 
 class RequireScope:
     """The dependency of a route that needs `scope` (None: any valid key): the verified key,
-    also kept as `request.state.access_key` (the rate limit counts requests per key)."""
+    also kept as `request.state.access_key` (the rate limit counts requests per key).
 
-    def __init__(self, scope: Scope | None) -> None:
+    With `query`, the key may also come as that query parameter, for a protocol that puts
+    its secret in the URL (GA4's Measurement Protocol: `api_secret`)."""
+
+    def __init__(self, scope: Scope | None, query: str | None = None) -> None:
         self.scope = scope
+        self.query = query
 
     async def __call__(self, request: Request) -> AccessKey:
         presented = presented_key(request)
+        if presented is None and self.query:
+            presented = request.query_params.get(self.query, "").strip() or None
         if presented is None:
-            raise HTTPException(401, MISSING, headers={"WWW-Authenticate": REALM})
+            missing = (
+                f"{MISSING}, or as the query parameter '{self.query}'" if self.query else MISSING
+            )
+            raise HTTPException(401, missing, headers={"WWW-Authenticate": REALM})
         verifier: KeyVerifier = request.app.state.access_keys
         try:
             key = await verifier.verify(presented)
@@ -123,9 +132,10 @@ class RequireScope:
         return key
 
 
-def require(scope: Scope) -> Any:
-    """`dependencies=[require(scope)]`: the route answers only keys with `scope` (or admin)."""
-    return Depends(RequireScope(scope))
+def require(scope: Scope, query: str | None = None) -> Any:
+    """`dependencies=[require(scope)]`: the route answers only keys with `scope` (or admin),
+    sent in a header or, with `query`, as that query parameter."""
+    return Depends(RequireScope(scope, query))
 
 
 def require_key() -> Any:
@@ -159,6 +169,13 @@ SECURITY_SCHEMES = {
         "name": "X-API-Key",
         "description": "The same access key in the `X-API-Key` header instead.",
     },
+    "accessKeyQuery": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "api_secret",
+        "description": "The same access key as `api_secret` in the URL, where a protocol puts "
+        "its secret there (GA4's Measurement Protocol, `/mp/collect` only).",
+    },
 }
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
 _CHALLENGE = {
@@ -177,6 +194,8 @@ def document_scopes(document: dict[str, Any], scopes: dict[tuple[str, str], Scop
     for (path, method), scope in scopes.items():
         operation = document["paths"][path][method]
         operation["security"] = [{"accessKey": []}, {"accessKeyHeader": []}]
+        if any(p.get("name") == "api_secret" for p in operation.get("parameters", [])):
+            operation["security"].append({"accessKeyQuery": []})
         needs = (
             f"Needs an access key with the scope `{scope}` (or `{ADMIN}`)."
             if scope is not None

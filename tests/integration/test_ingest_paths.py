@@ -61,6 +61,42 @@ def test_a_segment_batch_posted_like_to_segment_changes_the_profile(fleet: Runni
     assert "85123A" in body["purchased_item_ids"]
 
 
+def test_a_ga4_measurement_protocol_request_changes_the_profile(fleet: RunningFleet):
+    """What a server-side GA4 sender posts to www.google-analytics.com, host changed only:
+    the access key is the `api_secret`, and an accepted request is a 204."""
+    member_id = f"ga4-{uuid.uuid4()}"
+    body = {
+        "client_id": f"{member_id}.visitor",
+        "user_id": member_id,
+        "events": [
+            {"name": "view_item", "params": {"items": [{"item_id": "85123A", "price": 2.55}]}},
+            {
+                "name": "purchase",
+                "params": {
+                    "transaction_id": f"t-{member_id}",
+                    "currency": "GBP",
+                    "value": 12.75,
+                    "items": [{"item_id": "85123A", "quantity": 5, "price": 2.55}],
+                },
+            },
+        ],
+    }
+    writer = fleet.new_key("events:write", name="ga4 sender")
+    reader = fleet.new_key("profiles:read", name="ga4 reader")
+    with httpx.Client(base_url=fleet.url, timeout=10.0) as sender:
+        for secret in ("rf_wrong", reader):
+            refused = sender.post("/mp/collect", params={"api_secret": secret}, json=body)
+            assert refused.status_code in (401, 403), refused.text
+        params = {"measurement_id": "G-RECOFLEET", "api_secret": writer}
+        reply = sender.post("/mp/collect", params=params, json=body)
+    assert reply.status_code == 204, reply.text
+    with fleet.client() as http:
+        assert poll(lambda: profile(http, member_id).get("rfm", {}).get("frequency") == 1)
+        found = profile(http, member_id)
+    assert found["rfm"]["monetary"] == pytest.approx(12.75)
+    assert found["events"] == 2
+
+
 def test_the_same_event_sent_twice_counts_once(fleet: RunningFleet):
     member_id = f"dup-{uuid.uuid4()}"
     purchase = {

@@ -7,6 +7,7 @@ import json
 import secrets
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.integration.conftest import RunningFleet, fleet_env, running_fleet
@@ -148,3 +149,29 @@ def test_request_spans_hold_no_address_or_phone_number_in_clear(traced):
         if name in ("net.peer.ip", "client.address")
     }
     assert addresses and all(a.endswith(".0") for a in addresses), addresses
+
+
+def test_an_access_key_sent_as_ga4s_api_secret_reaches_no_span(traced):
+    fleet, receiver = traced
+    key = fleet.new_key("events:write", name="ga4 tracing")
+    body = {"client_id": "c.1", "events": [{"name": "view_item", "params": {"items": []}}]}
+    with httpx.Client(base_url=fleet.url, timeout=10.0) as sender:
+        sender.post("/mp/collect", params={"measurement_id": "G-1", "api_secret": key}, json=body)
+
+    def collected(spans: list[ReceivedSpan]) -> bool:
+        return any(s.service == "recofleet-gateway" and "/mp/collect" in s.name for s in spans)
+
+    spans = receiver.wait_for(collected)
+    assert collected(spans), "the gateway's request span did not arrive"
+    secret = key.split("_", 2)[2]  # rf_<id>_<secret>: the part that grants
+    for span in spans:
+        for name, value in span.attributes.items():
+            assert secret not in value, (span.name, name, value)
+    targets = [
+        value
+        for span in spans
+        if "/mp/collect" in span.name
+        for name, value in span.attributes.items()
+        if "api_secret" in value
+    ]
+    assert targets and all("api_secret=[redacted]" in t for t in targets), targets

@@ -28,7 +28,7 @@ from sqlalchemy.pool import StaticPool
 
 from services.common.pii import PiiScrubber
 from services.common.settings import FleetSettings
-from services.gateway.access_keys import SqlAccessKeyStore, seed_env_key
+from services.gateway.access_keys import SqlAccessKeyStore, create_key, seed_env_key
 from services.gateway.app import create_app
 from services.gateway.auth import KeyVerifier
 from services.gateway.limits import RateLimiter
@@ -52,6 +52,7 @@ class FakeIngestion:
 
     def __init__(self) -> None:
         self.payloads: list[bytes] = []
+        self.formats: list[str] = []
         self.error: BaseException | None = None
         self.reject = False
 
@@ -64,6 +65,7 @@ class FakeIngestion:
         self, request: ingestion_pb2.PublishEventsRequest, timeout: float | None = None
     ) -> ingestion_pb2.PublishEventsResponse:
         self._called(request.payload)
+        self.formats.append(request.format)
         if self.reject:
             return ingestion_pb2.PublishEventsResponse(
                 rejected=[common_pb2.Rejection(index=0, id="", reason="event: no type")]
@@ -612,3 +614,64 @@ async def test_other_encodings_and_broken_gzip_are_refused(
     reply = await gateway.http.post("/v1/events", content=body, headers=headers)
     assert_error(reply, status, fragment)
     assert gateway.ingestion.payloads == []
+
+
+# --- GA4's Measurement Protocol ----------------------------------------------------------
+
+GA4_BODY = {
+    "client_id": "1234.5678",
+    "user_id": "m-1",
+    "events": [{"name": "view_item", "params": {"items": [{"item_id": "85123A"}]}}],
+}
+
+
+async def test_ga4_collect_takes_an_access_key_as_api_secret_and_answers_204(
+    gateway: Gateway,
+) -> None:
+    _, key = create_key(gateway.keys, ["events:write"])
+    body = json.dumps(GA4_BODY).encode()
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=gateway.app), base_url="http://gateway"
+    ) as sender:  # no header: the key rides in the URL, as Google's endpoint has it
+        reply = await sender.post(
+            "/mp/collect", params={"measurement_id": "G-TEST", "api_secret": key}, content=body
+        )
+
+    assert reply.status_code == 204, reply.text
+    assert reply.content == b""
+    assert gateway.ingestion.payloads == [body]
+    assert gateway.ingestion.formats == ["ga4"]
+
+
+@pytest.mark.parametrize(
+    ("secret", "status", "fragment"),
+    [
+        (None, 401, "api_secret"),
+        ("rf_not-a-key", 401, "not valid"),
+        ("reader", 403, "events:write"),
+    ],
+)
+async def test_ga4_collect_without_a_key_that_may_write_events_takes_nothing(
+    gateway: Gateway, secret: str | None, status: int, fragment: str
+) -> None:
+    if secret == "reader":
+        secret = create_key(gateway.keys, ["profiles:read"])[1]
+    params = {"measurement_id": "G-TEST"} | ({"api_secret": secret} if secret else {})
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=gateway.app), base_url="http://gateway"
+    ) as sender:
+        reply = await sender.post("/mp/collect", params=params, json=GA4_BODY)
+
+    assert_error(reply, status, fragment)
+    assert gateway.ingestion.payloads == []
+
+
+async def test_ga4_collect_whose_events_were_all_refused_says_why(gateway: Gateway) -> None:
+    gateway.ingestion.reject = True
+
+    reply = await gateway.http.post("/mp/collect", json=GA4_BODY)
+
+    assert_error(reply, 422, "no event accepted")
+    assert reply.json()["rejected"] == [{"index": 0, "id": "", "reason": "event: no type"}]

@@ -23,6 +23,8 @@ STATUSES = {
     # A batch read in full is a 200 as on api.segment.io, whatever became of its events.
     ("post", "/segment/v1/batch"): {"200"} | SEGMENT - {"422"},
     ("post", "/segment/v1/{call}"): {"200"} | SEGMENT,
+    # Accepted as on Google's endpoint: 204 and no body.
+    ("post", "/mp/collect"): {"204"} | INGESTION | KEYED,
     ("get", "/v1/members/{member_id}/recommendations"): {"200", "422"} | KEYED,
     ("get", "/v1/members/{member_id}/profile"): {"200", "404", "422"} | KEYED,
     ("get", "/v1/members/{member_id}/offers"): {"200", "422"} | KEYED,
@@ -81,6 +83,7 @@ STATUSES = {
 }
 SCOPES = {
     ("post", "/v1/events"): "events:write",
+    ("post", "/mp/collect"): "events:write",
     ("put", "/v1/items"): "events:write",
     ("get", "/v1/members/{member_id}/recommendations"): "recommendations:read",
     ("get", "/v1/members/{member_id}/profile"): "profiles:read",
@@ -187,6 +190,7 @@ def test_request_bodies_are_declared_with_examples(document):
         ("put", "/v1/items"),
         ("post", "/segment/v1/batch"),
         ("post", "/segment/v1/{call}"),
+        ("post", "/mp/collect"),
     ]:
         body = ops[key]["requestBody"]
         assert body["required"] is True
@@ -198,6 +202,9 @@ def test_request_bodies_are_declared_with_examples(document):
     ]["required"] == ["batch"]
     assert ops[("post", "/segment/v1/batch")]["security"] == [{"segmentWriteKey": []}, {}]
     assert document["components"]["securitySchemes"]["segmentWriteKey"]["scheme"] == "basic"
+    # GA4's senders put the key in the URL; only that route takes it there.
+    assert {"accessKeyQuery": []} in ops[("post", "/mp/collect")]["security"]
+    assert {"accessKeyQuery": []} not in ops[("post", "/v1/events")]["security"]
 
 
 def test_success_bodies_of_the_ingestion_endpoints_are_described(document):
@@ -276,7 +283,8 @@ def test_every_keyed_operation_declares_both_key_schemes_and_its_scope(document)
             # Open (health, readiness, metrics) or on the Segment write key.
             assert "accessKey" not in str(operation.get("security", [])), key
             continue
-        assert operation["security"] == [{"accessKey": []}, {"accessKeyHeader": []}], key
+        in_url = [{"accessKeyQuery": []}] if key == ("post", "/mp/collect") else []
+        assert operation["security"] == [{"accessKey": []}, {"accessKeyHeader": []}, *in_url], key
         assert f"`{SCOPES[key]}`" in operation["description"], key
         for status in ("401", "403"):
             response = operation["responses"][status]
