@@ -145,7 +145,7 @@ class Retriever:
             repeat=mix.repeat_purchases,
         )
         proposals, strengths = self._proposals(model, ask, mix)
-        fused = fuse(proposals, model.parts.calibration, mix.sources, strengths)
+        fused = fuse(proposals, model.parts.calibration, mix.sources, strengths, request.limit)
         fused = self._filled(model, ask, fused, request)
         personalized = bool(activity) or bool(known_seeds)
         return Answer(
@@ -237,16 +237,22 @@ class Retriever:
         return fused + padding
 
     def _to_candidates(self, model: RetrievalModel, found: Sequence[Fused]) -> list[Candidate]:
+        # The items' popularity read in one step (items bought since training have none).
+        positions = np.array([model.position.get(f.item_id, -1) for f in found], dtype=np.int64)
+        known = positions >= 0
+        popularity = np.zeros(len(found))
+        popularity[known] = model.parts.popularity[positions[known]]
+        category = self.catalog.category
         return [
             Candidate(
                 item_id=f.item_id,
                 score=round(f.score, 6),
-                popularity=model.popularity(f.item_id),
-                category=self.catalog.category(f.item_id),
+                popularity=p,
+                category=category(f.item_id),
                 source=f.source,
-                sources={s: round(p, 6) for s, p in f.sources.items()},
+                sources={s: round(c, 6) for s, c in f.sources.items()},
             )
-            for f in found
+            for f, p in zip(found, popularity.tolist(), strict=True)
         ]
 
 

@@ -14,6 +14,7 @@ falls to the bottom by itself. A placement's weights then scale what was measure
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,10 @@ class Calibration:
     # Per source that says how strongly it proposes an item: the hit probability at each
     # measured strength (ascending), read in place of the rank's.
     by_strength: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    # Each curve as an array, made on first use: fusion reads whole lists of ranks at once.
+    _arrays: dict[str, np.ndarray | None] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     def probability(self, source: str, rank: int, strength: float | None = None) -> float:
         points = self.by_strength.get(source)
@@ -59,6 +64,30 @@ class Calibration:
         if rank <= len(curve):
             return curve[rank - 1]
         return curve[-1] * math.sqrt(len(curve) / rank)
+
+    def chances(self, source: str, count: int, strengths: Sequence[float] = ()) -> np.ndarray:
+        """`probability` at ranks 1 to `count`, each rank read by its strength where
+        `strengths` gives one (NaN: none): the same figures, a list at a time."""
+        ranks = np.arange(1, count + 1, dtype=np.float64)
+        curve = self._curve(source)
+        if curve is None:
+            by_rank = PRIOR_TOP / np.sqrt(ranks)
+        else:
+            kept = min(count, len(curve))
+            by_rank = curve[-1] * np.sqrt(len(curve) / ranks)
+            by_rank[:kept] = curve[:kept]
+        points = self.by_strength.get(source)
+        if points is None or not len(strengths):
+            return by_rank
+        given = np.asarray(strengths, dtype=np.float64)
+        read = np.interp(given, points[0], points[1])
+        return np.where(np.isnan(given), by_rank, read)
+
+    def _curve(self, source: str) -> np.ndarray | None:
+        if source not in self._arrays:
+            measured = self.by_source.get(source)
+            self._arrays[source] = np.array(measured, dtype=np.float64) if measured else None
+        return self._arrays[source]
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -128,7 +157,7 @@ class Fused:
     @property
     def source(self) -> str:
         """The source that argued most for the item."""
-        return max(self.sources, key=lambda s: self.sources[s])
+        return max(self.sources, key=self.sources.__getitem__)
 
 
 def fuse(
@@ -136,23 +165,37 @@ def fuse(
     calibration: Calibration,
     weights: Mapping[Any, float],
     strengths: Mapping[str, Mapping[str, float]] | None = None,
+    limit: int | None = None,
 ) -> list[Fused]:
-    """Every proposed item once, best first, scored by its best source's chance plus a
-    tenth of the others'. A source in `strengths` is read by each item's strength."""
-    sources: dict[str, dict[str, float]] = {}
+    """Every proposed item once (or the best `limit`), best first, scored by its best
+    source's chance plus a tenth of the others'. A source in `strengths` is read by each
+    item's strength."""
+    by_item: dict[str, dict[str, float]] = {}
     for source, items in proposals.items():
         weight = weights.get(source, 0.0)
-        if weight <= 0:
+        if weight <= 0 or not items:
             continue
-        strength = (strengths or {}).get(source, {})
-        for rank, item_id in enumerate(items, start=1):
-            p = min(1.0, weight * calibration.probability(source, rank, strength.get(item_id)))
-            sources.setdefault(item_id, {})[source] = p
-    fused = [Fused(item_id, _combined(list(by.values())), by) for item_id, by in sources.items()]
-    fused.sort(key=lambda f: -f.score)
-    return fused
+        strength = (strengths or {}).get(source)
+        given = [strength.get(i, math.nan) for i in items] if strength else ()
+        chances = np.minimum(1.0, weight * calibration.chances(source, len(items), given))
+        for item_id, p in zip(items, chances.tolist(), strict=True):
+            found = by_item.get(item_id)
+            if found is None:
+                by_item[item_id] = {source: p}
+            else:
+                found[source] = p
+    scores = {item_id: _combined(by) for item_id, by in by_item.items()}
+    if limit is None or limit >= len(scores):
+        ranked = sorted(scores, key=scores.__getitem__, reverse=True)
+    else:
+        # As sorted()[:limit] (stable too), without sorting what falls below the limit.
+        ranked = heapq.nlargest(limit, scores, key=scores.__getitem__)
+    return [Fused(item_id, scores[item_id], by_item[item_id]) for item_id in ranked]
 
 
-def _combined(chances: list[float]) -> float:
+def _combined(by_source: dict[str, float]) -> float:
+    if len(by_source) == 1:
+        return next(iter(by_source.values()))
+    chances = by_source.values()
     best = max(chances)
     return min(1.0, best + AGREEMENT * (sum(chances) - best))

@@ -410,7 +410,7 @@ def _measured(
     ndcg = recall = 0.0
     for proposals, strengths, wanted in asked_for:
         home = {s: items for s, items in proposals.items() if s != "similar"}
-        top = [f.item_id for f in fuse(home, calibration, weights, strengths)][:10]
+        top = [f.item_id for f in fuse(home, calibration, weights, strengths, 10)]
         gains = sum(1 / np.log2(r + 2) for r, i in enumerate(top) if i in wanted)
         ndcg += gains / sum(1 / np.log2(r + 2) for r in range(min(len(wanted), 10)))
         recall += len(set(top) & wanted) / len(wanted)

@@ -655,3 +655,28 @@ def test_training_says_how_buy_again_is_read_and_serving_reads_it_so(grocer: Sho
 def test_where_nobody_rebuys_buy_again_is_read_by_rank(pairs: Shop) -> None:
     # Strength tells nothing there that rank does not.
     assert assert_reads_buy_again_as_training_chose(pairs) == "rank"
+
+
+def test_the_best_few_fused_are_the_head_of_all_fused_in_the_same_order() -> None:
+    rng = random.Random(11)
+    calibration = Calibration(
+        {"als": [0.3, 0.2, 0.2, 0.1], "trending": [0.2, 0.2]},
+        by_strength={"buy_again": ([1.0, 5.0], [0.02, 0.4])},
+    )
+    items = [f"i-{n}" for n in range(60)]
+    proposals = {source: rng.sample(items, 40) for source in ("als", "trending", "buy_again")}
+    strengths = {"buy_again": {i: rng.choice([1.0, 2.0, 5.0]) for i in proposals["buy_again"]}}
+    weights = {"als": 1.0, "trending": 0.5, "buy_again": 1.0}
+
+    everything = fuse(proposals, calibration, weights, strengths)
+
+    assert len(everything) == len({i for found in proposals.values() for i in found})
+    for limit in (1, 10, 25, 100):
+        head = fuse(proposals, calibration, weights, strengths, limit)
+        assert head == everything[:limit]
+    # Ranks read a list at a time give what `probability` gives one rank at a time.
+    for source in ("als", "trending", "never-measured"):
+        listed = calibration.chances(source, 30)
+        assert listed.tolist() == pytest.approx(
+            [calibration.probability(source, r) for r in range(1, 30 + 1)]
+        )
