@@ -39,6 +39,8 @@ MISSING = "an access key is needed: send it as 'Authorization: Bearer <key>' or 
 INVALID = "the access key is not valid: unknown, mistyped or revoked"
 UNCHECKED = "access keys cannot be checked right now (the key store is unreachable); retry"
 REALM = 'Bearer realm="recofleet"'
+# The query parameter a route may take the key in (GA4's Measurement Protocol's name).
+QUERY_KEY = "api_secret"
 
 
 class KeyVerifier:
@@ -172,8 +174,8 @@ SECURITY_SCHEMES = {
     "accessKeyQuery": {
         "type": "apiKey",
         "in": "query",
-        "name": "api_secret",
-        "description": "The same access key as `api_secret` in the URL, where a protocol puts "
+        "name": QUERY_KEY,
+        "description": f"The same access key as `{QUERY_KEY}` in the URL, where a protocol puts "
         "its secret there (GA4's Measurement Protocol, `/mp/collect` only).",
     },
 }
@@ -194,7 +196,7 @@ def document_scopes(document: dict[str, Any], scopes: dict[tuple[str, str], Scop
     for (path, method), scope in scopes.items():
         operation = document["paths"][path][method]
         operation["security"] = [{"accessKey": []}, {"accessKeyHeader": []}]
-        if any(p.get("name") == "api_secret" for p in operation.get("parameters", [])):
+        if any(p.get("name") == QUERY_KEY for p in operation.get("parameters", [])):
             operation["security"].append({"accessKeyQuery": []})
         needs = (
             f"Needs an access key with the scope `{scope}` (or `{ADMIN}`)."

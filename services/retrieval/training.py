@@ -193,7 +193,7 @@ def fit(
         "data_window": {"first": _iso(frame.at.min()), "last": _iso(frame.at.max())},
         "index": {"ip": parts.ip_index.kind, "cosine": parts.cosine_index.kind},
         "calibration": {s: c[:10] for s, c in calibration.by_source.items()},
-        "calibration_by_strength": calibration.by_strength,
+        "calibration_by_strength": calibration.to_json()["by_strength"],
         "buy_again_half_life_days": half_life,
         "training_loss": losses,
         "metrics": measured,

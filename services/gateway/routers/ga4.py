@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from services.gateway.auth import require
+from services.gateway.auth import QUERY_KEY, require
 from services.gateway.bodies import check_media_type, read_body
 from services.gateway.deps import ClientsDep, LimiterDep, SettingsDep, TrafficDep
 from services.gateway.responses import errors
@@ -31,7 +31,6 @@ from services.gateway.routers.events import (
 from services.gateway.schemas import EventsRefused
 
 router = APIRouter(prefix="/mp", tags=["ga4"])
-SECRET = "api_secret"
 BODY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "A Measurement Protocol body (GA4 reference); the ecommerce events "
@@ -65,7 +64,7 @@ EXAMPLE = {
 @router.post(
     "/collect",
     operation_id="ga4_collect",
-    dependencies=[require("events:write", query=SECRET)],
+    dependencies=[require("events:write", query=QUERY_KEY)],
     status_code=204,
     summary="GA4 Measurement Protocol: send events as to www.google-analytics.com/mp/collect",
     responses={
